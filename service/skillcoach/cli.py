@@ -1,0 +1,195 @@
+"""The `skillcoach` command line: migrate, seed, train, promote, models, apikey, serve, stack."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from skillcoach.settings import Settings, SettingsError, load_settings
+
+__all__ = ["build_parser", "main"]
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        print(f"skillcoach: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from skillcoach.migrate import upgrade
+
+    upgrade(_settings().sqlalchemy_url, args.revision)
+    print(f"migrated to {args.revision}")
+    return 0
+
+
+def _cmd_seed(args: argparse.Namespace) -> int:
+    from skillcoach.db import create_sync_engine
+    from skillcoach.seeding import seed_database
+    from skillcoach.simulator import SimulationParams
+
+    params = SimulationParams(
+        learners=args.learners,
+        skills=args.skills,
+        exercises_per_skill=args.exercises_per_skill,
+        attempts_per_learner=args.attempts_per_learner,
+        seed=args.seed,
+    )
+    engine = create_sync_engine(_settings().sqlalchemy_url)
+    try:
+        report = seed_database(engine, params, progress=not args.quiet, replace=args.replace)
+    finally:
+        engine.dispose()
+    print(report.summary())
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from skillcoach.db import create_sync_engine
+    from skillcoach.training import train_and_store
+
+    engine = create_sync_engine(_settings().sqlalchemy_url)
+    try:
+        report = train_and_store(engine, seed=args.seed, test_fraction=args.test_fraction)
+        if args.promote:
+            from skillcoach.registry import promote
+
+            with engine.begin() as conn:
+                promote(conn, version=report.version)
+    finally:
+        engine.dispose()
+    print(report.summary())
+    if args.promote:
+        print(f"promoted model version {report.version}")
+    return 0
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from skillcoach.db import create_sync_engine
+    from skillcoach.registry import UnknownModelVersion, promote
+
+    engine = create_sync_engine(_settings().sqlalchemy_url)
+    try:
+        with engine.begin() as conn:
+            promote(conn, version=args.version)
+    except UnknownModelVersion as exc:
+        print(f"skillcoach: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    print(f"promoted model version {args.version}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from skillcoach.db import create_sync_engine
+    from skillcoach.registry import list_models
+
+    engine = create_sync_engine(_settings().sqlalchemy_url)
+    try:
+        with engine.connect() as conn:
+            records = list_models(conn)
+    finally:
+        engine.dispose()
+    for r in records:
+        auc = r.metrics.get("auc")
+        live = "*" if r.promoted else " "
+        print(f"{live} v{r.version}  trained {r.trained_at:%Y-%m-%d %H:%M:%S}  auc={auc}")
+    return 0
+
+
+def _cmd_apikey(args: argparse.Namespace) -> int:
+    from skillcoach.auth import Scope, create_api_key
+    from skillcoach.db import create_sync_engine
+
+    try:
+        scopes = Scope.parse_list(args.scope)
+    except ValueError as exc:
+        print(f"skillcoach: {exc}", file=sys.stderr)
+        return 2
+    engine = create_sync_engine(_settings().sqlalchemy_url)
+    try:
+        with engine.begin() as conn:
+            key = create_api_key(conn, name=args.name, scopes=scopes)
+    finally:
+        engine.dispose()
+    # Printed once: only its hash is stored.
+    print(key)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from skillcoach.server import serve
+
+    serve(_settings())
+    return 0
+
+
+def _cmd_stack(args: argparse.Namespace) -> int:
+    from skillcoach.stack import run_stack_command
+
+    return run_stack_command(args.action, root=Path(args.root).resolve(), replicas=args.replicas)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skillcoach", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("migrate", help="apply database migrations")
+    p.add_argument("--revision", default="head")
+    p.set_defaults(func=_cmd_migrate)
+
+    p = sub.add_parser("seed", help="generate simulated learners and attempts (with ground truth)")
+    p.add_argument("--learners", type=int, default=2000)
+    p.add_argument("--skills", type=int, default=50)
+    p.add_argument("--exercises-per-skill", type=int, default=20)
+    p.add_argument("--attempts-per-learner", type=int, default=100)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--replace", action="store_true", help="delete existing data first")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_seed)
+
+    p = sub.add_parser("train", help="fit a Best-LR model and store it in the registry")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--test-fraction", type=float, default=0.2)
+    p.add_argument("--promote", action="store_true", help="promote the new version at once")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("promote", help="make a stored model version the live one")
+    p.add_argument("version", type=int)
+    p.set_defaults(func=_cmd_promote)
+
+    p = sub.add_parser("models", help="list the model registry")
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("apikey", help="manage API keys")
+    apikey = p.add_subparsers(dest="apikey_command", required=True)
+    c = apikey.add_parser("create", help="create a key and print it once")
+    c.add_argument("--scope", default="read", help="comma-separated: read,write,admin")
+    c.add_argument("--name", default="cli")
+    c.set_defaults(func=_cmd_apikey)
+
+    p = sub.add_parser("serve", help="run one API replica (configured by SKILLCOACH_* only)")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("stack", help="the local stack: PostgreSQL, PgBouncer, Redis, API")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--root", default=".", help="project checkout (state goes to ROOT/.stack)")
+    p.set_defaults(func=_cmd_stack)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rc: int = args.func(args)
+    return rc
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
