@@ -18,7 +18,7 @@ from typing import ParamSpec, TypeVar
 
 import anyio
 import anyio.to_thread
-from sqlalchemy import Connection, Engine, create_engine, exc
+from sqlalchemy import Engine, create_engine, exc
 
 from skillcoach.settings import Settings
 
@@ -76,7 +76,9 @@ class PoolStats:
     waiters: int
 
 
-def create_sync_engine(url: str, pool: PoolConfig | None = None, *, name: str = "skillcoach") -> Engine:
+def create_sync_engine(
+    url: str, pool: PoolConfig | None = None, *, name: str = "skillcoach"
+) -> Engine:
     kwargs: dict[str, object] = {}
     if pool is not None:
         kwargs.update(

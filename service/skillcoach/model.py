@@ -172,7 +172,9 @@ class BestLR:
         return np.where(sorted_ids[pos] == ids, order[pos], -1)
 
     def skill_rows(self, skill_ids: npt.ArrayLike) -> IntArray:
-        return self._rows(np.asarray(skill_ids, dtype=np.int64), self._skill_sorted, self._skill_order)
+        return self._rows(
+            np.asarray(skill_ids, dtype=np.int64), self._skill_sorted, self._skill_order
+        )
 
     def exercise_rows(self, exercise_ids: npt.ArrayLike) -> IntArray:
         ids = np.asarray(exercise_ids, dtype=np.int64)

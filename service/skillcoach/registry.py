@@ -40,9 +40,7 @@ class ModelRecord:
     artifact: bytes | None = None
 
 
-_COLUMNS = (
-    "version, created_at, trained_at, metrics, feature_schema, sha256, promoted, promoted_at"
-)
+_COLUMNS = "version, created_at, trained_at, metrics, feature_schema, sha256, promoted, promoted_at"
 
 
 def _record(row: Any, artifact: bytes | None = None) -> ModelRecord:
@@ -102,9 +100,7 @@ def promote(conn: Connection, *, version: int) -> None:
 
 def promoted_fingerprint(conn: Connection) -> tuple[int, str] | None:
     """Version and checksum of the live model: the cheap poll replicas run to spot a promotion."""
-    row = conn.exec_driver_sql(
-        "SELECT version, sha256 FROM model_registry WHERE promoted"
-    ).first()
+    row = conn.exec_driver_sql("SELECT version, sha256 FROM model_registry WHERE promoted").first()
     return None if row is None else (int(row.version), str(row.sha256))
 
 
@@ -116,7 +112,5 @@ def fetch_promoted(conn: Connection) -> ModelRecord | None:
 
 
 def list_models(conn: Connection) -> list[ModelRecord]:
-    rows = conn.exec_driver_sql(
-        f"SELECT {_COLUMNS} FROM model_registry ORDER BY version"
-    ).all()
+    rows = conn.exec_driver_sql(f"SELECT {_COLUMNS} FROM model_registry ORDER BY version").all()
     return [_record(r) for r in rows]

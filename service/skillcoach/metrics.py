@@ -1,0 +1,102 @@
+"""Prometheus metrics: HTTP requests (by route template) and the DB pool read at scrape time."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from skillcoach.db import PoolStats
+from skillcoach.live_model import LiveModel
+
+__all__ = ["HttpMetricsMiddleware", "ModelCollector", "PoolCollector", "new_registry"]
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+def new_registry() -> CollectorRegistry:
+    return CollectorRegistry(auto_describe=True)
+
+
+class PoolCollector(Collector):
+    """Pool state read when Prometheus scrapes: nothing to keep in sync on the hot path."""
+
+    def __init__(self, stats: Callable[[], PoolStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        s = self._stats()
+        for name, value, doc in (
+            ("size", s.size, "Connections the pool keeps (pool_size)"),
+            ("checked_out", s.checked_out, "Connections in use by requests"),
+            ("idle", s.idle, "Connections idle in the pool"),
+            ("overflow", s.overflow, "Connections open beyond pool_size"),
+            ("capacity", s.capacity, "pool_size + max_overflow"),
+            ("waiters", s.waiters, "Requests waiting for a DB worker/connection"),
+        ):
+            yield GaugeMetricFamily(f"skillcoach_db_pool_{name}", doc, value=value)
+
+
+class ModelCollector(Collector):
+    def __init__(self, live: LiveModel) -> None:
+        self._live = live
+
+    def collect(self) -> Iterator[Metric]:
+        served = self._live.current
+        info = GaugeMetricFamily(
+            "skillcoach_model_version", "Version of the served model (0: none)", value=0
+        )
+        if served is not None:
+            info = GaugeMetricFamily(
+                "skillcoach_model_version",
+                "Version of the served model (0: none)",
+                value=served.version,
+            )
+        yield info
+
+
+class HttpMetricsMiddleware:
+    """Pure ASGI (BaseHTTPMiddleware would break contextvars, and so tracing)."""
+
+    def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
+        self.app = app
+        self.requests = Counter(
+            "skillcoach_http_requests_total",
+            "HTTP requests by route template and status",
+            ["method", "route", "status"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "skillcoach_http_request_duration_seconds",
+            "HTTP request duration by route template",
+            ["method", "route"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            # The template, never the raw path: label cardinality stays bounded.
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            self.requests.labels(method, template, str(status)).inc()
+            self.duration.labels(method, template).observe(time.perf_counter() - start)

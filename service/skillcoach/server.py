@@ -1,0 +1,29 @@
+"""`skillcoach serve`: one uvicorn process per replica (scale by replicas, not workers)."""
+
+from __future__ import annotations
+
+import logging
+
+import uvicorn
+
+from skillcoach.app import create_app
+from skillcoach.settings import Settings
+
+__all__ = ["serve"]
+
+
+def serve(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        # Starlette's lifespan opens the pool and loads the model before the port is served.
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )

@@ -1,0 +1,121 @@
+"""An app over a small hand-made catalog and model, so answers can be predicted exactly.
+
+Skill 1 is hard (weight -1.5), skill 2 medium (0), skill 3 easy (+1.5); each has 4 exercises
+whose weights spread around 0. The database is real PostgreSQL (through PgBouncer when the
+fixture is available), created fresh for this module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import Engine
+from starlette.testclient import TestClient
+
+from skillcoach.app import create_app
+from skillcoach.auth import Scope, create_api_key
+from skillcoach.db import create_sync_engine
+from skillcoach.model import BestLR
+from skillcoach.registry import promote, store_model
+from skillcoach.settings import load_settings
+from tests.conftest import drop_database, fresh_database
+
+SKILL_WEIGHTS = {1: -1.5, 2: 0.0, 3: 1.5}
+EX_WEIGHTS = [-0.6, -0.2, 0.2, 0.6]
+
+
+def exercise_id(skill: int, k: int) -> int:
+    return skill * 10 + k
+
+
+def hand_model() -> BestLR:
+    ex_ids, ex_skills, ex_w = [], [], []
+    for s in SKILL_WEIGHTS:
+        for k, w in enumerate(EX_WEIGHTS):
+            ex_ids.append(exercise_id(s, k))
+            ex_skills.append(s)
+            ex_w.append(w)
+    return BestLR.from_coefficients(
+        intercept=0.5,
+        skill_ids=list(SKILL_WEIGHTS),
+        skill_weights=list(SKILL_WEIGHTS.values()),
+        exercise_ids=ex_ids,
+        exercise_skill_ids=ex_skills,
+        exercise_weights=ex_w,
+        count_weights=[0.4, -0.4, 0.05, -0.05],
+    )
+
+
+@dataclass(frozen=True)
+class Keys:
+    read: str
+    write: str
+    admin: str
+
+
+def seed_catalog(engine: Engine) -> None:
+    with engine.begin() as conn:
+        for s in SKILL_WEIGHTS:
+            conn.exec_driver_sql(
+                "INSERT INTO skills (id, name) VALUES (%(i)s, %(n)s)", {"i": s, "n": f"skill-{s}"}
+            )
+            for k in range(len(EX_WEIGHTS)):
+                conn.exec_driver_sql(
+                    "INSERT INTO exercises (id, skill_id, difficulty, name)"
+                    " VALUES (%(i)s, %(s)s, %(d)s, %(n)s)",
+                    {"i": exercise_id(s, k), "s": s, "d": -EX_WEIGHTS[k], "n": f"ex-{s}-{k}"},
+                )
+
+
+def store_hand_model(engine: Engine) -> int:
+    with engine.begin() as conn:
+        version = store_model(
+            conn,
+            artifact=hand_model().to_artifact(),
+            trained_at=datetime(2026, 1, 1, tzinfo=UTC),
+            metrics={"auc": 0.75},
+            feature_schema={"features": "hand-made"},
+        )
+        promote(conn, version=version)
+    return version
+
+
+@pytest.fixture(scope="module")
+def api_db_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    name, direct_url = fresh_database("skillcoach_api")
+    engine = create_sync_engine(direct_url)
+    seed_catalog(engine)
+    store_hand_model(engine)
+    engine.dispose()
+    yield direct_url
+    drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def keys(api_db_url: str) -> Keys:
+    engine = create_sync_engine(api_db_url)
+    with engine.begin() as conn:
+        k = Keys(
+            read=create_api_key(conn, name="r", scopes=frozenset({Scope.READ})),
+            write=create_api_key(conn, name="w", scopes=frozenset({Scope.READ, Scope.WRITE})),
+            admin=create_api_key(conn, name="a", scopes=frozenset({Scope.ADMIN})),
+        )
+    engine.dispose()
+    return k
+
+
+@pytest.fixture(scope="module")
+def client(api_db_url: str, keys: Keys) -> Iterator[TestClient]:
+    settings = load_settings(
+        database_url=api_db_url,
+        environment="test",
+        pool_size=4,
+        max_overflow=2,
+        model_refresh_seconds=0.2,
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as c:
+        c.headers["Authorization"] = f"Bearer {keys.write}"
+        yield c
