@@ -105,4 +105,5 @@ def create_app(settings: Settings) -> Starlette:
         },
     )
     app.add_middleware(HttpMetricsMiddleware, registry=registry)
+    app.state.metrics_registry = registry
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import uvicorn
+from prometheus_client import start_http_server
 
 from skillcoach.app import create_app
 from skillcoach.settings import Settings
@@ -17,8 +18,12 @@ def serve(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    app = create_app(settings)
+    if settings.metrics_port:
+        # A thread of its own: scrapes keep answering even if the event loop is saturated.
+        start_http_server(settings.metrics_port, settings.host, app.state.metrics_registry)
     uvicorn.run(
-        create_app(settings),
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,

@@ -1,8 +1,8 @@
 """An app over a small hand-made catalog and model, so answers can be predicted exactly.
 
 Skill 1 is hard (weight -1.5), skill 2 medium (0), skill 3 easy (+1.5); each has 4 exercises
-whose weights spread around 0. The database is real PostgreSQL (through PgBouncer when the
-fixture is available), created fresh for this module.
+whose weights spread around 0. The database is real PostgreSQL, created fresh for this
+module, reached through a real PgBouncer in transaction mode.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
 
 from skillcoach.app import create_app
@@ -21,7 +22,9 @@ from skillcoach.db import create_sync_engine
 from skillcoach.model import BestLR
 from skillcoach.registry import promote, store_model
 from skillcoach.settings import load_settings
+from skillcoach.stack.pgbouncer import PgBouncer
 from tests.conftest import drop_database, fresh_database
+from tests.fixtures_services import pgbouncer_db_url
 
 SKILL_WEIGHTS = {1: -1.5, 2: 0.0, 3: 1.5}
 EX_WEIGHTS = [-0.6, -0.2, 0.2, 0.6]
@@ -108,9 +111,15 @@ def keys(api_db_url: str) -> Keys:
 
 
 @pytest.fixture(scope="module")
-def client(api_db_url: str, keys: Keys) -> Iterator[TestClient]:
+def api_bouncer_url(api_db_url: str, pgbouncer: PgBouncer, pg_url: str) -> str:
+    """The module's database through the session's PgBouncer (transaction pooling)."""
+    return pgbouncer_db_url(pgbouncer, pg_url, make_url(api_db_url).database)
+
+
+@pytest.fixture(scope="module")
+def client(api_bouncer_url: str, keys: Keys) -> Iterator[TestClient]:
     settings = load_settings(
-        database_url=api_db_url,
+        database_url=api_bouncer_url,
         environment="test",
         pool_size=4,
         max_overflow=2,

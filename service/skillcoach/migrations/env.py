@@ -12,7 +12,9 @@ assert url, "skillcoach.migrate sets sqlalchemy.url"
 # connection for one transaction, which is all a migration needs.
 engine = create_engine(url, poolclass=pool.NullPool)
 with engine.connect() as connection:
-    context.configure(connection=connection, transactional_ddl=True, transaction_per_migration=False)
+    context.configure(
+        connection=connection, transactional_ddl=True, transaction_per_migration=False
+    )
     with context.begin_transaction():
         # A transaction-scoped lock works through PgBouncer's transaction pooling (a session
         # lock would not): replicas that migrate at once run one after the other.

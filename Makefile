@@ -1,0 +1,58 @@
+# skillcoach: `make up` for a running stack, `make test` for the suite, `make check` for CI.
+# Everything runs from the project venv, which bootstraps itself from pyproject.toml.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# Re-install only when pyproject.toml changes (the stamp is newer than it otherwise).
+STAMP := $(VENV)/.installed
+REPLICAS ?= 1
+
+.PHONY: help venv .venv up down status services test lint typecheck check bench
+
+help:
+	@echo "make up [REPLICAS=N]  start PostgreSQL, PgBouncer, Redis and the API; print URL, key, curl"
+	@echo "make down             stop what 'make up' started (data is kept)"
+	@echo "make status           show each component of the stack"
+	@echo "make test             ensure services, run the test suite"
+	@echo "make check            lint, typecheck, test (what .ci/run does)"
+	@echo "make bench            run the load-test benchmark"
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+venv .venv: $(STAMP)
+
+up: $(STAMP)
+	$(VENV)/bin/skillcoach stack up --replicas $(REPLICAS)
+
+down: $(STAMP)
+	$(VENV)/bin/skillcoach stack down
+
+status: $(STAMP)
+	$(VENV)/bin/skillcoach stack status
+
+# PostgreSQL up, Debian packages pgbouncer + redis-server present, system Redis on 6379 up.
+services: $(STAMP)
+	$(PY) -m skillcoach.stack.ensure
+
+test: services
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+check: lint typecheck test
+
+bench: $(STAMP)
+	$(PY) -m loadtests

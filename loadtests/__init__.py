@@ -1,0 +1,1 @@
+"""Benchmarks and load tests for skillcoach (run with `python -m loadtests ...`)."""

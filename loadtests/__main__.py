@@ -1,0 +1,20 @@
+"""`python -m loadtests model [...]`: the benchmark entry point."""
+
+from __future__ import annotations
+
+import sys
+
+from loadtests.bench_model import main as model_main
+
+COMMANDS = {"model": model_main}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m loadtests {{{','.join(COMMANDS)}}} [options]", file=sys.stderr)
+        return 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -1,0 +1,193 @@
+"""Seed, train and inference timings on a scratch database (a benchmark, not a test).
+
+    python -m loadtests model --learners 10000 --attempts-per-learner 100
+
+Writes loadtests/results/model-<utc stamp>.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg2
+
+from skillcoach.analysis import focus_skills, rank_weaknesses, recommend
+from skillcoach.catalog import load_catalog
+from skillcoach.db import create_sync_engine
+from skillcoach.learners import fetch_exercise_history, fetch_skill_evidence
+from skillcoach.live_model import ServedModel
+from skillcoach.migrate import upgrade
+from skillcoach.model import BestLR
+from skillcoach.registry import fetch_promoted, promote
+from skillcoach.seeding import seed_database
+from skillcoach.simulator import SimulationParams
+from skillcoach.training import train_and_store
+
+RESULTS = Path(__file__).with_name("results")
+ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def _admin(sql: str) -> None:
+    conn = psycopg2.connect(ADMIN)
+    conn.autocommit = True
+    with conn.cursor() as cur:
+        cur.execute(sql)
+    conn.close()
+
+
+def _percentiles(samples: list[float]) -> dict[str, float]:
+    us = sorted(s * 1e6 for s in samples)
+    return {
+        "p50_us": round(statistics.median(us), 1),
+        "p99_us": round(us[int(0.99 * (len(us) - 1))], 1),
+        "mean_us": round(statistics.fmean(us), 1),
+    }
+
+
+def _inference(url: str, learners: int, rounds: int) -> dict[str, Any]:
+    engine = create_sync_engine(url)
+    with engine.connect() as conn:
+        record = fetch_promoted(conn)
+        assert record is not None and record.artifact is not None
+        catalog = load_catalog(conn)
+        ids = [
+            r[0]
+            for r in conn.exec_driver_sql(
+                "SELECT id FROM learners ORDER BY id LIMIT %(n)s", {"n": learners}
+            ).all()
+        ]
+        evidence = [fetch_skill_evidence(conn, learner_id=i) for i in ids]
+        histories = []
+        for i, ev in zip(ids, evidence, strict=True):
+            assert ev is not None
+            skills, _ = focus_skills(BestLR.from_artifact(record.artifact), ev, count=3)
+            cand, _ = catalog.exercises_of(skills)
+            histories.append(fetch_exercise_history(conn, learner_id=i, exercise_ids=cand))
+    engine.dispose()
+    model = BestLR.from_artifact(record.artifact, sha256=record.sha256)
+    served = ServedModel(
+        record.version,
+        record.sha256,
+        record.trained_at,
+        datetime.now(UTC),
+        record.metrics,
+        model,
+        catalog,
+    )
+    weak: list[float] = []
+    recs: list[float] = []
+    for _ in range(rounds):
+        for ev, hist in zip(evidence, histories, strict=True):
+            assert ev is not None
+            t0 = time.perf_counter()
+            rank_weaknesses(served.model, ev, min_attempts=5)
+            t1 = time.perf_counter()
+            skills, mastery = focus_skills(served.model, ev, count=3)
+            cand, cand_skills = catalog.exercises_of(skills)
+            recommend(
+                served.model,
+                ev,
+                skills=skills,
+                skill_mastery=mastery,
+                candidate_ids=cand,
+                candidate_skill_ids=cand_skills,
+                history=hist,
+                target=0.7,
+                limit=10,
+            )
+            t2 = time.perf_counter()
+            weak.append(t1 - t0)
+            recs.append(t2 - t1)
+    skills_per_learner = float(np.mean([len(e) for e in evidence if e is not None]))
+    return {
+        "weaknesses": _percentiles(weak),
+        "recommendations": _percentiles(recs),
+        "samples": len(weak),
+        "skills_per_learner": round(skills_per_learner, 1),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    db = f"skillcoach_bench_{uuid.uuid4().hex[:8]}"
+    _admin(f'CREATE DATABASE "{db}"')
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
+    try:
+        upgrade(url)
+        engine = create_sync_engine(url)
+        params = SimulationParams(
+            learners=args.learners,
+            skills=args.skills,
+            exercises_per_skill=args.exercises_per_skill,
+            attempts_per_learner=args.attempts_per_learner,
+            seed=args.seed,
+        )
+        t0 = time.perf_counter()
+        seed_database(engine, params, progress=False, replace=False)
+        seed_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        report = train_and_store(engine, seed=0, test_fraction=0.2)
+        train_s = time.perf_counter() - t0
+        with engine.begin() as conn:
+            promote(conn, version=report.version)
+        engine.dispose()
+        inference = _inference(url, args.inference_learners, args.rounds)
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    return {
+        "kind": "model",
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+            "cores": __import__("os").cpu_count(),
+        },
+        "params": vars(args),
+        "attempts": args.learners * args.attempts_per_learner,
+        "seed_seconds": round(seed_s, 2),
+        "seed_attempts_per_second": round(args.learners * args.attempts_per_learner / seed_s),
+        "train_seconds": round(train_s, 2),
+        "train_metrics": report.metrics,
+        "inference": inference,
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    inf, m = result["inference"], result["train_metrics"]
+    weak, rec = inf["weaknesses"], inf["recommendations"]
+    rows = [
+        ("seed time", f"{result['seed_seconds']} s ({result['seed_attempts_per_second']:,}/s)"),
+        ("train time", f"{result['train_seconds']} s"),
+        ("held-out AUC / oracle AUC", f"{m.get('auc', 0):.4f} / {m.get('oracle_auc', 0):.4f}"),
+        ("weaknesses inference p50 / p99", f"{weak['p50_us']} / {weak['p99_us']} µs"),
+        ("recommendations inference p50 / p99", f"{rec['p50_us']} / {rec['p99_us']} µs"),
+    ]
+    head = [f"| measure ({result['attempts']:,} attempts) | value |", "|---|---|"]
+    return "\n".join(head + [f"| {k} | {v} |" for k, v in rows])
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtests model")
+    p.add_argument("--learners", type=int, default=10_000)
+    p.add_argument("--skills", type=int, default=50)
+    p.add_argument("--exercises-per-skill", type=int, default=20)
+    p.add_argument("--attempts-per-learner", type=int, default=100)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--inference-learners", type=int, default=200)
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args(argv)
+    result = run(args)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"model-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(markdown(result))
+    print(f"\nwritten to {out}")
+    return 0

@@ -1,0 +1,32 @@
+"""The local stack (`skillcoach stack up|down|status`): PostgreSQL, PgBouncer, Redis, API replicas.
+
+State lives in ROOT/.stack/ (pid files, logs, generated secrets, the sourceable `env`); PgBouncer's
+runtime files live in /tmp/skillcoach-pgbouncer-<port>/ because it runs as the postgres user.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from skillcoach.stack.errors import StackError
+
+__all__ = ["StackError", "run_stack_command"]
+
+
+def run_stack_command(action: str, *, root: Path, replicas: int) -> int:
+    """Run up, down or status; returns the process exit code (errors are printed, not raised)."""
+    from skillcoach.stack import commands
+
+    try:
+        if action == "up":
+            return commands.up(root, replicas=replicas)
+        if action == "down":
+            return commands.down(root)
+        if action == "status":
+            return commands.status(root)
+    except StackError as exc:
+        print(f"skillcoach stack {action}: {exc}", file=sys.stderr, flush=True)
+        return 1
+    print(f"skillcoach stack: unknown action {action!r} (up, down, status)", file=sys.stderr)
+    return 2

@@ -1,0 +1,79 @@
+"""ROOT/.stack/env: where scripts find the running stack (`. .stack/env` in a shell).
+
+One `export NAME='value'` per line, values shell-quoted, so it is sourceable by sh and bash
+and parsed back by `read_env` without a shell. Mode 0600: it holds the API key and passwords.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+
+__all__ = ["read_env", "render_env", "stack_env", "write_env"]
+
+_NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
+
+
+def stack_env(
+    *,
+    api_url: str,
+    api_key: str,
+    database_url: str,
+    direct_database_url: str,
+    redis_url: str,
+    pgbouncer_admin_url: str,
+    replica_urls: list[str],
+) -> dict[str, str]:
+    """The variables of a running stack; DATABASE_URL and REDIS_URL are the replicas' own."""
+    return {
+        "SKILLCOACH_URL": api_url,
+        "SKILLCOACH_API_KEY": api_key,
+        # /metrics is served on the API port (SKILLCOACH_METRICS_PORT=0).
+        "SKILLCOACH_METRICS_URL": f"{api_url}/metrics",
+        "SKILLCOACH_REPLICA_URLS": " ".join(replica_urls),
+        "SKILLCOACH_DATABASE_URL": database_url,
+        "SKILLCOACH_DIRECT_DATABASE_URL": direct_database_url,
+        "SKILLCOACH_REDIS_URL": redis_url,
+        "SKILLCOACH_PGBOUNCER_ADMIN_URL": pgbouncer_admin_url,
+    }
+
+
+def render_env(values: Mapping[str, str]) -> str:
+    lines = ["# Written by `skillcoach stack up`; source it: . .stack/env"]
+    for name, value in values.items():
+        if not _NAME.fullmatch(name):
+            raise ValueError(f"not a shell variable name: {name!r}")
+        lines.append(f"export {name}={shlex.quote(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_env(path: Path, values: Mapping[str, str]) -> None:
+    """Write atomically (readers never see half a file), private to the owner."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(render_env(values))
+    os.replace(tmp, path)
+
+
+def read_env(path: Path) -> dict[str, str]:
+    """Parse a file written by write_env; a missing file is an empty mapping."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        words = shlex.split(line, comments=True)
+        if words[:1] == ["export"]:
+            words = words[1:]
+        if len(words) != 1 or "=" not in words[0]:
+            continue
+        name, _, value = words[0].partition("=")
+        if _NAME.fullmatch(name):
+            values[name] = value
+    return values

@@ -1,0 +1,154 @@
+"""Fixtures that run real PgBouncer and Redis processes for the tests (a pytest plugin).
+
+- `pgbouncer` (session): a PgBouncer in transaction mode on a free loopback port, in front of
+  the PostgreSQL server of `pg_url`, started as the postgres user from its own runtime dir.
+  `pgbouncer_url` is a SQLAlchemy URL to `pg_url`'s database through it, as `pg_url`'s user
+  with a random password (PostgreSQL itself trusts loopback); `pgbouncer_admin_url` is its
+  admin console (database "pgbouncer": SHOW POOLS, SHOW STATS).
+- `make_pgbouncer` (function): a factory for a private PgBouncer a test may kill and restart.
+- `redis_url` (session): a dedicated redis-server on a free port, nothing persisted.
+
+Every start waits with a deadline; every process is stopped at teardown.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from skillcoach.stack.errors import StackError
+from skillcoach.stack.packages import find_binary
+from skillcoach.stack.pgbouncer import (
+    ADMIN_USER,
+    PgBouncer,
+    PgBouncerConfig,
+    runtime_dir_for,
+)
+from skillcoach.stack.processes import free_port
+from skillcoach.stack.redis import RedisServer
+
+__all__ = [
+    "make_pgbouncer",
+    "pgbouncer",
+    "pgbouncer_admin_url",
+    "pgbouncer_url",
+    "redis_url",
+]
+
+_ROOT = Path(__file__).resolve().parents[1]
+_START_ATTEMPTS = 3  # a free port can be taken between choosing it and binding it
+
+
+def _require(binary: str) -> None:
+    if find_binary(binary) is None:
+        pytest.fail(
+            f"{binary} is not installed: run `make test` (or .venv/bin/python -m"
+            " skillcoach.stack.ensure) to install the Debian packages the tests need",
+            pytrace=False,
+        )
+
+
+def start_pgbouncer(pg_url: str, **overrides: int | float) -> PgBouncer:
+    """A running PgBouncer in front of pg_url's server, on a free port."""
+    _require("pgbouncer")
+    url = make_url(pg_url)
+    user = url.username or "postgres"
+    database = url.database or "postgres"
+    users = {user: secrets.token_urlsafe(16), ADMIN_USER: secrets.token_urlsafe(16)}
+    template = _ROOT / "deploy" / "pgbouncer" / "pgbouncer.ini.tmpl"
+    last: StackError | None = None
+    for _ in range(_START_ATTEMPTS):
+        port = free_port()
+        bouncer = PgBouncer(
+            config=PgBouncerConfig(
+                listen_port=port,
+                runtime_dir=runtime_dir_for(port),
+                databases=[database],
+                server_host=url.host or "127.0.0.1",
+                server_port=url.port or 5432,
+                **overrides,  # type: ignore[arg-type]
+            ),
+            users=users,
+            template_path=template,
+        )
+        try:
+            bouncer.start(timeout=15)
+        except StackError as exc:
+            last = exc
+            stop_pgbouncer(bouncer)
+            continue
+        return bouncer
+    raise RuntimeError(f"PgBouncer did not start in {_START_ATTEMPTS} attempts: {last}")
+
+
+def stop_pgbouncer(bouncer: PgBouncer) -> None:
+    """Stop it and remove its runtime dir (config, userlist with passwords, log)."""
+    bouncer.stop()
+    shutil.rmtree(bouncer.config.runtime_dir, ignore_errors=True)
+
+
+def pgbouncer_db_url(bouncer: PgBouncer, pg_url: str, database: str | None = None) -> str:
+    """pg_url's user and database (or another database) through bouncer."""
+    url = make_url(pg_url)
+    return bouncer.url(url.username or "postgres", database or url.database or "postgres")
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(pg_url: str) -> Iterator[PgBouncer]:
+    bouncer = start_pgbouncer(pg_url)
+    try:
+        yield bouncer
+    finally:
+        stop_pgbouncer(bouncer)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_url(pgbouncer: PgBouncer, pg_url: str) -> str:
+    return pgbouncer_db_url(pgbouncer, pg_url)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_admin_url(pgbouncer: PgBouncer) -> str:
+    return pgbouncer.admin_url
+
+
+@pytest.fixture
+def make_pgbouncer(pg_url: str) -> Iterator[Callable[..., PgBouncer]]:
+    """Start private PgBouncers (keyword overrides of PgBouncerConfig); all stopped after."""
+    started: list[PgBouncer] = []
+
+    def make(**overrides: int | float) -> PgBouncer:
+        bouncer = start_pgbouncer(pg_url, **overrides)
+        started.append(bouncer)
+        return bouncer
+
+    try:
+        yield make
+    finally:
+        for bouncer in started:
+            stop_pgbouncer(bouncer)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    _require("redis-server")
+    last: StackError | None = None
+    for _ in range(_START_ATTEMPTS):
+        server = RedisServer(port=free_port(), data_dir=tmp_path_factory.mktemp("redis"))
+        try:
+            server.start(timeout=10)
+        except StackError as exc:
+            last = exc
+            server.stop()
+            continue
+        try:
+            yield server.url
+        finally:
+            server.stop()
+        return
+    raise RuntimeError(f"redis-server did not start in {_START_ATTEMPTS} attempts: {last}")

@@ -1,0 +1,66 @@
+"""Stack configuration from the environment, and its generated secrets."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from skillcoach.stack.config import StackConfig, load_or_create_secrets
+from skillcoach.stack.errors import StackError
+
+
+def test_defaults() -> None:
+    cfg = StackConfig.from_env(Path("/r"), {})
+    assert (cfg.api_port, cfg.pgbouncer_port, cfg.redis_port) == (8000, 6432, 6390)
+    assert (cfg.pg_host, cfg.pg_port) == ("127.0.0.1", 5432)
+    assert cfg.env_file == Path("/r/.stack/env")
+    assert cfg.pgbouncer_template == Path("/r/deploy/pgbouncer/pgbouncer.ini.tmpl")
+
+
+def test_overrides() -> None:
+    cfg = StackConfig.from_env(
+        Path("/r"),
+        {
+            "SKILLCOACH_STACK_API_PORT": "9000",
+            "SKILLCOACH_STACK_PGBOUNCER_PORT": "7432",
+            "SKILLCOACH_STACK_REDIS_PORT": "7390",
+            "SKILLCOACH_STACK_PG_ADMIN_DSN": "postgresql://postgres@127.0.0.1:5433/postgres",
+            "SKILLCOACH_DEMO_LEARNERS": "50",
+        },
+    )
+    assert (cfg.api_port, cfg.pgbouncer_port, cfg.redis_port) == (9000, 7432, 7390)
+    assert cfg.pg_port == 5433
+    assert cfg.demo_learners == 50
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "70000"])
+def test_bad_port_names_the_variable(value: str) -> None:
+    with pytest.raises(StackError, match="SKILLCOACH_STACK_API_PORT"):
+        StackConfig.from_env(Path("/r"), {"SKILLCOACH_STACK_API_PORT": value})
+
+
+def test_replica_ports() -> None:
+    cfg = StackConfig.from_env(Path("/r"), {})
+    assert cfg.api_ports(1) == [8000]
+    # Several replicas leave the API port to the load balancer.
+    assert cfg.api_ports(3) == [8001, 8002, 8003]
+    with pytest.raises(StackError):
+        cfg.api_ports(0)
+
+
+def test_secrets_are_generated_once_and_private(tmp_path: Path) -> None:
+    path = tmp_path / ".stack" / "secrets.json"
+    first = load_or_create_secrets(path)
+    assert load_or_create_secrets(path) == first
+    assert first.app_password != first.admin_password
+    assert len(first.app_password) >= 24
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_corrupt_secrets_are_reported(tmp_path: Path) -> None:
+    path = tmp_path / "secrets.json"
+    path.write_text("{")
+    with pytest.raises(StackError, match="delete it"):
+        load_or_create_secrets(path)

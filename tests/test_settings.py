@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import pytest
+
+from skillcoach.settings import SettingsError, load_settings
+
+
+def test_defaults_are_the_seed_pool_settings() -> None:
+    s = load_settings()
+    assert (s.pool_size, s.max_overflow, s.pool_timeout, s.pool_recycle, s.pool_pre_ping) == (
+        20,
+        30,
+        5.0,
+        3600,
+        True,
+    )
+
+
+def test_environment_is_read_with_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKILLCOACH_PORT", "9001")
+    monkeypatch.setenv("SKILLCOACH_DATABASE_URL", "postgresql://u:p@db:6432/x")
+    s = load_settings()
+    assert s.port == 9001
+    assert s.sqlalchemy_url == "postgresql+psycopg2://u:p@db:6432/x"
+    assert "p@db" not in repr(s)  # secrets hidden
+
+
+def test_bad_values_fail_fast_naming_each_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SKILLCOACH_PORT", "http")
+    monkeypatch.setenv("SKILLCOACH_POOL_SIZE", "0")
+    monkeypatch.setenv("SKILLCOACH_DATABASE_URL", "mysql://x")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    text = str(err.value)
+    for var in ("SKILLCOACH_PORT", "SKILLCOACH_POOL_SIZE", "SKILLCOACH_DATABASE_URL"):
+        assert var in text
+
+
+def test_auth_cannot_be_disabled_in_prod() -> None:
+    with pytest.raises(SettingsError, match="auth_enabled"):
+        load_settings(environment="prod", auth_enabled=False)
