@@ -11,7 +11,7 @@ import pytest
 
 from skillcoach.migrate import upgrade
 
-pytest_plugins = ["tests.fixtures_services"]
+pytest_plugins = ["tests.fixtures_services", "tests.fixtures_api"]
 
 ADMIN_DSN = os.environ.get("SKILLCOACH_TEST_ADMIN_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 

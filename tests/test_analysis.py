@@ -13,7 +13,7 @@ from skillcoach.analysis import (
     rank_weaknesses,
     recommend,
 )
-from tests.routes.conftest import exercise_id, hand_model
+from tests.fixtures_api import exercise_id, hand_model
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from skillcoach.model import ArtifactError, BestLR, sigmoid
-from tests.routes.conftest import exercise_id, hand_model
+from tests.fixtures_api import exercise_id, hand_model
 
 
 def test_artifact_round_trip_keeps_predictions() -> None:

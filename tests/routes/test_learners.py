@@ -8,7 +8,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from skillcoach.schemas import AttemptsAccepted, Recommendations, Weaknesses
-from tests.routes.conftest import Keys, exercise_id
+from tests.fixtures_api import Keys, exercise_id
 
 _ids = itertools.count(1000)
 T0 = datetime(2026, 3, 1, tzinfo=UTC)

@@ -9,7 +9,7 @@ from skillcoach.db import create_sync_engine
 from skillcoach.schemas import ModelStatus
 from skillcoach.settings import load_settings
 from tests.conftest import drop_database, fresh_database
-from tests.routes.conftest import Keys, seed_catalog, store_hand_model
+from tests.fixtures_api import Keys, seed_catalog, store_hand_model
 
 
 def test_health_and_readiness_need_no_key(client: TestClient) -> None:
