@@ -187,8 +187,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rc: int = args.func(args)
+    try:
+        rc: int = args.func(args)
+    except _expected_errors() as exc:
+        # Operator mistakes and unreachable services get one line, not a traceback.
+        print(f"skillcoach {args.command}: {exc}", file=sys.stderr)
+        return 1
     return rc
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    from sqlalchemy.exc import OperationalError
+
+    from skillcoach.seeding import SeedConflict
+    from skillcoach.training import TrainingError
+
+    return (SeedConflict, TrainingError, ValueError, OperationalError)
 
 
 if __name__ == "__main__":
