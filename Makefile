@@ -20,7 +20,7 @@ help:
 	@echo "make status           show each component of the stack"
 	@echo "make test             ensure services, run the test suite"
 	@echo "make check            lint, typecheck, test (what .ci/run does)"
-	@echo "make bench            run the load-test benchmark"
+	@echo "make bench            seed/train/inference benchmark -> loadtests/results, docs/benchmarks.md"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,5 +54,6 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
+# Seed, train and inference timings on a scratch database (about a minute).
 bench: $(STAMP)
-	$(PY) -m loadtests
+	$(PY) -m loadtests model

@@ -7,10 +7,15 @@ module, reached through a real PgBouncer in transaction mode.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import httpx
 import pytest
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
@@ -23,6 +28,7 @@ from skillcoach.model import BestLR
 from skillcoach.registry import promote, store_model
 from skillcoach.settings import load_settings
 from skillcoach.stack.pgbouncer import PgBouncer
+from skillcoach.stack.processes import free_port
 from tests.conftest import drop_database, fresh_database
 from tests.fixtures_services import pgbouncer_db_url
 
@@ -128,3 +134,46 @@ def client(api_bouncer_url: str, keys: Keys) -> Iterator[TestClient]:
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         c.headers["Authorization"] = f"Bearer {keys.write}"
         yield c
+
+
+@pytest.fixture(scope="module")
+def server(api_bouncer_url: str, keys: Keys) -> Iterator[tuple[str, str]]:
+    """`skillcoach serve` as a real process on a free port (and a metrics port of its own)."""
+    port, metrics_port = free_port(), free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SKILLCOACH_")},
+        "SKILLCOACH_DATABASE_URL": api_bouncer_url,
+        "SKILLCOACH_PORT": str(port),
+        "SKILLCOACH_METRICS_PORT": str(metrics_port),
+        "SKILLCOACH_ENVIRONMENT": "test",
+        "SKILLCOACH_LOG_LEVEL": "warning",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "skillcoach.cli", "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        else:
+            pytest.fail("server did not become ready in 30 s")
+        yield base, f"http://127.0.0.1:{metrics_port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        if proc.stdout:
+            proc.stdout.close()

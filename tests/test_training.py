@@ -176,3 +176,20 @@ def test_quality_measures_on_hand_examples() -> None:
     p = np.array([0.95, 0.05, 0.55, 0.45])
     # Bins: {0.05: 0 of 1}, {0.45: 1 of 1}, {0.55: 1 of 1}, {0.95: 1 of 1}.
     assert expected_calibration_error(y, p) == pytest.approx((0.05 + 0.55 + 0.45 + 0.05) / 4)
+
+
+def test_acceptance_quality_at_issue_scale(empty_pg_url: str) -> None:
+    """The foundation issue's bar, at its size: 2000 learners x 50 skills x 100 attempts.
+
+    Held-out AUC within 5% of the oracle's, precision@3 of the weakest skills at least 0.05
+    above the Laplace baseline's.
+    """
+    engine = create_sync_engine(empty_pg_url)
+    params = SimulationParams(
+        learners=2000, skills=50, exercises_per_skill=20, attempts_per_learner=100, seed=42
+    )
+    seed_database(engine, params, progress=False, replace=False)
+    m = train_and_store(engine, seed=0, test_fraction=0.2).metrics
+    engine.dispose()
+    assert m["auc"] >= 0.95 * m["oracle_auc"], m
+    assert m["precision_at_3"] >= m["baseline_precision_at_3"] + 0.05, m

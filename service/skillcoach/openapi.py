@@ -22,6 +22,8 @@ from skillcoach.schemas import (
 
 __all__ = ["openapi_document"]
 
+MAX_INT32 = 2**31 - 1
+
 _MODELS: list[type[BaseModel]] = [
     AttemptBatch,
     AttemptsAccepted,
@@ -47,7 +49,7 @@ ID = {
     "name": "learner_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "integer", "minimum": 1},
+    "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
 }
 
 
@@ -80,7 +82,11 @@ def openapi_document() -> dict[str, Any]:
     _, defs = models_json_schema(
         [(m, "serialization") for m in _MODELS], ref_template="#/components/schemas/{model}"
     )
-    cursor = {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 0}}
+    cursor = {
+        "name": "cursor",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_INT32},
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": "skillcoach", "version": __version__},
@@ -147,7 +153,11 @@ def openapi_document() -> dict[str, Any]:
                 [
                     _limit(100, 1000),
                     cursor,
-                    {"name": "skill_id", "in": "query", "schema": {"type": "integer"}},
+                    {
+                        "name": "skill_id",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_INT32},
+                    },
                 ],
                 400,
                 401,
