@@ -93,3 +93,25 @@ def test_recommend_orders_unseen_by_distance_then_seen_by_age() -> None:
     d = [abs(r.predicted_success - 0.5) for r in recs[:2]]
     assert d == sorted(d)
     assert recs[0].skill_mastery == pytest.approx(float(mastery[0]))
+
+
+def test_recommend_with_no_history_at_all() -> None:
+    model = hand_model()
+    skills, mastery = focus_skills(model, SkillEvidence.empty(), count=3)
+    ids = np.array([exercise_id(s, k) for s in (1, 2, 3) for k in range(4)], dtype=np.int64)
+    none = ExerciseHistory(np.zeros(0, np.int64), np.zeros(0, np.int64), [])
+    recs = recommend(
+        model,
+        SkillEvidence.empty(),
+        skills=skills,
+        skill_mastery=mastery,
+        candidate_ids=ids,
+        candidate_skill_ids=ids // 10,
+        history=none,
+        target=0.7,
+        limit=5,
+    )
+    assert len(recs) == 5
+    assert all(r.seen_count == 0 and r.last_seen_at is None for r in recs)
+    d = [abs(r.predicted_success - 0.7) for r in recs]
+    assert d == sorted(d)

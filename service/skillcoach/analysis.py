@@ -175,10 +175,8 @@ def recommend(
     skill_pos = {int(s): i for i, s in enumerate(skills)}
     ev_pos = {int(s): i for i, s in enumerate(evidence.skill_ids)}
     ev_rows = np.array([ev_pos.get(int(s), -1) for s in candidate_skill_ids], dtype=np.int64)
-    has = ev_rows >= 0
-    safe = np.maximum(ev_rows, 0)
-    n_c = np.where(has, evidence.n_correct[safe] if len(evidence) else 0, 0)
-    n_i = np.where(has, evidence.n_incorrect[safe] if len(evidence) else 0, 0)
+    n_c = np.append(evidence.n_correct, 0)[ev_rows]  # -1 (never practised) reads the sentinel
+    n_i = np.append(evidence.n_incorrect, 0)[ev_rows]
     total_c, total_i = evidence.totals
     p = model.exercise_success(
         candidate_ids,
@@ -190,9 +188,9 @@ def recommend(
     )
     seen_pos = {int(e): i for i, e in enumerate(history.exercise_ids)}
     seen_idx = np.array([seen_pos.get(int(e), -1) for e in candidate_ids], dtype=np.int64)
-    seen_count = np.where(seen_idx >= 0, history.n_attempts[np.maximum(seen_idx, 0)], 0)
-    if len(history.exercise_ids) == 0:
-        seen_count = np.zeros(len(candidate_ids), dtype=np.int64)
+    # A sentinel 0 after the real counts, so unseen exercises (-1) index it without a guard.
+    counts = np.append(history.n_attempts, 0)
+    seen_count = counts[seen_idx]
     last_seen: list[datetime | None] = [
         history.last_answered_at[i] if i >= 0 else None for i in seen_idx
     ]

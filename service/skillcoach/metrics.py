@@ -47,16 +47,11 @@ class ModelCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         served = self._live.current
-        info = GaugeMetricFamily(
-            "skillcoach_model_version", "Version of the served model (0: none)", value=0
+        yield GaugeMetricFamily(
+            "skillcoach_model_version",
+            "Version of the served model (0: none loaded)",
+            value=0 if served is None else served.version,
         )
-        if served is not None:
-            info = GaugeMetricFamily(
-                "skillcoach_model_version",
-                "Version of the served model (0: none)",
-                value=served.version,
-            )
-        yield info
 
 
 class HttpMetricsMiddleware:

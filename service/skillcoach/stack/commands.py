@@ -8,7 +8,6 @@ is healthy, so a second `up` is quick and changes nothing.
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -24,7 +23,13 @@ from skillcoach.stack.pgbouncer import (
     default_template_path,
     runtime_dir_for,
 )
-from skillcoach.stack.processes import ApiReplica, http_status, known_replicas, log_tail
+from skillcoach.stack.processes import (
+    ApiReplica,
+    http_status,
+    known_replicas,
+    log_tail,
+    run_bounded,
+)
 from skillcoach.stack.redis import RedisServer
 
 __all__ = ["down", "status", "up"]
@@ -88,21 +93,14 @@ def _cli(
 ) -> str:
     """Run `skillcoach ARGS` in a child process; its output goes to log, stdout is returned."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "skillcoach.cli", *args],
-            env=dict(env),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise StackError(
-            f"`skillcoach {' '.join(args)}` did not finish within {timeout:g}s"
-        ) from None
+    result = run_bounded(
+        [sys.executable, "-m", "skillcoach.cli", *args],
+        what=f"`skillcoach {' '.join(args)}`",
+        env=env,
+        cwd=cwd,
+        timeout=timeout,
+        ok_codes=range(256),  # judged below, once the output is in the log
+    )
     log.write_text(f"$ skillcoach {' '.join(args)}\n{result.stdout}\n{result.stderr}")
     if result.returncode != 0:
         raise StackError(

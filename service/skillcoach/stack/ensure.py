@@ -8,14 +8,13 @@ Used by `make test` and so by .ci/run. It installs the Debian packages the fixtu
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 from skillcoach.stack import packages, postgres
 from skillcoach.stack.config import DEFAULT_PG_ADMIN_DSN
 from skillcoach.stack.errors import StackError
-from skillcoach.stack.processes import wait_until
+from skillcoach.stack.processes import run_bounded, wait_until
 from skillcoach.stack.redis import ping
 
 __all__ = ["ensure_services", "main"]
@@ -45,19 +44,7 @@ def ensure_system_redis(*, timeout: float = 15.0) -> bool:
         raise StackError("redis-server is not installed")
     for directory in ("/var/lib/redis", "/var/log/redis"):
         Path(directory).mkdir(parents=True, exist_ok=True)
-    try:
-        result = subprocess.run(
-            _system_redis_command(binary),
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise StackError(f"redis-server did not daemonize within {timeout:g}s") from None
-    if result.returncode != 0:
-        raise StackError(f"redis-server failed: {(result.stderr or result.stdout).strip()}")
+    run_bounded(_system_redis_command(binary), what="redis-server", timeout=timeout)
     if not wait_until(lambda: ping("127.0.0.1", SYSTEM_REDIS_PORT), timeout):
         raise StackError(f"Redis on {SYSTEM_REDIS_PORT} did not answer PING within {timeout:g}s")
     return True

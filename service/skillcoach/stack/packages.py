@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 from collections.abc import Sequence
 
 from skillcoach.stack.errors import StackError
+from skillcoach.stack.processes import run_bounded
 
 __all__ = ["REQUIRED", "ensure_packages", "find_binary", "missing_packages"]
 
@@ -48,21 +48,7 @@ def ensure_packages(
         ["apt-get", "update", "-q"],
         ["apt-get", "install", "-y", "-q", "--no-install-recommends", *missing],
     ):
-        try:
-            result = subprocess.run(
-                cmd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise StackError(f"{' '.join(cmd)} did not finish within {timeout:g}s") from None
-        if result.returncode != 0:
-            tail = "\n".join((result.stderr or result.stdout).splitlines()[-15:])
-            raise StackError(f"{' '.join(cmd)} failed (exit {result.returncode}):\n{tail}")
+        run_bounded(cmd, env=env, timeout=timeout)
     still = missing_packages(required)
     if still:
         raise StackError(f"apt-get install left these missing: {' '.join(still)}")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import pwd
 import signal
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from skillcoach.stack.processes import (
     port_open,
     process_cmdline,
     read_pidfile,
+    run_bounded,
     terminate,
     wait_until,
 )
@@ -218,18 +218,8 @@ class PgBouncer:
         run_as = _run_as_user()
         if run_as is not None:
             cmd = ["runuser", "-u", run_as.pw_name, "--", *cmd]
-        try:
-            # -d: it forks into the background once listening, so this returns quickly.
-            result = subprocess.run(
-                cmd, capture_output=True, text=True, timeout=timeout, check=False
-            )
-        except subprocess.TimeoutExpired:
-            raise StackError(f"pgbouncer did not daemonize within {timeout:g}s") from None
-        if result.returncode != 0:
-            raise StackError(
-                f"pgbouncer failed to start (exit {result.returncode}): "
-                f"{(result.stderr or result.stdout).strip()}\n{log_tail(self.logfile)}"
-            )
+        # -d: it forks into the background once listening, so this returns quickly.
+        run_bounded(cmd, what="pgbouncer", timeout=timeout, log=self.logfile)
         if not wait_until(self.healthy, timeout, interval=0.1):
             raise StackError(
                 f"pgbouncer on port {self.config.listen_port} did not answer within"

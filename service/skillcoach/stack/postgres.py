@@ -5,7 +5,6 @@ stops it."""
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from psycopg2 import sql
 from psycopg2.extensions import parse_dsn
 
 from skillcoach.stack.errors import StackError
-from skillcoach.stack.processes import wait_until
+from skillcoach.stack.processes import run_bounded, wait_until
 
 __all__ = [
     "ensure_role_and_database",
@@ -55,20 +54,8 @@ def start_local_cluster(*, timeout: float = 60.0) -> str:
     cmd = ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"]
     if os.geteuid() != 0:
         raise StackError(f"PostgreSQL is down; start it with: sudo {' '.join(cmd)}")
-    try:
-        result = subprocess.run(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
-        raise StackError(f"{' '.join(cmd)} did not finish within {timeout:g}s") from None
     # Exit 2 means "already running", which is what we want.
-    if result.returncode not in (0, 2):
-        raise StackError(f"{' '.join(cmd)} failed: {(result.stderr or result.stdout).strip()}")
+    run_bounded(cmd, timeout=timeout, ok_codes=(0, 2))
     return version
 
 

@@ -17,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,9 +33,43 @@ __all__ = [
     "port_open",
     "process_cmdline",
     "read_pidfile",
+    "run_bounded",
     "terminate",
     "wait_until",
 ]
+
+
+def run_bounded(
+    cmd: Sequence[str],
+    *,
+    timeout: float,
+    what: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    ok_codes: Sequence[int] = (0,),
+    log: Path | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command to completion within `timeout`; StackError (with the output's tail and,
+    if given, the tail of `log`) when it overruns or exits with a code not in ok_codes."""
+    what = what or " ".join(cmd)
+    try:
+        result = subprocess.run(
+            list(cmd),
+            env=None if env is None else dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        raise StackError(f"{what} did not finish within {timeout:g}s") from None
+    if result.returncode not in ok_codes:
+        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:])
+        extra = f"\nlog {log}:\n{log_tail(log)}" if log is not None else ""
+        raise StackError(f"{what} failed (exit {result.returncode}):\n{tail}{extra}")
+    return result
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:

@@ -6,7 +6,6 @@ and a restart starts empty.
 
 from __future__ import annotations
 
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from skillcoach.stack.processes import (
     port_open,
     process_cmdline,
     read_pidfile,
+    run_bounded,
     terminate,
     wait_until,
 )
@@ -109,22 +109,7 @@ class RedisServer:
             logfile=self.logfile,
             host=self.host,
         )
-        try:
-            result = subprocess.run(
-                [binary, *args],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            raise StackError(f"redis-server did not daemonize within {timeout:g}s") from None
-        if result.returncode != 0:
-            raise StackError(
-                f"redis-server failed to start (exit {result.returncode}):"
-                f" {(result.stderr or result.stdout).strip()}\n{log_tail(self.logfile)}"
-            )
+        run_bounded([binary, *args], what="redis-server", timeout=timeout, log=self.logfile)
         if not wait_until(self.healthy, timeout):
             raise StackError(
                 f"redis on port {self.port} did not answer PING within {timeout:g}s;"
