@@ -35,11 +35,19 @@ class Settings(BaseSettings):
     pool_file: Path | None = None
     pool_size: int = Field(default=20, ge=1, le=1000)
     max_overflow: int = Field(default=30, ge=0, le=1000)
-    pool_timeout: float = Field(default=5.0, gt=0, le=60)
+    # Checkout wait: short, so a saturated pool answers 503 instead of queueing (the seed's
+    # 30 s default was the collapse; its proposed 5 s still exceeds a sane request budget).
+    pool_timeout: float = Field(default=2.0, gt=0, le=60)
     pool_recycle: int = Field(default=3600, ge=-1)
     pool_pre_ping: bool = True
-    statement_timeout_ms: int = Field(default=5000, ge=1, le=600_000)
-    request_timeout: float = Field(default=10.0, gt=0, le=300)
+    statement_timeout_ms: int = Field(default=3000, ge=1, le=600_000)
+    # Per-request deadline for everything that waits on the database (slot, checkout, query).
+    request_timeout: float = Field(default=5.0, gt=0, le=300)
+    # In-flight requests a replica admits beyond its pool capacity before it sheds with 503.
+    queue_allowance: int = Field(default=50, ge=0, le=100_000)
+    # A connection held longer than this is reported (metric + log with the route).
+    long_checkout_seconds: float = Field(default=5.0, gt=0, le=3600)
+    pool_file_poll_seconds: float = Field(default=1.0, gt=0, le=300)
 
     model_refresh_seconds: float = Field(default=30.0, gt=0, le=86_400)
     insufficient_data_attempts: int = Field(default=5, ge=1, le=1000)

@@ -1,0 +1,78 @@
+"""The connection budget, split across replicas: one pure function for the operator, the Helm
+chart's defaults and the local stack (ARCHITECTURE.md, "Pool-sizing contract").
+
+Client side: PgBouncer accepts `max_client_conn` clients; `client_reserve` of them are kept for
+admin, migrations and exporters. During a rolling update `surge` extra pods hold connections
+too, so each pod gets floor(budget / (replicas + surge)), clamped to [min, max], split into a
+steady part (pool_size) and a burst part (max_overflow) in the seed's 20:30 proportion.
+Server side: PostgreSQL allows `max_connections`; `server_reserve` stay free for superuser and
+maintenance; the rest is divided among the PgBouncer instances as default_pool_size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Budget", "PoolPlan", "plan_pools"]
+
+# The seed's proportion: pool_size 20 + max_overflow 30 = 50.
+STEADY_SHARE = 0.4
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    max_client_conn: int = 1000
+    client_reserve: int = 50
+    max_connections: int = 100
+    server_reserve: int = 10
+    pgbouncer_replicas: int = 1
+    min_per_pod: int = 4
+    max_per_pod: int = 50
+    pool_timeout: float = 2.0
+    pool_recycle: int = 3600
+
+    def __post_init__(self) -> None:
+        if self.max_client_conn <= self.client_reserve:
+            raise ValueError("max_client_conn must exceed client_reserve")
+        if self.max_connections <= self.server_reserve:
+            raise ValueError("max_connections must exceed server_reserve")
+        if self.pgbouncer_replicas < 1:
+            raise ValueError("pgbouncer_replicas must be at least 1")
+        if not 1 <= self.min_per_pod <= self.max_per_pod:
+            raise ValueError("need 1 <= min_per_pod <= max_per_pod")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolPlan:
+    pool_size: int
+    max_overflow: int
+    pool_timeout: float
+    pool_recycle: int
+    pgbouncer_default_pool_size: int
+    # True when the clamp to min_per_pod promises more client connections than the budget has:
+    # the replicas then queue at PgBouncer (query_wait_timeout) instead of being refused.
+    oversubscribed: bool
+
+    @property
+    def per_pod(self) -> int:
+        return self.pool_size + self.max_overflow
+
+
+def plan_pools(budget: Budget, *, replicas: int, surge: int = 1) -> PoolPlan:
+    if replicas < 1:
+        raise ValueError("replicas must be at least 1")
+    if surge < 0:
+        raise ValueError("surge must not be negative")
+    client_budget = budget.max_client_conn - budget.client_reserve
+    raw = client_budget // (replicas + surge)
+    per_pod = min(budget.max_per_pod, max(budget.min_per_pod, raw))
+    pool_size = max(1, round(per_pod * STEADY_SHARE))
+    server_budget = budget.max_connections - budget.server_reserve
+    return PoolPlan(
+        pool_size=pool_size,
+        max_overflow=per_pod - pool_size,
+        pool_timeout=budget.pool_timeout,
+        pool_recycle=budget.pool_recycle,
+        pgbouncer_default_pool_size=max(1, server_budget // budget.pgbouncer_replicas),
+        oversubscribed=per_pod * (replicas + surge) > client_budget,
+    )
