@@ -1,12 +1,13 @@
-"""`python -m loadtests model [...]`: the benchmark entry point."""
+"""`python -m loadtests {model,concurrency} [...]`: the benchmark entry point."""
 
 from __future__ import annotations
 
 import sys
 
+from loadtests.bench_concurrency import main as concurrency_main
 from loadtests.bench_model import main as model_main
 
-COMMANDS = {"model": model_main}
+COMMANDS = {"model": model_main, "concurrency": concurrency_main}
 
 
 def main(argv: list[str]) -> int:

@@ -7,9 +7,11 @@ module, reached through a real PgBouncer in transaction mode.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -136,44 +138,57 @@ def client(api_bouncer_url: str, keys: Keys) -> Iterator[TestClient]:
         yield c
 
 
-@pytest.fixture(scope="module")
-def server(api_bouncer_url: str, keys: Keys) -> Iterator[tuple[str, str]]:
-    """`skillcoach serve` as a real process on a free port (and a metrics port of its own)."""
+@contextlib.contextmanager
+def run_server(database_url: str, **env: str) -> Iterator[tuple[str, str]]:
+    """`skillcoach serve` as a real process on free ports, configured by SKILLCOACH_* only;
+    yields (base URL, metrics URL). Its log goes to a file (a full pipe would stall it)."""
     port, metrics_port = free_port(), free_port()
-    env = {
+    full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("SKILLCOACH_")},
-        "SKILLCOACH_DATABASE_URL": api_bouncer_url,
+        "SKILLCOACH_DATABASE_URL": database_url,
         "SKILLCOACH_PORT": str(port),
         "SKILLCOACH_METRICS_PORT": str(metrics_port),
         "SKILLCOACH_ENVIRONMENT": "test",
         "SKILLCOACH_LOG_LEVEL": "warning",
+        **{f"SKILLCOACH_{k.upper()}": v for k, v in env.items()},
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "skillcoach.cli", "serve"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        else:
-            pytest.fail("server did not become ready in 30 s")
-        yield base, f"http://127.0.0.1:{metrics_port}"
-    finally:
-        proc.terminate()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "skillcoach.cli", "serve"],
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+        def output() -> str:
+            log.seek(0)
+            return log.read().decode(errors="replace")[-4000:]
+
+        base = f"http://127.0.0.1:{port}"
         try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
-        if proc.stdout:
-            proc.stdout.close()
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                assert proc.poll() is None, output()
+                try:
+                    if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.1)
+            else:
+                pytest.fail(f"server did not become ready in 30 s:\n{output()}")
+            yield base, f"http://127.0.0.1:{metrics_port}"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def server(api_bouncer_url: str, keys: Keys) -> Iterator[tuple[str, str]]:
+    """The module's API database served by a real `skillcoach serve` process."""
+    with run_server(api_bouncer_url) as urls:
+        yield urls

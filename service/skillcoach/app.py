@@ -13,10 +13,21 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from skillcoach.admission import AdmissionMiddleware
 from skillcoach.auth import KeyCache
-from skillcoach.db import Database, DatabaseUnavailable, PoolConfig, PoolExhausted
+from skillcoach.db import (
+    Database,
+    DatabaseUnavailable,
+    DeadlineExceeded,
+    PoolConfig,
+    PoolExhausted,
+    QueryTimeout,
+)
+from skillcoach.db_metrics import PoolCollector
+from skillcoach.health import HealthProbe
 from skillcoach.live_model import LiveModel
-from skillcoach.metrics import HttpMetricsMiddleware, ModelCollector, PoolCollector, new_registry
+from skillcoach.metrics import HttpMetricsMiddleware, ModelCollector, new_registry
+from skillcoach.pool_watch import initial_pool, watch_pool_file
 from skillcoach.problems import Problem, ServiceUnavailable, problem_response
 from skillcoach.routes import catalog, learners, ops
 from skillcoach.settings import Settings
@@ -25,6 +36,8 @@ from skillcoach.state import AppState
 __all__ = ["create_app"]
 
 log = logging.getLogger("skillcoach")
+
+LONG_HELD_SCAN_SECONDS = 1.0
 
 
 async def _refresh_model_forever(state: AppState) -> None:
@@ -36,6 +49,13 @@ async def _refresh_model_forever(state: AppState) -> None:
             await state.live_model.refresh(state.db)
         except DatabaseUnavailable as exc:
             log.warning("model refresh skipped: %s", exc)
+
+
+async def _scan_long_held_forever(db: Database) -> None:
+    # A connection stuck in a slow transaction is reported while it is still held.
+    while True:
+        await anyio.sleep(LONG_HELD_SCAN_SECONDS)
+        db.check_long_held()
 
 
 async def _problem(request: Request, exc: Exception) -> Response:
@@ -52,8 +72,14 @@ async def _http_exception(request: Request, exc: Exception) -> Response:
 
 
 async def _db_unavailable(request: Request, exc: Exception) -> Response:
-    detail = "database busy" if isinstance(exc, PoolExhausted) else "database unavailable"
-    return problem_response(ServiceUnavailable(f"{detail}: {exc}", retry_after=1), request.url.path)
+    if isinstance(exc, PoolExhausted | DeadlineExceeded):
+        detail, retry_after = "database busy", 1
+    elif isinstance(exc, QueryTimeout):
+        detail, retry_after = "database too slow", 2
+    else:
+        detail, retry_after = "database unavailable", 2
+    problem = ServiceUnavailable(f"{detail}: {exc}", retry_after=retry_after)
+    return problem_response(problem, request.url.path)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -63,17 +89,26 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings) -> Starlette:
     registry = new_registry()
+    holder: dict[str, Database] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool, generation = initial_pool(settings.pool_file, PoolConfig.from_settings(settings))
         db = Database(
             settings.sqlalchemy_url,
-            PoolConfig.from_settings(settings),
+            pool,
             statement_timeout_ms=settings.statement_timeout_ms,
+            request_timeout=settings.request_timeout,
+            long_checkout_seconds=settings.long_checkout_seconds,
+            registry=registry,
         )
+        db.generation = generation
+        holder["db"] = db
+        probe = HealthProbe(settings.sqlalchemy_url)
         state = AppState(
             settings=settings,
             db=db,
+            probe=probe,
             live_model=LiveModel(),
             keys=KeyCache(settings.api_key_cache_seconds),
             registry=registry,
@@ -88,11 +123,22 @@ def create_app(settings: Settings) -> Starlette:
             log.warning("no model at start-up: %s", exc)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_refresh_model_forever, state)
+            tg.start_soon(_scan_long_held_forever, db)
+            if settings.pool_file is not None:
+                tg.start_soon(
+                    watch_pool_file, db, settings.pool_file, settings.pool_file_poll_seconds
+                )
             try:
                 yield
             finally:
                 tg.cancel_scope.cancel()
+        probe.dispose()
         db.dispose()
+
+    def in_flight_limit() -> int:
+        db = holder.get("db")
+        capacity = db.pool_config.capacity if db else settings.pool_size + settings.max_overflow
+        return capacity + settings.queue_allowance
 
     app = Starlette(
         routes=[*ops.routes, *learners.routes, *catalog.routes],
@@ -103,6 +149,13 @@ def create_app(settings: Settings) -> Starlette:
             DatabaseUnavailable: _db_unavailable,
             Exception: _unexpected,
         },
+    )
+    # Added last = outermost: shed requests are counted by the HTTP metrics too.
+    app.add_middleware(
+        AdmissionMiddleware,
+        limit=in_flight_limit,
+        request_timeout=settings.request_timeout,
+        registry=registry,
     )
     app.add_middleware(HttpMetricsMiddleware, registry=registry)
     app.state.metrics_registry = registry

@@ -1,4 +1,5 @@
-"""The `skillcoach` command line: migrate, seed, train, promote, models, apikey, serve, stack."""
+"""The `skillcoach` command line: migrate, seed, train, promote, models, apikey, serve, stack,
+pgbouncer-exporter."""
 
 from __future__ import annotations
 
@@ -133,7 +134,27 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_stack(args: argparse.Namespace) -> int:
     from skillcoach.stack import run_stack_command
 
-    return run_stack_command(args.action, root=Path(args.root).resolve(), replicas=args.replicas)
+    if args.count is not None and args.replicas is not None and args.count != args.replicas:
+        print("skillcoach stack: the count and --replicas disagree", file=sys.stderr)
+        return 2
+    replicas = args.count if args.count is not None else args.replicas
+    return run_stack_command(args.action, root=Path(args.root).resolve(), replicas=replicas)
+
+
+def _cmd_pgbouncer_exporter(args: argparse.Namespace) -> int:
+    import os
+
+    from skillcoach.pgbouncer_exporter import serve
+
+    admin_url = args.admin_url or os.environ.get("SKILLCOACH_PGBOUNCER_ADMIN_URL", "")
+    if not admin_url:
+        print(
+            "skillcoach pgbouncer-exporter: give --admin-url or SKILLCOACH_PGBOUNCER_ADMIN_URL",
+            file=sys.stderr,
+        )
+        return 2
+    serve(admin_url, port=args.port, host=args.host)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,11 +198,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run one API replica (configured by SKILLCOACH_* only)")
     p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("stack", help="the local stack: PostgreSQL, PgBouncer, Redis, API")
-    p.add_argument("action", choices=["up", "down", "status"])
-    p.add_argument("--replicas", type=int, default=1)
+    p = sub.add_parser(
+        "stack",
+        help="the local stack: PostgreSQL, PgBouncer, Redis, API replicas behind HAProxy",
+        description="up [--replicas N] starts everything (N API replicas, default 1, behind"
+        " HAProxy on one port); scale N (or scale --replicas N) changes the number of"
+        " replicas of a running stack and resizes every replica's pool; down stops it;"
+        " status shows each component.",
+    )
+    p.add_argument("action", choices=["up", "down", "status", "scale"])
+    p.add_argument("count", nargs="?", type=int, help="scale (or up): the number of replicas")
+    p.add_argument("--replicas", type=int, default=None, help="the number of API replicas")
     p.add_argument("--root", default=".", help="project checkout (state goes to ROOT/.stack)")
     p.set_defaults(func=_cmd_stack)
+
+    p = sub.add_parser(
+        "pgbouncer-exporter",
+        help="serve PgBouncer's SHOW POOLS / SHOW STATS as Prometheus metrics",
+    )
+    p.add_argument(
+        "--admin-url",
+        default=None,
+        help="PgBouncer admin console URL (default: $SKILLCOACH_PGBOUNCER_ADMIN_URL; the"
+        " environment keeps the password out of `ps`)",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=9127)
+    p.set_defaults(func=_cmd_pgbouncer_exporter)
     return parser
 
 

@@ -6,41 +6,70 @@ pool bounded to the pool's capacity, and returns the connection on every path. C
 cannot leak a connection: the worker thread is never abandoned, it finishes its transaction
 and checks the connection back in, whatever happened to the awaiting request.
 
-Everything here is PgBouncer-safe (transaction pooling): no session state, no server-side
-prepared statements, and per-transaction settings only through SET LOCAL.
+Everything that waits has the request's deadline: the wait for a slot (cancelled at the
+deadline), the query (`SET LOCAL statement_timeout` capped by the time left) and the retries
+of idempotent reads. Everything is PgBouncer-safe (transaction pooling): no session state, no
+server-side prepared statements, per-transaction settings only through SET LOCAL.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
+import random
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import TypeVar
 
 import anyio
 import anyio.to_thread
+from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, create_engine, exc
 
+from skillcoach.db_metrics import DbMetrics, PoolStats
+from skillcoach.request_context import current_route, remaining
 from skillcoach.settings import Settings
 
 __all__ = [
+    "ConnectionLost",
     "Database",
     "DatabaseUnavailable",
+    "DeadlineExceeded",
     "PoolConfig",
     "PoolExhausted",
     "PoolStats",
+    "QueryTimeout",
     "create_sync_engine",
 ]
 
-P = ParamSpec("P")
 T = TypeVar("T")
+log = logging.getLogger("skillcoach.db")
+
+RETRY_BASE = 0.05
+RETRY_CAP = 1.0
+RETRY_ATTEMPTS = 50  # the deadline ends retries long before this; it only bounds the loop
 
 
 class DatabaseUnavailable(RuntimeError):
-    """The database (or PgBouncer) could not be reached or timed out: retry later."""
+    """The database cannot serve this request now; answer 503 and let the client retry."""
+
+
+class ConnectionLost(DatabaseUnavailable):
+    """PgBouncer or PostgreSQL could not be reached (or dropped us): transient, retryable."""
+
+
+class QueryTimeout(DatabaseUnavailable):
+    """statement_timeout cancelled the transaction: the database is too slow right now."""
 
 
 class PoolExhausted(DatabaseUnavailable):
     """No pooled connection became free within pool_timeout."""
+
+
+class DeadlineExceeded(DatabaseUnavailable):
+    """The request's deadline passed before the database work could start or finish."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,16 +95,6 @@ class PoolConfig:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class PoolStats:
-    size: int
-    checked_out: int
-    idle: int
-    overflow: int
-    capacity: int
-    waiters: int
-
-
 def create_sync_engine(
     url: str, pool: PoolConfig | None = None, *, name: str = "skillcoach"
 ) -> Engine:
@@ -98,57 +117,184 @@ def create_sync_engine(
     )
 
 
+@dataclass(slots=True)
+class _Checkout:
+    started: float
+    route: str
+    reported: bool = False
+
+
 class Database:
-    def __init__(self, url: str, pool: PoolConfig, *, statement_timeout_ms: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        pool: PoolConfig,
+        *,
+        statement_timeout_ms: int,
+        request_timeout: float = 5.0,
+        long_checkout_seconds: float = 5.0,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._url = url
         self.pool_config = pool
         self.engine = create_sync_engine(url, pool)
+        self.generation = 0
+        self._retiring: list[Engine] = []
         self._statement_timeout_ms = int(statement_timeout_ms)
+        self._request_timeout = request_timeout
+        self._long_checkout = long_checkout_seconds
         # Threads beyond the pool's capacity would only queue inside the pool, each holding
         # a worker; AnyIO's default of 40 threads against 15 connections is the seed's failure.
         self.limiter = anyio.CapacityLimiter(pool.capacity)
+        self.metrics = DbMetrics(registry)
+        self._held: dict[int, _Checkout] = {}
+        self._held_lock = threading.Lock()
+        self._tokens = itertools.count()
 
-    def _transaction(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+    # -- the transaction, on a worker thread ------------------------------------------------
+    def _transaction(
+        self,
+        fn: Callable[..., T],
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+        asked_at: float,
+        deadline: float,
+    ) -> T:
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            self.metrics.checkout_timeouts.inc()
+            raise DeadlineExceeded("request deadline passed while waiting for a connection")
+        token = next(self._tokens)
+        engine = self.engine  # a resize swaps the attribute; this transaction keeps its pool
+        timeout = max(1, min(self._statement_timeout_ms, left_ms))
         try:
-            with self.engine.begin() as conn:
-                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {self._statement_timeout_ms}")
+            with engine.begin() as conn:
+                self.metrics.checkout_wait.observe(time.monotonic() - asked_at)
+                with self._held_lock:
+                    self._held[token] = _Checkout(time.monotonic(), current_route())
+                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {timeout}")
                 return fn(conn, *args, **kwargs)
         except exc.TimeoutError as e:
+            self.metrics.checkout_timeouts.inc()
             raise PoolExhausted(
                 f"no database connection free within {self.pool_config.pool_timeout:g}s"
             ) from e
-        except exc.OperationalError as e:
-            raise DatabaseUnavailable(_first_line(e)) from e
         except exc.DBAPIError as e:
-            if e.connection_invalidated or _is_query_canceled(e):
-                raise DatabaseUnavailable(_first_line(e)) from e
+            if _is_query_canceled(e):
+                self.metrics.query_timeouts.inc()
+                raise QueryTimeout(f"query cancelled after {timeout} ms") from e
+            if isinstance(e, exc.OperationalError) or e.connection_invalidated:
+                self.metrics.connection_errors.inc()
+                raise ConnectionLost(_first_line(e)) from e
             raise
+        finally:
+            with self._held_lock:
+                held = self._held.pop(token, None)
+            if held is not None:
+                self._report_if_long(held, time.monotonic() - held.started)
 
-    async def run(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> T:
-        """Run fn(conn, *args, **kwargs) in one transaction on a worker thread."""
-        return await anyio.to_thread.run_sync(
-            lambda: self._transaction(fn, *args, **kwargs), limiter=self.limiter
-        )
+    # -- the async entry point --------------------------------------------------------------
+    async def run(
+        self, fn: Callable[..., T], /, *args: object, retry: bool = False, **kwargs: object
+    ) -> T:
+        """Run fn(conn, *args, **kwargs) in one transaction on a worker thread, within the
+        current request's deadline. `retry=True` (idempotent reads only) retries connection
+        errors with jittered exponential backoff until the deadline."""
+        deadline = time.monotonic() + remaining(self._request_timeout)
+        for attempt in range(RETRY_ATTEMPTS):
+            try:
+                return await self._run_once(fn, args, kwargs, deadline)
+            except ConnectionLost:
+                left = deadline - time.monotonic()
+                if not retry or attempt == RETRY_ATTEMPTS - 1 or left <= 0:
+                    raise
+                self.metrics.retries.inc()
+                backoff = random.uniform(RETRY_BASE / 2, min(RETRY_CAP, RETRY_BASE * 2**attempt))
+                await anyio.sleep(min(backoff, left))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run_once(
+        self,
+        fn: Callable[..., T],
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+        deadline: float,
+    ) -> T:
+        asked_at = time.monotonic()
+        with anyio.move_on_after(deadline - asked_at) as scope:
+            # Cancellable only while waiting for a slot; once the thread runs, it finishes
+            # (bounded by statement_timeout) and returns its connection.
+            return await anyio.to_thread.run_sync(
+                self._transaction, fn, args, kwargs, asked_at, deadline, limiter=self.limiter
+            )
+        assert scope.cancelled_caught
+        self.metrics.checkout_timeouts.inc()
+        raise DeadlineExceeded("no database connection free before the request deadline")
 
     def run_sync(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> T:
-        return self._transaction(fn, *args, **kwargs)
+        now = time.monotonic()
+        return self._transaction(fn, args, kwargs, now, now + self._request_timeout)
 
+    # -- long-held checkouts ----------------------------------------------------------------
+    def _report_if_long(self, held: _Checkout, age: float) -> None:
+        if age >= self._long_checkout and not held.reported:
+            held.reported = True
+            self.metrics.long_checkouts.labels(held.route).inc()
+            log.warning("connection held %.1fs by %s", age, held.route)
+
+    def check_long_held(self) -> int:
+        """Report (once each) checkouts held past the threshold; returns how many are."""
+        now = time.monotonic()
+        with self._held_lock:
+            snapshot = list(self._held.values())
+        long_held = [h for h in snapshot if now - h.started >= self._long_checkout]
+        for h in long_held:
+            self._report_if_long(h, now - h.started)
+        return len(long_held)
+
+    # -- live resize ------------------------------------------------------------------------
+    def resize(self, pool: PoolConfig, *, generation: int) -> None:
+        """New checkouts use a new pool at once; the old one is disposed when its connections
+        have come back (see `dispose_retired`), so no in-flight request fails."""
+        old = self.engine
+        self.engine = create_sync_engine(self._url, pool)
+        self.pool_config = pool
+        self.generation = generation
+        # Growing wakes waiters at once; shrinking lets current holders finish first.
+        self.limiter.total_tokens = pool.capacity
+        self._retiring.append(old)
+        self.metrics.resizes.inc()
+        self.dispose_retired()
+
+    def dispose_retired(self) -> None:
+        still = []
+        for engine in self._retiring:
+            if engine.pool.checkedout() == 0:  # type: ignore[attr-defined]
+                engine.dispose()
+            else:
+                still.append(engine)
+        self._retiring = still
+
+    # -- state ------------------------------------------------------------------------------
     def stats(self) -> PoolStats:
         pool = self.engine.pool
-        size = int(pool.size())  # type: ignore[attr-defined]
-        checked_out = int(pool.checkedout())  # type: ignore[attr-defined]
-        idle = int(pool.checkedin())  # type: ignore[attr-defined]
-        overflow = max(0, int(pool.overflow()))  # type: ignore[attr-defined]
+        retiring_out = sum(e.pool.checkedout() for e in self._retiring)  # type: ignore[attr-defined]
         return PoolStats(
-            size=size,
-            checked_out=checked_out,
-            idle=idle,
-            overflow=overflow,
+            size=int(pool.size()),  # type: ignore[attr-defined]
+            checked_out=int(pool.checkedout()) + int(retiring_out),  # type: ignore[attr-defined]
+            idle=int(pool.checkedin()),  # type: ignore[attr-defined]
+            overflow=max(0, int(pool.overflow())),  # type: ignore[attr-defined]
             capacity=self.pool_config.capacity,
             waiters=int(self.limiter.statistics().tasks_waiting),
+            long_held=self.check_long_held(),
+            generation=self.generation,
+            retiring_pools=len(self._retiring),
         )
 
     def dispose(self) -> None:
-        self.engine.dispose()
+        for engine in [*self._retiring, self.engine]:
+            engine.dispose()
+        self._retiring = []
 
 
 def _first_line(e: BaseException) -> str:
@@ -157,5 +303,5 @@ def _first_line(e: BaseException) -> str:
 
 
 def _is_query_canceled(e: exc.DBAPIError) -> bool:
-    # 57014: query_canceled (statement_timeout); treated as "the database is too slow now".
+    # 57014: query_canceled (statement_timeout).
     return getattr(e.orig, "pgcode", None) == "57014"

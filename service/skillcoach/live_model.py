@@ -52,7 +52,7 @@ class LiveModel:
         """Load the promoted model if it differs from the served one; True if it changed."""
         served = self.current
         known = None if served is None else (served.version, served.sha256)
-        loaded = await db.run(_load, known)
+        loaded = await db.run(_load, known, retry=True)
         if loaded is None:
             return False
         record, catalog = loaded

@@ -1,44 +1,24 @@
-"""Prometheus metrics: HTTP requests (by route template) and the DB pool read at scrape time."""
+"""Prometheus metrics of the HTTP layer (by route template) and of the served model."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from skillcoach.db import PoolStats
 from skillcoach.live_model import LiveModel
 
-__all__ = ["HttpMetricsMiddleware", "ModelCollector", "PoolCollector", "new_registry"]
+__all__ = ["HttpMetricsMiddleware", "ModelCollector", "new_registry"]
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 def new_registry() -> CollectorRegistry:
     return CollectorRegistry(auto_describe=True)
-
-
-class PoolCollector(Collector):
-    """Pool state read when Prometheus scrapes: nothing to keep in sync on the hot path."""
-
-    def __init__(self, stats: Callable[[], PoolStats]) -> None:
-        self._stats = stats
-
-    def collect(self) -> Iterator[Metric]:
-        s = self._stats()
-        for name, value, doc in (
-            ("size", s.size, "Connections the pool keeps (pool_size)"),
-            ("checked_out", s.checked_out, "Connections in use by requests"),
-            ("idle", s.idle, "Connections idle in the pool"),
-            ("overflow", s.overflow, "Connections open beyond pool_size"),
-            ("capacity", s.capacity, "pool_size + max_overflow"),
-            ("waiters", s.waiters, "Requests waiting for a DB worker/connection"),
-        ):
-            yield GaugeMetricFamily(f"skillcoach_db_pool_{name}", doc, value=value)
 
 
 class ModelCollector(Collector):

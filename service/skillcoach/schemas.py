@@ -119,6 +119,8 @@ class PoolStatus(BaseModel):
     overflow: int
     capacity: int
     waiters: int
+    long_held: int
+    generation: int
 
 
 class ModelStatus(BaseModel):

@@ -9,6 +9,7 @@ from starlette.requests import Request
 
 from skillcoach.auth import ApiKey, KeyCache, Scope, hash_key, lookup_key, parse_bearer
 from skillcoach.db import Database
+from skillcoach.health import HealthProbe
 from skillcoach.live_model import LiveModel, ServedModel
 from skillcoach.problems import ServiceUnavailable, Unauthorized
 from skillcoach.settings import Settings
@@ -20,6 +21,7 @@ __all__ = ["AppState", "app_state"]
 class AppState:
     settings: Settings
     db: Database
+    probe: HealthProbe
     live_model: LiveModel
     keys: KeyCache
     registry: CollectorRegistry
@@ -38,7 +40,7 @@ class AppState:
         key_hash = hash_key(parse_bearer(request.headers.get("authorization")))
         hit, key = self.keys.get(key_hash)
         if not hit:
-            key = await self.db.run(lookup_key, key_hash=key_hash)
+            key = await self.db.run(lookup_key, key_hash=key_hash, retry=True)
             self.keys.put(key_hash, key)
         if key is None:
             raise Unauthorized("unknown or revoked API key")

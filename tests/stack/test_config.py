@@ -43,11 +43,24 @@ def test_bad_port_names_the_variable(value: str) -> None:
 
 def test_replica_ports() -> None:
     cfg = StackConfig.from_env(Path("/r"), {})
-    assert cfg.api_ports(1) == [8000]
-    # Several replicas leave the API port to the load balancer.
+    # The API port is HAProxy's, even in front of one replica.
+    assert cfg.api_ports(1) == [8001]
     assert cfg.api_ports(3) == [8001, 8002, 8003]
     with pytest.raises(StackError):
         cfg.api_ports(0)
+    with pytest.raises(StackError):
+        cfg.api_ports(1000)
+
+
+def test_lb_and_exporter_ports() -> None:
+    cfg = StackConfig.from_env(Path("/r"), {})
+    assert (cfg.haproxy_stats_port, cfg.exporter_port) == (8404, 9127)
+    cfg = StackConfig.from_env(
+        Path("/r"),
+        {"SKILLCOACH_STACK_HAPROXY_STATS_PORT": "9404", "SKILLCOACH_STACK_EXPORTER_PORT": "9999"},
+    )
+    assert (cfg.haproxy_stats_port, cfg.exporter_port) == (9404, 9999)
+    assert cfg.pool_dir == Path("/r/.stack/pool")
 
 
 def test_secrets_are_generated_once_and_private(tmp_path: Path) -> None:

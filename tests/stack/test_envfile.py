@@ -21,7 +21,10 @@ def _values() -> dict[str, str]:
         direct_database_url="postgresql+psycopg2://skillcoach:pw@127.0.0.1:5432/skillcoach",
         redis_url="redis://127.0.0.1:6390/0",
         pgbouncer_admin_url="postgresql://pgbouncer_admin:x@127.0.0.1:6432/pgbouncer",
-        replica_urls=["http://127.0.0.1:8000"],
+        replica_urls=["http://127.0.0.1:8001"],
+        pgbouncer_metrics_url="http://127.0.0.1:9127/metrics",
+        haproxy_stats_url="http://127.0.0.1:8404/stats",
+        haproxy_metrics_url="http://127.0.0.1:8404/metrics",
     )
 
 
@@ -35,6 +38,8 @@ def test_stack_env_names_what_scripts_need() -> None:
         "SKILLCOACH_DIRECT_DATABASE_URL",
         "SKILLCOACH_REDIS_URL",
         "SKILLCOACH_PGBOUNCER_ADMIN_URL",
+        "SKILLCOACH_PGBOUNCER_METRICS_URL",
+        "SKILLCOACH_REPLICA_URLS",
     }
     assert values["SKILLCOACH_METRICS_URL"] == "http://127.0.0.1:8000/metrics"
 

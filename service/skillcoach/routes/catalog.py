@@ -51,7 +51,7 @@ async def list_skills(request: Request) -> Response:
     await state.authenticate(request, Scope.READ)
     limit = int_param(request, "limit", default=100, low=1, high=1000)
     after = int_param(request, "cursor", default=0, low=0, high=MAX_INT)
-    items = await state.db.run(_skills_page, after=after, limit=limit)
+    items = await state.db.run(_skills_page, retry=True, after=after, limit=limit)
     return json_response(_page(items, limit))
 
 
@@ -65,7 +65,9 @@ async def list_exercises(request: Request) -> Response:
         if "skill_id" in request.query_params
         else None
     )
-    items = await state.db.run(_exercises_page, after=after, limit=limit, skill_id=skill_id)
+    items = await state.db.run(
+        _exercises_page, retry=True, after=after, limit=limit, skill_id=skill_id
+    )
     return json_response(_page(items, limit))
 
 

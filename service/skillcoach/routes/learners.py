@@ -56,7 +56,7 @@ async def weaknesses(request: Request) -> Response:
     limit = int_param(request, "limit", default=100, low=1, high=1000)
     served = state.served_model()
     evidence = _require_evidence(
-        await state.db.run(fetch_skill_evidence, learner_id=learner_id), learner_id
+        await state.db.run(fetch_skill_evidence, learner_id=learner_id, retry=True), learner_id
     )
     ranked = rank_weaknesses(
         served.model,
@@ -123,6 +123,7 @@ async def recommendations(request: Request) -> Response:
     served = state.served_model()
     loaded = await state.db.run(
         _recommendation_inputs,
+        retry=True,
         learner_id=learner_id,
         served_model=served.model,
         catalog=served.catalog,

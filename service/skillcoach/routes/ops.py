@@ -6,27 +6,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy import Connection
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from skillcoach.auth import Scope
-from skillcoach.db import DatabaseUnavailable
 from skillcoach.openapi import openapi_document
 from skillcoach.problems import ServiceUnavailable
 from skillcoach.routes.learners import json_response
 from skillcoach.state import app_state
 
 __all__ = ["routes"]
-
-READY_DB_DEADLINE = 2.0
-
-
-def _ping(conn: Connection) -> None:
-    conn.exec_driver_sql("SELECT 1")
 
 
 async def healthz(request: Request) -> Response:
@@ -35,20 +26,14 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     state = app_state(request)
-    checks: dict[str, str] = {}
-    try:
-        with anyio.fail_after(READY_DB_DEADLINE):
-            await state.db.run(_ping)
-        checks["database"] = "ok"
-    except (DatabaseUnavailable, TimeoutError) as exc:
-        checks["database"] = f"unavailable: {exc}"
     served = state.live_model.current
-    checks["model"] = "ok" if served is not None else (state.live_model.last_error or "not loaded")
-    if any(v != "ok" for v in checks.values()):
+    checks = {
+        "database": await state.probe.database(),
+        "model": "ok" if served else (state.live_model.last_error or "not loaded"),
+    }
+    if served is None or checks["database"] != "ok":
         raise ServiceUnavailable("not ready", retry_after=2, checks=checks)
-    return json_response(
-        {"status": "ready", "checks": checks, "model_version": served and served.version}
-    )
+    return json_response({"status": "ready", "checks": checks, "model_version": served.version})
 
 
 async def model_status(request: Request) -> Response:
@@ -69,6 +54,8 @@ async def model_status(request: Request) -> Response:
             "overflow": pool.overflow,
             "capacity": pool.capacity,
             "waiters": pool.waiters,
+            "long_held": pool.long_held,
+            "generation": pool.generation,
         },
     }
     if state.live_model.last_error:

@@ -1,27 +1,53 @@
-"""`skillcoach stack up|down|status`: the local stack, one progress line per step.
+"""`skillcoach stack up|down|status|scale`: the local stack, one progress line per step.
 
-up: packages -> postgres -> pgbouncer -> redis -> migrate -> seed (if empty) -> train (if no
-live model) -> api key -> api replicas -> .stack/env. Every step reuses what already runs and
-is healthy, so a second `up` is quick and changes nothing.
+up: packages -> postgres -> pool plan -> pgbouncer -> redis -> pgbouncer exporter -> migrate ->
+seed (if empty) -> train (if no live model) -> api key -> pool files -> api replicas ->
+haproxy -> .stack/env. Every step reuses what already runs and is healthy, so a second `up` is
+quick and changes nothing.
+
+HAProxy always owns the API port (SKILLCOACH_STACK_API_PORT, default 8000), even in front of
+one replica; the replicas listen on the ports after it. Each replica's pool comes from
+plan_pools (skillcoach.pool_sizing) through its pool file .stack/pool/api-<port>.json, which
+the replica watches; `scale N` recomputes the plan, starts or retires replicas (a retired one
+is taken out of HAProxy by a soft reload before it is stopped) and rewrites every pool file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg2
+
+from skillcoach.pool_file import PoolFile
+from skillcoach.pool_sizing import Budget, PoolPlan, plan_pools
 from skillcoach.stack import envfile, packages, postgres
 from skillcoach.stack.config import Secrets, StackConfig, load_or_create_secrets
 from skillcoach.stack.errors import StackError
+from skillcoach.stack.exporter import ExporterProcess
+from skillcoach.stack.haproxy import HAProxy, HAProxyConfig, Server, server_name
+from skillcoach.stack.haproxy import default_template_path as default_haproxy_template
 from skillcoach.stack.pgbouncer import (
     ADMIN_USER,
     PgBouncer,
     PgBouncerConfig,
+    admin_query,
     default_template_path,
     runtime_dir_for,
+)
+from skillcoach.stack.pools import (
+    plan_scale,
+    pool_path,
+    read_pool,
+    remove_pool_file,
+    split_by_direction,
+    stack_budget,
+    write_pools,
 )
 from skillcoach.stack.processes import (
     ApiReplica,
@@ -32,27 +58,50 @@ from skillcoach.stack.processes import (
 )
 from skillcoach.stack.redis import RedisServer
 
-__all__ = ["down", "status", "up"]
+__all__ = ["down", "scale", "status", "up"]
 
 DEMO_SKILLS = 50
 DEMO_ATTEMPTS_PER_LEARNER = 100
+# One replica's worth of headroom in the client budget, as a rolling update needs on Kubernetes
+# (and as a restart of one replica needs here).
+SURGE = 1
+# PgBouncer's reserve pool in the stack; it comes out of the server budget (stack_budget).
+RESERVE_POOL_SIZE = 5
+# How long a soft-stopped HAProxy may take to finish its requests: hard-stop-after (10 s in
+# the config) plus a margin.
+HAPROXY_RETIRE_TIMEOUT = 15.0
 
 
 def _say(step: str, message: str) -> None:
     print(f"{step:<10} {message}", flush=True)
 
 
-def make_pgbouncer(cfg: StackConfig, secrets: Secrets) -> PgBouncer:
+def _pgbouncer_config(cfg: StackConfig) -> PgBouncerConfig:
+    return PgBouncerConfig(
+        listen_port=cfg.pgbouncer_port,
+        runtime_dir=runtime_dir_for(cfg.pgbouncer_port),
+        databases=[cfg.app_database],
+        server_host=cfg.pg_host,
+        server_port=cfg.pg_port,
+        # The stack serves one database; other names must not reach the server through it.
+        wildcard=False,
+        reserve_pool_size=RESERVE_POOL_SIZE,
+    )
+
+
+def make_pgbouncer(cfg: StackConfig, secrets: Secrets, plan: PoolPlan | None = None) -> PgBouncer:
+    """The stack's PgBouncer; with a plan, its pool sizes are the plan's (without one, only
+    good for pid, health and stop)."""
+    config = _pgbouncer_config(cfg)
+    if plan is not None:
+        config = dataclasses.replace(
+            config,
+            default_pool_size=plan.pgbouncer_default_pool_size,
+            # The stack's whole server budget: the steady pool plus the reserve pool.
+            max_db_connections=plan.pgbouncer_default_pool_size + config.reserve_pool_size,
+        )
     return PgBouncer(
-        config=PgBouncerConfig(
-            listen_port=cfg.pgbouncer_port,
-            runtime_dir=runtime_dir_for(cfg.pgbouncer_port),
-            databases=[cfg.app_database],
-            server_host=cfg.pg_host,
-            server_port=cfg.pg_port,
-            # The stack serves one database; other names must not reach the server through it.
-            wildcard=False,
-        ),
+        config=config,
         users={cfg.app_user: secrets.app_password, ADMIN_USER: secrets.admin_password},
         template_path=_template(cfg),
     )
@@ -66,8 +115,34 @@ def _template(cfg: StackConfig) -> Path:
     return fallback if fallback.is_file() else cfg.pgbouncer_template
 
 
+def _haproxy_template(cfg: StackConfig) -> Path:
+    if cfg.haproxy_template.is_file():
+        return cfg.haproxy_template
+    fallback = default_haproxy_template()
+    return fallback if fallback.is_file() else cfg.haproxy_template
+
+
+def make_haproxy(cfg: StackConfig, ports: Sequence[int] = ()) -> HAProxy:
+    """HAProxy on the API port in front of the replicas on ports (empty: only good for pid,
+    state and stop)."""
+    return HAProxy(
+        config=HAProxyConfig(
+            listen_port=cfg.api_port,
+            stats_port=cfg.haproxy_stats_port,
+            servers=tuple(Server(server_name(p), p) for p in ports),
+        ),
+        runtime_dir=cfg.haproxy_dir,
+        logfile=cfg.logs_dir / "haproxy.log",
+        template_path=_haproxy_template(cfg),
+    )
+
+
 def make_redis(cfg: StackConfig) -> RedisServer:
     return RedisServer(port=cfg.redis_port, data_dir=cfg.redis_dir)
+
+
+def make_exporter(cfg: StackConfig) -> ExporterProcess:
+    return ExporterProcess(port=cfg.exporter_port, state_dir=cfg.state_dir)
 
 
 def _direct_url(cfg: StackConfig, secrets: Secrets) -> str:
@@ -77,15 +152,76 @@ def _direct_url(cfg: StackConfig, secrets: Secrets) -> str:
     )
 
 
-def _replica_pool(replicas: int, max_client_conn: int) -> tuple[int, int]:
-    """(pool_size, max_overflow) per replica so every replica, plus one rollout surge, fits
-    under PgBouncer's max_client_conn; capped at the seed defaults 20 + 30.
+def plan_for(cfg: StackConfig, replicas: int) -> tuple[Budget, PoolPlan]:
+    """The stack's budget (PgBouncer's max_client_conn, PostgreSQL's max_connections) and the
+    plan for this many replicas, from the one sizing function."""
+    max_connections = int(postgres.scalar(cfg.pg_admin_dsn, "SHOW max_connections"))
+    base = _pgbouncer_config(cfg)
+    budget = stack_budget(
+        max_client_conn=base.max_client_conn,
+        max_connections=max_connections,
+        reserve_pool_size=base.reserve_pool_size,
+    )
+    return budget, plan_pools(budget, replicas=replicas, surge=SURGE)
 
-    Stand-in until the shared pool-sizing function (ARCHITECTURE.md) is wired in here.
-    """
-    capacity = max(2, min(50, (max_client_conn - 10) // (replicas + 1)))
-    pool_size = max(1, capacity * 2 // 5)
-    return pool_size, capacity - pool_size
+
+def describe_plan(budget: Budget, plan: PoolPlan, replicas: int) -> str:
+    clients = budget.max_client_conn - budget.client_reserve
+    servers = budget.max_connections - budget.server_reserve
+    text = (
+        f"{replicas} replica(s) + {SURGE} surge share {clients} PgBouncer client connections:"
+        f" pool {plan.pool_size}+{plan.max_overflow} each;"
+        f" PgBouncer default_pool_size {plan.pgbouncer_default_pool_size}"
+        f" (+{RESERVE_POOL_SIZE} reserve) of PostgreSQL's {budget.max_connections}"
+        f" (stack share {servers + RESERVE_POOL_SIZE})"
+    )
+    if plan.oversubscribed:
+        text += "; OVERSUBSCRIBED: replicas may queue at PgBouncer"
+    return text
+
+
+def _apply_pgbouncer(bouncer: PgBouncer) -> str:
+    """Start PgBouncer, or bring a running one to the rendered config (RELOAD re-reads the ini
+    and userlist and keeps every connection)."""
+    sizes = (
+        f"default_pool_size {bouncer.config.default_pool_size},"
+        f" max_db_connections {bouncer.config.max_db_connections}"
+    )
+    where = f"127.0.0.1:{bouncer.config.listen_port}"
+    if bouncer.pid() is None:
+        bouncer.start()
+        return (
+            f"started on {where} (transaction pooling, {sizes},"
+            f" runtime dir {bouncer.config.runtime_dir})"
+        )
+    if not bouncer.write_files():
+        return f"reused on {where} ({sizes})"
+    try:
+        admin_query(bouncer.admin_url, "RELOAD")
+    except psycopg2.Error as exc:
+        raise StackError(f"pgbouncer: RELOAD failed: {str(exc).strip()}") from None
+    return f"reloaded on {where}: {sizes}"
+
+
+def _pool_env(plan: PoolPlan) -> dict[str, str]:
+    """The pool a replica starts with: the plan's numbers, as in its pool file. Later changes
+    reach it through the pool file only, so these are not part of its fingerprint (a new plan
+    must not restart the replicas)."""
+    return {
+        "SKILLCOACH_POOL_SIZE": str(plan.pool_size),
+        "SKILLCOACH_MAX_OVERFLOW": str(plan.max_overflow),
+        "SKILLCOACH_POOL_TIMEOUT": f"{plan.pool_timeout:g}",
+        "SKILLCOACH_POOL_RECYCLE": str(plan.pool_recycle),
+    }
+
+
+def _stack_settings(bouncer: PgBouncer, cache: RedisServer, cfg: StackConfig) -> dict[str, str]:
+    """What every replica and offline command is configured with (through PgBouncer)."""
+    return {
+        "SKILLCOACH_ENVIRONMENT": "dev",
+        "SKILLCOACH_DATABASE_URL": bouncer.url(cfg.app_user, cfg.app_database),
+        "SKILLCOACH_REDIS_URL": cache.url,
+    }
 
 
 def _cli(
@@ -120,6 +256,7 @@ def _ensure_replica(
     env: Mapping[str, str],
     settings: Mapping[str, str],
     *,
+    pool: PoolFile | None,
     cwd: Path,
     timeout: float,
 ) -> str:
@@ -130,7 +267,8 @@ def _ensure_replica(
         if replica.started_with(settings):
             replica.wait_ready(timeout)
             return f"reused replica on {replica.url}"
-        # Its database URL, password or pool changed since it started: it must pick them up.
+        # Its database URL, password or pool file changed since it started: it must pick
+        # them up.
         replica.stop()
         restarted = ", restarted: its settings changed"
     pid = replica.start(env, cwd=cwd, settings=settings)
@@ -140,23 +278,146 @@ def _ensure_replica(
         # A replica that never became ready must not linger; its log stays.
         replica.stop()
         raise
+    sizes = (
+        f"pool {pool.pool_size}+{pool.max_overflow} generation {pool.generation}"
+        if pool is not None
+        else "no pool file"
+    )
     return (
-        f"started replica on {replica.url} (pid {pid},"
-        f" pool {settings['SKILLCOACH_POOL_SIZE']}+{settings['SKILLCOACH_MAX_OVERFLOW']},"
+        f"started replica on {replica.url} (pid {pid}, {sizes},"
         f" ready in {time.monotonic() - t0:.1f}s{restarted})"
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Running:
+    """The parts of a running stack the replicas depend on."""
+
+    cfg: StackConfig
+    root: Path
+    settings: dict[str, str]
+
+
+def _retire(cfg: StackConfig, replica: ApiReplica, *, drained: bool) -> None:
+    stopped = replica.stop()
+    remove_pool_file(cfg.pool_dir, replica.port)
+    if stopped:
+        how = "out of HAProxy first" if drained else "HAProxy was not running"
+        _say("api", f"stopped the replica on port {replica.port} ({how})")
+
+
+def _reconcile(run: _Running, replicas: int, plan: PoolPlan) -> tuple[list[ApiReplica], HAProxy]:
+    """Bring the replicas, their pool files and HAProxy to `replicas` replicas under plan."""
+    cfg = run.cfg
+    ports = cfg.api_ports(replicas)
+    known = {r.port: r for r in known_replicas(cfg.state_dir)}
+    change = plan_scale(sorted(known), ports)
+    lb = make_haproxy(cfg, ports)
+
+    # Shrinking pools (and new replicas' files) before replicas are added...
+    shrink_first, grow_last = split_by_direction(cfg.pool_dir, ports, plan)
+    for pool_change in write_pools(cfg.pool_dir, shrink_first, plan):
+        _say("pool", pool_change.describe())
+
+    surplus = [known[p] for p in change.stop]
+    if surplus and not lb.is_running():
+        # Nothing routes to them (and an old single replica may hold the API port): stop now.
+        for replica in surplus:
+            _retire(cfg, replica, drained=False)
+        surplus = []
+
+    wanted = [ApiReplica(port=p, state_dir=cfg.state_dir) for p in ports]
+    for replica in wanted:
+        settings = {
+            **run.settings,
+            "SKILLCOACH_HOST": replica.host,
+            "SKILLCOACH_PORT": str(replica.port),
+            "SKILLCOACH_METRICS_PORT": "0",
+            "SKILLCOACH_POOL_FILE": str(pool_path(cfg.pool_dir, replica.port).resolve()),
+        }
+        # Caller's SKILLCOACH_* settings pass through (e.g. CACHE_ENABLED=false for a bench);
+        # the stack's own and the start-up pool (the plan's numbers) win.
+        env = {"SKILLCOACH_CACHE_ENABLED": "true", **os.environ, **settings, **_pool_env(plan)}
+        pool = read_pool(cfg.pool_dir, replica.port)
+        _say(
+            "api",
+            _ensure_replica(
+                replica, env, settings, pool=pool, cwd=run.root, timeout=cfg.ready_timeout
+            ),
+        )
+
+    outcome, old_pid = lb.apply(timeout=15)
+    servers = ", ".join(str(p) for p in ports)
+    if outcome == "started":
+        _say(
+            "haproxy",
+            f"started on {lb.url} -> replicas on {servers} ({lb.config.balance}, checks"
+            f" GET /readyz; stats {lb.stats_url}, metrics {lb.metrics_url})",
+        )
+    elif outcome == "reloaded":
+        _say("haproxy", f"reloaded softly (pid {old_pid} -> {lb.pid()}): replicas on {servers}")
+    else:
+        _say("haproxy", f"reused on {lb.url} -> replicas on {servers}")
+
+    if surplus:
+        if old_pid is not None:
+            # The old process still serves requests it accepted: they may be on a surplus
+            # replica, which must not stop before they are answered.
+            finished = lb.wait_retired(old_pid, timeout=HAPROXY_RETIRE_TIMEOUT)
+            _say(
+                "haproxy",
+                f"previous process (pid {old_pid}) "
+                + ("finished its requests" if finished else "was stopped at its deadline"),
+            )
+        for replica in surplus:
+            _retire(cfg, replica, drained=True)
+
+    # ...growing ones once the surplus replicas are gone.
+    for pool_change in write_pools(cfg.pool_dir, grow_last, plan):
+        _say("pool", pool_change.describe())
+    return wanted, lb
+
+
+def _write_env(
+    cfg: StackConfig,
+    *,
+    secrets: Secrets,
+    api_key: str,
+    bouncer: PgBouncer,
+    cache: RedisServer,
+    lb: HAProxy,
+    replicas: Sequence[ApiReplica],
+) -> None:
+    envfile.write_env(
+        cfg.env_file,
+        envfile.stack_env(
+            api_url=lb.url,
+            api_key=api_key,
+            database_url=bouncer.url(cfg.app_user, cfg.app_database),
+            direct_database_url=_direct_url(cfg, secrets),
+            redis_url=cache.url,
+            pgbouncer_admin_url=bouncer.admin_url,
+            replica_urls=[r.url for r in replicas],
+            pgbouncer_metrics_url=make_exporter(cfg).url,
+            haproxy_stats_url=lb.stats_url,
+            haproxy_metrics_url=lb.metrics_url,
+        ),
+    )
+    _say("env", f"wrote {cfg.env_file}")
+
+
 def up(root: Path, *, replicas: int) -> int:
     cfg = StackConfig.from_env(root)
-    ports = cfg.api_ports(replicas)
+    cfg.api_ports(replicas)  # validates the count before anything starts
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     secrets = load_or_create_secrets(cfg.secrets_file)
 
     installed = packages.ensure_packages()
     _say(
         "packages",
-        f"installed {' '.join(installed)}" if installed else "pgbouncer, redis-server present",
+        f"installed {' '.join(installed)}"
+        if installed
+        else "pgbouncer, redis-server, haproxy present",
     )
 
     started = postgres.ensure_running(cfg.pg_admin_dsn)
@@ -176,27 +437,22 @@ def up(root: Path, *, replicas: int) -> int:
         ),
     )
 
-    bouncer = make_pgbouncer(cfg, secrets)
-    was_running = bouncer.is_running()
-    bouncer.start()
-    _say(
-        "pgbouncer",
-        f"{'reused' if was_running else 'started'} on 127.0.0.1:{cfg.pgbouncer_port}"
-        f" (transaction pooling, runtime dir {bouncer.config.runtime_dir})",
-    )
+    budget, plan = plan_for(cfg, replicas)
+    _say("plan", describe_plan(budget, plan, replicas))
+
+    bouncer = make_pgbouncer(cfg, secrets, plan)
+    _say("pgbouncer", _apply_pgbouncer(bouncer))
 
     cache = make_redis(cfg)
     was_running = cache.is_running()
     cache.start()
     _say("redis", f"{'reused' if was_running else 'started'} on 127.0.0.1:{cfg.redis_port}")
 
-    db_url = bouncer.url(cfg.app_user, cfg.app_database)
+    _say("exporter", make_exporter(cfg).ensure(bouncer.admin_url, env=os.environ, cwd=root))
+
     # Offline commands take the same path as the replicas: through PgBouncer.
-    stack_settings = {
-        "SKILLCOACH_ENVIRONMENT": "dev",
-        "SKILLCOACH_DATABASE_URL": db_url,
-        "SKILLCOACH_REDIS_URL": cache.url,
-    }
+    stack_settings = _stack_settings(bouncer, cache, cfg)
+    db_url = stack_settings["SKILLCOACH_DATABASE_URL"]
     cli_env = {**os.environ, **stack_settings}
 
     def cli(args: Sequence[str], name: str, timeout: float) -> str:
@@ -244,62 +500,81 @@ def up(root: Path, *, replicas: int) -> int:
     if not api_key:
         api_key = new_key()
 
-    pool_size, max_overflow = _replica_pool(len(ports), bouncer.config.max_client_conn)
-    wanted = {p: ApiReplica(port=p, state_dir=cfg.state_dir) for p in ports}
-    for old in known_replicas(cfg.state_dir):
-        if old.port not in wanted and old.stop():
-            _say("api", f"stopped the replica on port {old.port} (not wanted any more)")
-    for replica in wanted.values():
-        settings = {
-            **stack_settings,
-            "SKILLCOACH_HOST": replica.host,
-            "SKILLCOACH_PORT": str(replica.port),
-            "SKILLCOACH_METRICS_PORT": "0",
-            "SKILLCOACH_POOL_SIZE": str(pool_size),
-            "SKILLCOACH_MAX_OVERFLOW": str(max_overflow),
-        }
-        # Caller's SKILLCOACH_* settings pass through (e.g. CACHE_ENABLED=false for a bench).
-        env = {"SKILLCOACH_CACHE_ENABLED": "true", **os.environ, **settings}
-        _say("api", _ensure_replica(replica, env, settings, cwd=root, timeout=cfg.ready_timeout))
+    wanted, lb = _reconcile(_Running(cfg=cfg, root=root, settings=stack_settings), replicas, plan)
 
-    # Until a load balancer owns the API port, the first replica is the stack's URL.
-    first = wanted[ports[0]]
     auth = {"Authorization": f"Bearer {api_key}"}
-    if http_status(f"{first.url}/v1/learners/1/weaknesses", headers=auth, timeout=10) in (401, 403):
+    if http_status(f"{lb.url}/v1/learners/1/weaknesses", headers=auth, timeout=10) in (401, 403):
         # The recorded key no longer matches the database (it was replaced): make a new one.
         api_key = new_key()
         _say("apikey", "the recorded key was rejected; created a new demo key")
 
-    envfile.write_env(
-        cfg.env_file,
-        envfile.stack_env(
-            api_url=first.url,
-            api_key=api_key,
-            database_url=db_url,
-            direct_database_url=_direct_url(cfg, secrets),
-            redis_url=cache.url,
-            pgbouncer_admin_url=bouncer.admin_url,
-            replica_urls=[r.url for r in wanted.values()],
-        ),
+    _write_env(
+        cfg,
+        secrets=secrets,
+        api_key=api_key,
+        bouncer=bouncer,
+        cache=cache,
+        lb=lb,
+        replicas=wanted,
     )
-    _say("env", f"wrote {cfg.env_file}")
     print(
         "\nskillcoach is up.\n"
-        f"  URL:     {first.url}\n"
+        f"  URL:     {lb.url}  (HAProxy -> {len(wanted)} replica(s);"
+        f" `skillcoach stack scale N` to change)\n"
         f"  API key: {api_key}\n"
         f"  env:     . {cfg.env_file}\n"
         "  try:\n"
-        f"    curl -sS -H 'Authorization: Bearer {api_key}' {first.url}/v1/learners/1/weaknesses\n",
+        f"    curl -sS -H 'Authorization: Bearer {api_key}' {lb.url}/v1/learners/1/weaknesses\n",
         flush=True,
     )
     return 0
 
 
+def scale(root: Path, *, replicas: int) -> int:
+    """Change the number of replicas of a running stack; every pool follows the new plan."""
+    cfg = StackConfig.from_env(root)
+    cfg.api_ports(replicas)
+    api_key = envfile.read_env(cfg.env_file).get("SKILLCOACH_API_KEY", "")
+    if not cfg.secrets_file.exists() or not api_key:
+        raise StackError("no stack was brought up here: run `skillcoach stack up` first")
+    secrets = load_or_create_secrets(cfg.secrets_file)
+    if not postgres.is_up(cfg.pg_admin_dsn):
+        raise StackError("PostgreSQL is down: run `skillcoach stack up`")
+
+    budget, plan = plan_for(cfg, replicas)
+    _say("plan", describe_plan(budget, plan, replicas))
+    bouncer = make_pgbouncer(cfg, secrets, plan)
+    cache = make_redis(cfg)
+    for name, running in (("pgbouncer", bouncer.is_running()), ("redis", cache.is_running())):
+        if not running:
+            raise StackError(f"{name} is not running: run `skillcoach stack up`")
+    _say("pgbouncer", _apply_pgbouncer(bouncer))
+
+    run = _Running(cfg=cfg, root=root, settings=_stack_settings(bouncer, cache, cfg))
+    wanted, lb = _reconcile(run, replicas, plan)
+    _write_env(
+        cfg,
+        secrets=secrets,
+        api_key=api_key,
+        bouncer=bouncer,
+        cache=cache,
+        lb=lb,
+        replicas=wanted,
+    )
+    print(f"\nskillcoach runs {len(wanted)} replica(s) behind {lb.url}.", flush=True)
+    return 0
+
+
 def down(root: Path) -> int:
     cfg = StackConfig.from_env(root)
+    # The load balancer first: it stops taking requests and finishes the ones it holds.
+    stopped = make_haproxy(cfg).stop()
+    _say("haproxy", "stopped" if stopped else "not running")
     for replica in known_replicas(cfg.state_dir):
         stopped = replica.stop()
         _say("api", f"{'stopped' if stopped else 'not running'} on port {replica.port}")
+    stopped = make_exporter(cfg).stop()
+    _say("exporter", "stopped" if stopped else "not running")
     if not cfg.secrets_file.exists():
         # Without secrets nothing of ours was configured; still stop by pid file.
         secrets = Secrets(app_password="", admin_password="")
@@ -335,6 +610,14 @@ def status(root: Path) -> int:
         pid is not None and bouncer.healthy(),
         f"127.0.0.1:{cfg.pgbouncer_port}" + (f" (pid {pid})" if pid else ""),
     )
+    exporter = make_exporter(cfg)
+    pid = exporter.pid()
+    if pid is None:
+        line("exporter", False, f"{exporter.url} (not running)")
+    else:
+        seen = exporter.pgbouncer_up()
+        detail = {True: "pgbouncer_up 1", False: "pgbouncer_up 0", None: "not answering"}[seen]
+        line("exporter", seen is True, f"{exporter.url} (pid {pid}, {detail})")
     cache = make_redis(cfg)
     pid = cache.pid()
     line(
@@ -342,6 +625,18 @@ def status(root: Path) -> int:
         pid is not None and cache.healthy(),
         f"127.0.0.1:{cfg.redis_port}" + (f" (pid {pid})" if pid else ""),
     )
+    lb = make_haproxy(cfg)
+    pid = lb.pid()
+    states = lb.server_states() if pid is not None else None
+    if pid is None:
+        line("haproxy", False, f"{lb.url} (not running)")
+    else:
+        n_up = sum(1 for s in (states or {}).values() if s.startswith("UP"))
+        line(
+            "haproxy",
+            lb.healthy() and n_up > 0,
+            f"{lb.url} (pid {pid}, {n_up}/{len(states or {})} replicas UP; stats {lb.stats_url})",
+        )
     replicas = known_replicas(cfg.state_dir)
     if not replicas:
         line("api", False, "no replica started (run `skillcoach stack up`)")
@@ -352,5 +647,16 @@ def status(root: Path) -> int:
             continue
         ready = http_status(f"{replica.url}/readyz", timeout=2.0)
         detail = "ready" if ready == 200 else f"not ready: /readyz answered {ready}"
-        line("api", ready == 200, f"{replica.url} (pid {pid}, {detail})")
+        lb_state = (states or {}).get(server_name(replica.port), "not in HAProxy")
+        pool = read_pool(cfg.pool_dir, replica.port)
+        sizes = (
+            "no pool file"
+            if pool is None
+            else f"pool file {pool.pool_size}+{pool.max_overflow} generation {pool.generation}"
+        )
+        line(
+            "api",
+            ready == 200,
+            f"{replica.url} (pid {pid}, {detail}, HAProxy: {lb_state}, {sizes})",
+        )
     return 0 if ok else 1

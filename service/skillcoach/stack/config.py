@@ -1,7 +1,8 @@
 """Where the local stack listens and keeps its state, read once from the environment.
 
-Ports and the PostgreSQL admin DSN come from SKILLCOACH_STACK_* variables (defaults: API 8000,
-PgBouncer 6432, Redis 6390, postgres@127.0.0.1:5432). Generated passwords live in
+Ports and the PostgreSQL admin DSN come from SKILLCOACH_STACK_* variables (defaults: API 8000
+(HAProxy; the replicas listen on 8001..), HAProxy stats 8404, PgBouncer 6432, PgBouncer exporter
+9127, Redis 6390, postgres@127.0.0.1:5432). Generated passwords live in
 ROOT/.stack/secrets.json (mode 0600) so a second `up` reuses them.
 """
 
@@ -21,6 +22,8 @@ from skillcoach.stack.errors import StackError
 __all__ = ["Secrets", "StackConfig", "load_or_create_secrets"]
 
 DEFAULT_PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+# One uvicorn process each on one machine: more than this is a typo, not a plan.
+MAX_REPLICAS = 32
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
@@ -42,6 +45,8 @@ class StackConfig:
     api_port: int = 8000
     pgbouncer_port: int = 6432
     redis_port: int = 6390
+    haproxy_stats_port: int = 8404
+    exporter_port: int = 9127
     pg_admin_dsn: str = DEFAULT_PG_ADMIN_DSN
     demo_learners: int = 2000
     ready_timeout: float = 180.0
@@ -59,6 +64,10 @@ class StackConfig:
                 env, "SKILLCOACH_STACK_PGBOUNCER_PORT", 6432, low=1, high=65535
             ),
             redis_port=_env_int(env, "SKILLCOACH_STACK_REDIS_PORT", 6390, low=1, high=65535),
+            haproxy_stats_port=_env_int(
+                env, "SKILLCOACH_STACK_HAPROXY_STATS_PORT", 8404, low=1, high=65535
+            ),
+            exporter_port=_env_int(env, "SKILLCOACH_STACK_EXPORTER_PORT", 9127, low=1, high=65535),
             pg_admin_dsn=env.get("SKILLCOACH_STACK_PG_ADMIN_DSN") or DEFAULT_PG_ADMIN_DSN,
             demo_learners=_env_int(env, "SKILLCOACH_DEMO_LEARNERS", 2000, low=1, high=1_000_000),
             ready_timeout=float(
@@ -87,6 +96,19 @@ class StackConfig:
         return self.state_dir / "redis"
 
     @property
+    def pool_dir(self) -> Path:
+        """The replicas' pool files (api-<port>.json) and the last generation written."""
+        return self.state_dir / "pool"
+
+    @property
+    def haproxy_dir(self) -> Path:
+        return self.state_dir / "haproxy"
+
+    @property
+    def haproxy_template(self) -> Path:
+        return self.root / "deploy" / "haproxy" / "haproxy.cfg.tmpl"
+
+    @property
     def pgbouncer_template(self) -> Path:
         return self.root / "deploy" / "pgbouncer" / "pgbouncer.ini.tmpl"
 
@@ -99,12 +121,12 @@ class StackConfig:
         return int(parse_dsn(self.pg_admin_dsn).get("port") or 5432)
 
     def api_ports(self, replicas: int) -> list[int]:
-        """One replica serves on the API port; several get the ports after it, leaving the
-        API port to the load balancer in front of them."""
-        if replicas < 1:
-            raise StackError(f"--replicas must be at least 1, got {replicas}")
-        if replicas == 1:
-            return [self.api_port]
+        """The replicas listen on the ports after the API port, which belongs to HAProxy in
+        front of them (even for one replica, so SKILLCOACH_URL is always the load balancer)."""
+        if not 1 <= replicas <= MAX_REPLICAS:
+            raise StackError(f"replicas must be in [1, {MAX_REPLICAS}], got {replicas}")
+        if self.api_port + replicas > 65535:
+            raise StackError(f"{replicas} replicas do not fit above port {self.api_port}")
         return [self.api_port + i for i in range(1, replicas + 1)]
 
 

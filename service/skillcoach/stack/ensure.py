@@ -1,8 +1,8 @@
 """`python -m skillcoach.stack.ensure`: the services the test suite needs, before `pytest`.
 
 Used by `make test` and so by .ci/run. It installs the Debian packages the fixtures run
-(pgbouncer, redis-server), starts PostgreSQL if it is down, and starts the system Redis on
-6379 if it is down. It never stops anything.
+(pgbouncer, redis-server, haproxy), starts PostgreSQL if it is down, and starts the system
+Redis on 6379 if it is down. It never stops anything.
 """
 
 from __future__ import annotations

@@ -26,14 +26,22 @@ def stack_env(
     redis_url: str,
     pgbouncer_admin_url: str,
     replica_urls: list[str],
+    pgbouncer_metrics_url: str,
+    haproxy_stats_url: str,
+    haproxy_metrics_url: str,
 ) -> dict[str, str]:
-    """The variables of a running stack; DATABASE_URL and REDIS_URL are the replicas' own."""
+    """The variables of a running stack; DATABASE_URL and REDIS_URL are the replicas' own.
+    api_url is the load balancer's; replica_urls reach each replica directly."""
     return {
         "SKILLCOACH_URL": api_url,
         "SKILLCOACH_API_KEY": api_key,
-        # /metrics is served on the API port (SKILLCOACH_METRICS_PORT=0).
+        # /metrics is served on the API port (SKILLCOACH_METRICS_PORT=0); through the load
+        # balancer it is whichever replica answers: scrape SKILLCOACH_REPLICA_URLS for each.
         "SKILLCOACH_METRICS_URL": f"{api_url}/metrics",
         "SKILLCOACH_REPLICA_URLS": " ".join(replica_urls),
+        "SKILLCOACH_PGBOUNCER_METRICS_URL": pgbouncer_metrics_url,
+        "SKILLCOACH_HAPROXY_STATS_URL": haproxy_stats_url,
+        "SKILLCOACH_HAPROXY_METRICS_URL": haproxy_metrics_url,
         "SKILLCOACH_DATABASE_URL": database_url,
         "SKILLCOACH_DIRECT_DATABASE_URL": direct_database_url,
         "SKILLCOACH_REDIS_URL": redis_url,

@@ -15,6 +15,8 @@ __all__ = ["REQUIRED", "ensure_packages", "find_binary", "missing_packages"]
 REQUIRED: tuple[tuple[str, str], ...] = (
     ("pgbouncer", "pgbouncer"),
     ("redis-server", "redis-server"),
+    # The stack's load balancer in front of the API replicas.
+    ("haproxy", "haproxy"),
 )
 
 # Daemons live in sbin, which a non-root PATH often lacks.

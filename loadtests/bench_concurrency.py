@@ -1,0 +1,399 @@
+"""skillcoach (cache off, through PgBouncer) against the naive reference app, side by side.
+
+    python -m loadtests concurrency [--duration 10] [--learners 2000] [--skip-naive]
+
+One run: a scratch database (seeded, a model promoted, an API key), PgBouncer in front of it,
+skillcoach and the naive app (direct to PostgreSQL) as subprocesses; wrk at 20, 50 and 100
+connections (naive and skillcoach in alternating order), then 1,000 against skillcoach and an
+asyncio probe that times the 503s alone (wrk cannot split latency by status). Writes
+loadtests/results/concurrency-<utc stamp>.json, prints markdown; cleans up in `finally`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from loadtests.bench_model import RESULTS, _admin
+from loadtests.wrk import run_wrk, shed_probe
+from skillcoach.auth import Scope, create_api_key
+from skillcoach.db import create_sync_engine
+from skillcoach.migrate import upgrade
+from skillcoach.registry import promote
+from skillcoach.seeding import seed_database
+from skillcoach.simulator import SimulationParams
+from skillcoach.stack.errors import StackError
+from skillcoach.stack.pgbouncer import ADMIN_USER, PgBouncer, PgBouncerConfig, runtime_dir_for
+from skillcoach.stack.processes import free_port, log_tail, terminate, wait_until
+from skillcoach.training import train_and_store
+
+ROOT = Path(__file__).resolve().parents[1]
+LEVELS = (20, 50, 100)
+SHED_CONNECTIONS = 1000
+# Targets (issue 3): at 100 connections p99 <= naive/20 and throughput >= 3x; shed p99 < 50 ms.
+P99_FACTOR, THROUGHPUT_FACTOR, SHED_P99_MS = 20.0, 3.0, 50.0
+
+
+@dataclass
+class Target:
+    name: str
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        self.url = f"http://127.0.0.1:{self.port}"
+
+
+def _raise_nofile() -> int:
+    """wrk at 1,000 connections (and the servers accepting them) needs file descriptors."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # inherited by children
+    return max(soft, want)
+
+
+def _prepare(url: str, args: argparse.Namespace) -> tuple[str, dict[str, float]]:
+    """Migrate, seed, train + promote, create a read key; returns (key, timings)."""
+    upgrade(url)
+    engine = create_sync_engine(url)
+    try:
+        t0 = time.perf_counter()
+        params = SimulationParams(args.learners, args.skills, attempts_per_learner=args.attempts)
+        seed_database(engine, params, progress=False, replace=False)
+        t1 = time.perf_counter()
+        report = train_and_store(engine, seed=0, test_fraction=0.2)
+        with engine.begin() as conn:
+            promote(conn, version=report.version)
+            key = create_api_key(conn, name="bench-concurrency", scopes=frozenset({Scope.READ}))
+        t2 = time.perf_counter()
+    finally:
+        engine.dispose()
+    return key, {"seed_s": round(t1 - t0, 2), "train_s": round(t2 - t1, 2)}
+
+
+def _start_pgbouncer(database: str) -> PgBouncer:
+    """The same as tests/fixtures_services.py's start_pgbouncer, for one database."""
+    users = {"postgres": secrets.token_urlsafe(16), ADMIN_USER: secrets.token_urlsafe(16)}
+    last: StackError | None = None
+    for _ in range(3):  # a free port can be taken between choosing and binding it
+        port = free_port()
+        bouncer = PgBouncer(
+            config=PgBouncerConfig(
+                listen_port=port, runtime_dir=runtime_dir_for(port), databases=[database]
+            ),
+            users=users,
+            template_path=ROOT / "deploy" / "pgbouncer" / "pgbouncer.ini.tmpl",
+        )
+        try:
+            bouncer.start(timeout=15)
+        except StackError as exc:
+            last = exc
+            _stop_pgbouncer(bouncer)
+            continue
+        return bouncer
+    raise RuntimeError(f"PgBouncer did not start: {last}")
+
+
+def _stop_pgbouncer(bouncer: PgBouncer) -> None:
+    bouncer.stop()
+    shutil.rmtree(bouncer.config.runtime_dir, ignore_errors=True)
+
+
+def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return int(r.status), r.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
+def _spawn(name: str, cmd: list[str], env: dict[str, str], port: int, logdir: Path) -> Target:
+    log = logdir / f"{name}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    return Target(name, proc, port, log)
+
+
+def _wait_ready(t: Target, path: str, timeout: float = 60.0) -> None:
+    def ready() -> bool:
+        if t.proc.poll() is not None:
+            raise RuntimeError(f"{t.name} exited {t.proc.returncode}:\n{log_tail(t.log)}")
+        return _get(t.url + path, timeout=2)[0] == 200
+
+    if not wait_until(ready, timeout, interval=0.2):
+        raise RuntimeError(f"{t.name} not ready within {timeout:g}s:\n{log_tail(t.log)}")
+
+
+def _wait_quiet(t: Target, timeout: float = 45.0) -> float:
+    """Until /healthz answers within 100 ms twice: no backlog leaks into the next run."""
+    start = time.monotonic()
+    fast = 0
+    while time.monotonic() - start < timeout and fast < 2:
+        t0 = time.perf_counter()
+        status, _ = _get(t.url + "/healthz", timeout=5)
+        fast = fast + 1 if status == 200 and time.perf_counter() - t0 < 0.1 else 0
+        time.sleep(0.2)
+    return round(time.monotonic() - start, 2)
+
+
+def _stop(t: Target) -> None:
+    if t.proc.poll() is None:
+        terminate(t.proc.pid, timeout=15)  # SIGTERM, then SIGKILL after the grace period
+    t.proc.wait(5)
+
+
+def _scrape(t: Target) -> dict[str, float] | str:
+    """skillcoach_* samples of /metrics (histogram buckets left out), or the failure."""
+    status, body = _get(t.url + "/metrics", timeout=5)
+    if status != 200:
+        return f"scrape failed: HTTP {status}"
+    samples: dict[str, float] = {}
+    for line in body.decode().splitlines():
+        if line.startswith("skillcoach_") and "_bucket{" not in line and "_created" not in line:
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    m = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return round(int(m.group(1)) / 1024, 1) if m else None
+
+
+def _measure(t: Target, connections: int, args: argparse.Namespace, key: str) -> dict[str, Any]:
+    """One wrk run; for skillcoach also /metrics before, halfway through and after."""
+    scrapes: dict[str, Any] = {}
+    timer = None
+    if t.name == "skillcoach":
+        scrapes["before"] = _scrape(t)
+        timer = threading.Timer(args.duration / 2, lambda: scrapes.update(during=_scrape(t)))
+        timer.start()
+    try:
+        result = run_wrk(
+            t.url,
+            connections=connections,
+            duration=args.duration,
+            token=key,
+            learners=args.learners,
+            timeout=args.timeout,
+        )
+    finally:
+        if timer is not None:
+            timer.join()
+    if scrapes:
+        scrapes["end"] = _scrape(t)
+    result["quiesce_s"] = _wait_quiet(t)
+    if scrapes:
+        scrapes["settled"] = _scrape(t)  # checked_out must be back to 0 here
+        result["metrics"] = scrapes
+    print(
+        f"  {t.name:>10} c={connections:<5} {result['ok_rps']:>8} 2xx/s"
+        f"  p99 {result['latency_ms']['p99']} ms  statuses {result['statuses']}"
+        f"  socket errors {result['socket_errors_total']}",
+        flush=True,
+    )
+    return result
+
+
+def _verdicts(levels: dict[str, dict[str, Any]], shed: dict[str, Any]) -> dict[str, Any]:
+    v: dict[str, Any] = {}
+    top = levels.get(str(LEVELS[-1]), {})
+    sc, nv = top.get("skillcoach"), top.get("naive")
+    if sc and nv:
+        ratio = round(sc["latency_ms"]["p99"] / max(nv["latency_ms"]["p99"], 1e-9), 4)
+        tput = round(sc["ok_rps"] / max(nv["ok_rps"], 1e-9), 2)
+        v["p99_at_100"] = {"ratio": ratio, "pass": ratio <= 1 / P99_FACTOR}
+        v["throughput_at_100"] = {"ratio": tput, "pass": tput >= THROUGHPUT_FACTOR}
+    wrk_503 = shed["wrk"]["shed_503"]
+    probe_503 = shed["probe"]["latency_ms_by_status"].get("503", {})
+    p99 = probe_503.get("p99")
+    shed_any = wrk_503 + probe_503.get("count", 0) > 0
+    v["shed_at_1000"] = {"wrk_503": wrk_503, "probe_503": probe_503.get("count", 0)}
+    v["shed_at_1000"] |= {"shed_p99_ms": p99, "pass": shed_any and (p99 or 1e9) < SHED_P99_MS}
+    return v
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    nofile = _raise_nofile()
+    db = f"skillcoach_bench_{uuid.uuid4().hex[:8]}"
+    direct = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
+    logdir = Path(tempfile.mkdtemp(prefix="skillcoach-bench-"))
+    targets: list[Target] = []
+    bouncer: PgBouncer | None = None
+    started = time.monotonic()
+    _admin(f'CREATE DATABASE "{db}"')
+    try:
+        print(f"preparing {db} ({args.learners} learners) ...", flush=True)
+        key, setup = _prepare(direct, args)
+        bouncer = _start_pgbouncer(db)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLCOACH_")}
+        sc_port = free_port()
+        sc_env = env | {
+            "SKILLCOACH_DATABASE_URL": bouncer.url("postgres", db),
+            "SKILLCOACH_PORT": str(sc_port),
+            "SKILLCOACH_CACHE_ENABLED": "false",
+            "SKILLCOACH_ENVIRONMENT": "dev",
+            "SKILLCOACH_LOG_LEVEL": "warning",
+        }
+        sc_env |= dict(kv.split("=", 1) for kv in args.skillcoach_env)
+        cmd = [sys.executable, "-m", "skillcoach.cli", "serve"]
+        sc = _spawn("skillcoach", cmd, sc_env, sc_port, logdir)
+        targets.append(sc)
+        if not args.skip_naive:
+            nv_port = free_port()
+            cmd = [sys.executable, "-m", "loadtests.naive_app", "--port", str(nv_port)]
+            targets.append(_spawn("naive", [*cmd, "--database-url", direct], env, nv_port, logdir))
+        _wait_ready(sc, "/readyz")
+        for t in targets[1:]:
+            _wait_ready(t, "/healthz")
+        for t in targets:  # warm-up: connections, key cache, numpy/scipy code paths
+            run_wrk(t.url, connections=20, duration=3, token=key, learners=args.learners)
+            _wait_quiet(t)
+        print(f"ready after {time.monotonic() - started:.0f}s; measuring", flush=True)
+        levels: dict[str, dict[str, Any]] = {}
+        for i, c in enumerate(LEVELS):
+            order = targets[::-1] if i % 2 == 0 else targets  # naive first at 20 and 100
+            levels[str(c)] = {t.name: _measure(t, c, args, key) for t in order}
+        shed = {"wrk": _measure(sc, SHED_CONNECTIONS, args, key)}
+        shed["probe"] = shed_probe(
+            "127.0.0.1",
+            sc.port,
+            connections=SHED_CONNECTIONS,
+            total=args.probe_requests,
+            deadline=args.duration,
+            token=key,
+            learners=args.learners,
+        )
+        shed["probe"]["quiesce_s"] = _wait_quiet(sc)
+        print(f"  probe c=1000 statuses {shed['probe']['statuses']}", flush=True)
+        rss = {t.name: _peak_rss_mb(t.proc.pid) for t in targets}
+        crashed = {t.name: t.proc.poll() for t in targets if t.proc.poll() is not None}
+        logs = {t.name: log_tail(t.log, 30) for t in targets}
+    finally:
+        for t in targets:
+            _stop(t)
+        if bouncer is not None:
+            _stop_pgbouncer(bouncer)
+        _admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        shutil.rmtree(logdir, ignore_errors=True)
+    return {
+        "kind": "concurrency",
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"python": platform.python_version(), "cores": os.cpu_count(), "nofile": nofile},
+        "params": vars(args),
+        "setup": setup,
+        "levels": levels,
+        "shed": shed,
+        "peak_rss_mb": rss,
+        "exited_early": crashed,
+        "log_tails": logs,
+        "verdicts": _verdicts(levels, shed),
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+
+
+def _row(c: object, name: str, r: dict[str, Any]) -> str:
+    lat, n = r["latency_ms"], r["non_2xx"]
+    return (
+        f"| {c} | {name} | {r['ok_rps']:,.0f} | {lat['mean']:,} | {lat['p50']:,} / {lat['p90']:,} /"
+        f" {lat['p99']:,} / {lat['max']:,} | {n:,} / {r['shed_503']:,} /"
+        f" {r['socket_errors_total']:,} |"
+    )
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "| connections | target | 2xx req/s | mean (ms) | p50 / p90 / p99 / max (ms) |"
+        " non-2xx / 503 / socket errors+timeouts |",
+        "|---|---|---|---|---|---|",
+    ]
+    ratios = [
+        "| connections | p99 skillcoach / naive | 2xx req/s skillcoach / naive |",
+        "|---|---|---|",
+    ]
+    for c, row in result["levels"].items():
+        lines += [_row(c, name, row[name]) for name in ("naive", "skillcoach") if name in row]
+        sc, nv = row.get("skillcoach"), row.get("naive")
+        if sc and nv:
+            p = sc["latency_ms"]["p99"] / max(nv["latency_ms"]["p99"], 1e-9)
+            tp = sc["ok_rps"] / max(nv["ok_rps"], 1e-9)
+            ratios.append(f"| {c} | {p:.3f} (1/{1 / max(p, 1e-9):.1f}) | {tp:.2f}x |")
+    lines += [_row(f"{SHED_CONNECTIONS:,}", "skillcoach", result["shed"]["wrk"]), "", *ratios]
+    v, probe = result["verdicts"], result["shed"]["probe"]
+    verdict = {True: "PASS", False: "FAIL"}
+    lines += ["", "| target | measured | verdict |", "|---|---|---|"]
+    if "p99_at_100" in v:
+        r, t = v["p99_at_100"], v["throughput_at_100"]
+        lines += [
+            f"| p99 at 100 <= 1/{P99_FACTOR:g} of naive | {r['ratio']:.3f}"
+            f" (1/{1 / max(r['ratio'], 1e-9):.1f}) | {verdict[r['pass']]} |",
+            f"| 2xx req/s at 100 >= {THROUGHPUT_FACTOR:g}x naive | {t['ratio']}x |"
+            f" {verdict[t['pass']]} |",
+        ]
+    s = v["shed_at_1000"]
+    lines.append(
+        f"| 1,000 connections: 503s, shed p99 < {SHED_P99_MS:g} ms | wrk 503s {s['wrk_503']:,};"
+        f" probe {probe['statuses']}, 503 p99 {s['shed_p99_ms']} ms on established connections"
+        f" (first response on a new connection p99 {probe['first_on_connection_ms'].get('p99')}"
+        f" ms; probe's own loop lag p99 {probe['client_loop_lag_ms'].get('p99', '-')} ms)"
+        f" | {verdict[s['pass']]} |"
+    )
+    rss = ", ".join(f"{k} {v} MB" for k, v in result["peak_rss_mb"].items())
+    return "\n".join([*lines, "", f"Peak RSS: {rss}. Wall time {result['wall_s']} s."])
+
+
+def _deadline(signum: int, frame: FrameType | None) -> None:
+    raise TimeoutError("the benchmark overran its --max-seconds budget")
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtests concurrency")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
+    p.add_argument("--learners", type=int, default=2000)
+    p.add_argument("--skills", type=int, default=50)
+    p.add_argument("--attempts-per-learner", dest="attempts", type=int, default=100)
+    p.add_argument("--timeout", type=float, default=35.0, help="wrk --timeout (s)")
+    p.add_argument("--probe-requests", type=int, default=30_000, help="cap; runs --duration")
+    p.add_argument("--skip-naive", action="store_true", help="skillcoach only (quick runs)")
+    p.add_argument("--skillcoach-env", action="append", default=[], metavar="SKILLCOACH_X=V")
+    p.add_argument("--max-seconds", type=int, default=570, help="abort (and clean up) after")
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGALRM, _deadline)
+    signal.alarm(args.max_seconds)
+    try:
+        result = run(args)
+    finally:
+        signal.alarm(0)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"concurrency-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(markdown(result))
+    print(f"\nwritten to {out}")
+    return 0
