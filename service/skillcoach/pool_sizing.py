@@ -6,7 +6,9 @@ admin, migrations and exporters. During a rolling update `surge` extra pods hold
 too, so each pod gets floor(budget / (replicas + surge)), clamped to [min, max], split into a
 steady part (pool_size) and a burst part (max_overflow) in the seed's 20:30 proportion.
 Server side: PostgreSQL allows `max_connections`; `server_reserve` stay free for superuser and
-maintenance; the rest is divided among the PgBouncer instances as default_pool_size.
+maintenance; the rest is divided among the PgBouncer instances, each keeping room for its
+reserve pool, as default_pool_size. The app uses one database/user pair, so that pair's pool
+is PgBouncer's whole server side.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ class Budget:
     max_connections: int = 100
     server_reserve: int = 10
     pgbouncer_replicas: int = 1
+    # PgBouncer's reserve_pool_size comes on top of default_pool_size when clients wait.
+    pgbouncer_reserve_pool: int = 0
     min_per_pod: int = 4
     max_per_pod: int = 50
     pool_timeout: float = 2.0
@@ -36,6 +40,8 @@ class Budget:
             raise ValueError("max_client_conn must exceed client_reserve")
         if self.max_connections <= self.server_reserve:
             raise ValueError("max_connections must exceed server_reserve")
+        if self.pgbouncer_reserve_pool < 0:
+            raise ValueError("pgbouncer_reserve_pool must not be negative")
         if self.pgbouncer_replicas < 1:
             raise ValueError("pgbouncer_replicas must be at least 1")
         if not 1 <= self.min_per_pod <= self.max_per_pod:
@@ -73,6 +79,8 @@ def plan_pools(budget: Budget, *, replicas: int, surge: int = 1) -> PoolPlan:
         max_overflow=per_pod - pool_size,
         pool_timeout=budget.pool_timeout,
         pool_recycle=budget.pool_recycle,
-        pgbouncer_default_pool_size=max(1, server_budget // budget.pgbouncer_replicas),
+        pgbouncer_default_pool_size=max(
+            1, server_budget // budget.pgbouncer_replicas - budget.pgbouncer_reserve_pool
+        ),
         oversubscribed=per_pod * (replicas + surge) > client_budget,
     )

@@ -9,7 +9,7 @@ import threading
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,7 @@ from skillcoach.stack.haproxy import (
     render_config,
 )
 from skillcoach.stack.packages import find_binary
-from skillcoach.stack.processes import free_port, pid_alive
+from skillcoach.stack.processes import free_port, pid_alive, wait_until
 
 TEMPLATE = default_template_path().read_text()
 
@@ -172,10 +172,8 @@ def _spread(url: str, n: int) -> Counter[str]:
     return Counter(_get(url)[1] for _ in range(n))
 
 
-def _wait(predicate: object, timeout: float) -> bool:
-    from skillcoach.stack.processes import wait_until
-
-    return wait_until(predicate, timeout, interval=0.05)  # type: ignore[arg-type]
+def _wait(predicate: Callable[[], bool], timeout: float) -> bool:
+    return wait_until(predicate, timeout, interval=0.05)
 
 
 def test_balances_takes_out_an_unready_backend_and_reloads_softly(

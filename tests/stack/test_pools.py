@@ -11,6 +11,7 @@ from skillcoach.stack.pools import (
     last_generation,
     plan_scale,
     pool_path,
+    prune_pool_files,
     remove_pool_file,
     split_by_direction,
     write_pools,
@@ -79,3 +80,9 @@ def test_shrinking_pools_are_written_before_growing_ones(tmp_path: Path) -> None
     remove_pool_file(tmp_path, 8002)
     assert not pool_path(tmp_path, 8002).exists()
     remove_pool_file(tmp_path, 8002)  # already gone: fine
+
+
+def test_pruning_keeps_only_the_wanted_replicas_files(tmp_path: Path) -> None:
+    write_pools(tmp_path, [8001, 8002, 8003], plan_pools(BUDGET, replicas=3))
+    assert prune_pool_files(tmp_path, [8001]) == [8002, 8003]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["api-8001.json", "generation"]

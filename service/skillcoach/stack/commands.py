@@ -43,6 +43,7 @@ from skillcoach.stack.pgbouncer import (
 from skillcoach.stack.pools import (
     plan_scale,
     pool_path,
+    prune_pool_files,
     read_pool,
     remove_pool_file,
     split_by_direction,
@@ -375,6 +376,7 @@ def _reconcile(run: _Running, replicas: int, plan: PoolPlan) -> tuple[list[ApiRe
     # ...growing ones once the surplus replicas are gone.
     for pool_change in write_pools(cfg.pool_dir, grow_last, plan):
         _say("pool", pool_change.describe())
+    prune_pool_files(cfg.pool_dir, ports)  # left by replicas stopped with `down`
     return wanted, lb
 
 

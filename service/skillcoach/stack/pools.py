@@ -24,6 +24,7 @@ __all__ = [
     "last_generation",
     "plan_scale",
     "pool_path",
+    "prune_pool_files",
     "read_pool",
     "remove_pool_file",
     "split_by_direction",
@@ -45,13 +46,13 @@ def stack_budget(*, max_client_conn: int, max_connections: int, reserve_pool_siz
     reserve_pool_size (the stack's max_db_connections) is exactly that half.
     """
     half = max_connections // 2
-    server_reserve = min(max_connections - 1, max_connections - half + reserve_pool_size)
     return Budget(
         max_client_conn=max_client_conn,
         client_reserve=min(CLIENT_RESERVE, max_client_conn - 1),
         max_connections=max_connections,
-        server_reserve=server_reserve,
+        server_reserve=max_connections - half,
         pgbouncer_replicas=1,
+        pgbouncer_reserve_pool=reserve_pool_size,
     )
 
 
@@ -164,6 +165,18 @@ def write_pools(pool_dir: Path, ports: Iterable[int], plan: PoolPlan) -> list[Po
 
 def remove_pool_file(pool_dir: Path, port: int) -> None:
     pool_path(pool_dir, port).unlink(missing_ok=True)
+
+
+def prune_pool_files(pool_dir: Path, keep: Iterable[int]) -> list[int]:
+    """Remove the pool files of replicas that are not wanted any more; returns their ports."""
+    wanted = set(keep)
+    removed = []
+    for path in sorted(pool_dir.glob("api-*.json")):
+        port = path.stem.removeprefix("api-")
+        if port.isdigit() and int(port) not in wanted:
+            path.unlink(missing_ok=True)
+            removed.append(int(port))
+    return removed
 
 
 @dataclass(frozen=True, slots=True)
