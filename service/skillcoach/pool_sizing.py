@@ -45,7 +45,7 @@ class Budget:
         if self.pgbouncer_replicas < 1:
             raise ValueError("pgbouncer_replicas must be at least 1")
         if not 1 <= self.min_per_pod <= self.max_per_pod:
-            raise ValueError("need 1 <= min_per_pod <= max_per_pod")
+            raise ValueError("min_per_pod and max_per_pod must satisfy 1 <= min <= max")
 
 
 @dataclass(frozen=True, slots=True)
