@@ -12,12 +12,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPLICAS ?= 1
 
-.PHONY: help venv .venv up down status services test lint typecheck check bench
+.PHONY: help venv .venv up down status scale services test lint typecheck check bench
 
 help:
 	@echo "make up [REPLICAS=N]  start PostgreSQL, PgBouncer, Redis and the API; print URL, key, curl"
 	@echo "make down             stop what 'make up' started (data is kept)"
 	@echo "make status           show each component of the stack"
+	@echo "make scale REPLICAS=N change the replica count of the running stack (pools resized)"
 	@echo "make test             ensure services, run the test suite"
 	@echo "make check            lint, typecheck, test (what .ci/run does)"
 	@echo "make bench            seed/train/inference benchmark -> loadtests/results, docs/benchmarks.md"
@@ -37,6 +38,9 @@ down: $(STAMP)
 
 status: $(STAMP)
 	$(VENV)/bin/skillcoach stack status
+
+scale: $(STAMP)
+	$(VENV)/bin/skillcoach stack scale --replicas $(REPLICAS)
 
 # PostgreSQL up, Debian packages pgbouncer + redis-server present, system Redis on 6379 up.
 services: $(STAMP)
