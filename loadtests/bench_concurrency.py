@@ -60,10 +60,10 @@ class Target:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
-    url: str = ""
 
-    def __post_init__(self) -> None:
-        self.url = f"http://127.0.0.1:{self.port}"
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
 
 def _raise_nofile() -> int:
@@ -170,11 +170,13 @@ def _stop(t: Target) -> None:
 
 
 def _scrape(t: Target) -> dict[str, float] | str:
-    """skillcoach_* samples of /metrics (histogram buckets left out), or the failure."""
+    """skillcoach_* samples of /metrics (no histogram buckets) and the scrape's own time."""
+    t0 = time.perf_counter()
     status, body = _get(t.url + "/metrics", timeout=5)
+    took = round((time.perf_counter() - t0) * 1000, 1)
     if status != 200:
-        return f"scrape failed: HTTP {status}"
-    samples: dict[str, float] = {}
+        return f"scrape failed after {took} ms: HTTP {status or 'no answer'}"
+    samples: dict[str, float] = {"scrape_ms": took}
     for line in body.decode().splitlines():
         if line.startswith("skillcoach_") and "_bucket{" not in line and "_created" not in line:
             name, _, value = line.rpartition(" ")
@@ -213,12 +215,9 @@ def _measure(t: Target, connections: int, args: argparse.Namespace, key: str) ->
     if scrapes:
         scrapes["settled"] = _scrape(t)  # checked_out must be back to 0 here
         result["metrics"] = scrapes
-    print(
-        f"  {t.name:>10} c={connections:<5} {result['ok_rps']:>8} 2xx/s"
-        f"  p99 {result['latency_ms']['p99']} ms  statuses {result['statuses']}"
-        f"  socket errors {result['socket_errors_total']}",
-        flush=True,
-    )
+    p99, errors = result["latency_ms"]["p99"], result["socket_errors_total"]
+    line = f"{t.name:>10} c={connections:<5} {result['ok_rps']:>8} 2xx/s  p99 {p99} ms"
+    print(f"  {line}  statuses {result['statuses']}  socket errors {errors}", flush=True)
     return result
 
 
@@ -394,6 +393,5 @@ def main(argv: list[str]) -> int:
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"concurrency-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.write_text(json.dumps(result, indent=2, default=str))
-    print(markdown(result))
-    print(f"\nwritten to {out}")
+    print(f"{markdown(result)}\n\nwritten to {out}")
     return 0
