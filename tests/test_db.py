@@ -215,3 +215,36 @@ def test_reads_retry_through_a_pgbouncer_restart_writes_do_not(
 def _restart_later(bouncer: PgBouncer) -> None:
     time.sleep(1.0)
     bouncer.start(timeout=10)
+
+
+def test_a_stale_pooled_connection_is_replaced_before_any_work(
+    make_pgbouncer: Callable[..., PgBouncer], pg_url: str
+) -> None:
+    bouncer = make_pgbouncer()
+    db = make_db(pgbouncer_db_url(bouncer, pg_url))
+    try:
+        assert anyio.run(db.run, backend_pid) == 1  # leaves one idle pooled connection
+        bouncer.stop()
+        bouncer.start(timeout=10)
+        # The pooled connection died with the old PgBouncer; the opening round trip notices
+        # and reconnects, so even a non-retried (write) call succeeds.
+        assert anyio.run(db.run, backend_pid) == 1
+        assert metric(db, "skillcoach_db_connection_errors_total") == 0
+    finally:
+        db.dispose()
+
+
+def test_failed_work_is_rolled_back_and_the_connection_reused(db: Database) -> None:
+    def write_then_fail(conn: Connection) -> None:
+        conn.exec_driver_sql("CREATE TABLE IF NOT EXISTS rollback_probe (x int)")
+        conn.exec_driver_sql("INSERT INTO rollback_probe VALUES (1)")
+        raise Boom
+
+    def count(conn: Connection) -> int:
+        found = conn.exec_driver_sql("SELECT to_regclass('rollback_probe')").scalar_one()
+        return 0 if found is None else 1
+
+    with pytest.raises(Boom):
+        anyio.run(db.run, write_then_fail)
+    assert anyio.run(db.run, count) == 0  # even the DDL was rolled back
+    assert db.stats().checked_out == 0

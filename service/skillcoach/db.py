@@ -25,8 +25,9 @@ from typing import TypeVar
 
 import anyio
 import anyio.to_thread
+import psycopg2
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Engine, create_engine, exc
+from sqlalchemy import Connection, Engine, create_engine, exc
 
 from skillcoach.db_metrics import DbMetrics, PoolStats
 from skillcoach.request_context import current_route, remaining
@@ -48,6 +49,7 @@ T = TypeVar("T")
 log = logging.getLogger("skillcoach.db")
 
 RETRY_BASE = 0.05
+QUERY_CANCELED = "57014"  # statement_timeout
 RETRY_CAP = 1.0
 RETRY_ATTEMPTS = 50  # the deadline ends retries long before this; it only bounds the loop
 
@@ -96,8 +98,14 @@ class PoolConfig:
 
 
 def create_sync_engine(
-    url: str, pool: PoolConfig | None = None, *, name: str = "skillcoach"
+    url: str,
+    pool: PoolConfig | None = None,
+    *,
+    name: str = "skillcoach",
+    explicit_transactions: bool = False,
 ) -> Engine:
+    """An engine for `url`. With explicit_transactions the driver runs in autocommit and the
+    caller sends BEGIN/COMMIT itself (see Database): fewer round trips per request."""
     kwargs: dict[str, object] = {}
     if pool is not None:
         kwargs.update(
@@ -105,8 +113,12 @@ def create_sync_engine(
             max_overflow=pool.max_overflow,
             pool_timeout=pool.pool_timeout,
             pool_recycle=pool.pool_recycle,
-            pool_pre_ping=pool.pool_pre_ping,
+            # Database's first statement doubles as the ping (with a reconnect); SQLAlchemy's
+            # own pre-ping would cost one more round trip per request.
+            pool_pre_ping=pool.pool_pre_ping and not explicit_transactions,
         )
+    if explicit_transactions:
+        kwargs["isolation_level"] = "AUTOCOMMIT"
     return create_engine(
         url,
         pool_logging_name=name,
@@ -137,7 +149,7 @@ class Database:
     ) -> None:
         self._url = url
         self.pool_config = pool
-        self.engine = create_sync_engine(url, pool)
+        self.engine = create_sync_engine(url, pool, explicit_transactions=True)
         self.generation = 0
         self._retiring: list[Engine] = []
         self._statement_timeout_ms = int(statement_timeout_ms)
@@ -168,22 +180,37 @@ class Database:
         engine = self.engine  # a resize swaps the attribute; this transaction keeps its pool
         timeout = max(1, min(self._statement_timeout_ms, left_ms))
         try:
-            with engine.begin() as conn:
-                self.metrics.checkout_wait.observe(time.monotonic() - asked_at)
-                with self._held_lock:
-                    self._held[token] = _Checkout(time.monotonic(), current_route())
-                conn.exec_driver_sql(f"SET LOCAL statement_timeout = {timeout}")
-                return fn(conn, *args, **kwargs)
+            for attempt in range(2):
+                with engine.connect() as conn:
+                    if attempt == 0:
+                        self.metrics.checkout_wait.observe(time.monotonic() - asked_at)
+                        with self._held_lock:
+                            self._held[token] = _Checkout(time.monotonic(), current_route())
+                    # One round trip opens the transaction, sets its timeout and proves the
+                    # pooled connection alive. Nothing has run yet if it fails, so a stale
+                    # connection (PgBouncer restarted) is replaced once, for writes too.
+                    try:
+                        _driver_execute(conn, f"BEGIN; SET LOCAL statement_timeout = {timeout}")
+                    except psycopg2.Error:
+                        conn.invalidate()
+                        if attempt == 1:
+                            raise
+                        continue
+                    return _run_in_transaction(conn, fn, args, kwargs)
+            raise AssertionError("unreachable")  # pragma: no cover
         except exc.TimeoutError as e:
             self.metrics.checkout_timeouts.inc()
             raise PoolExhausted(
                 f"no database connection free within {self.pool_config.pool_timeout:g}s"
             ) from e
-        except exc.DBAPIError as e:
-            if _is_query_canceled(e):
+        except (exc.DBAPIError, psycopg2.Error) as e:
+            orig = getattr(e, "orig", e)
+            if getattr(orig, "pgcode", None) == QUERY_CANCELED:
                 self.metrics.query_timeouts.inc()
                 raise QueryTimeout(f"query cancelled after {timeout} ms") from e
-            if isinstance(e, exc.OperationalError) or e.connection_invalidated:
+            if isinstance(orig, psycopg2.OperationalError | psycopg2.InterfaceError) or (
+                isinstance(e, exc.DBAPIError) and e.connection_invalidated
+            ):
                 self.metrics.connection_errors.inc()
                 raise ConnectionLost(_first_line(e)) from e
             raise
@@ -257,7 +284,7 @@ class Database:
         """New checkouts use a new pool at once; the old one is disposed when its connections
         have come back (see `dispose_retired`), so no in-flight request fails."""
         old = self.engine
-        self.engine = create_sync_engine(self._url, pool)
+        self.engine = create_sync_engine(self._url, pool, explicit_transactions=True)
         self.pool_config = pool
         self.generation = generation
         # Growing wakes waiters at once; shrinking lets current holders finish first.
@@ -297,11 +324,34 @@ class Database:
         self._retiring = []
 
 
+def _driver_execute(conn: Connection, sql: str) -> None:
+    """Straight to psycopg2: transaction control needs no SQLAlchemy statement machinery."""
+    with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
+        cur.execute(sql)
+
+
+def _run_in_transaction(
+    conn: Connection, fn: Callable[..., T], args: tuple[object, ...], kwargs: dict[str, object]
+) -> T:
+    try:
+        result = fn(conn, *args, **kwargs)
+    except BaseException:
+        if not conn.invalidated:  # a disconnect already invalidated it: nothing to roll back
+            try:
+                _driver_execute(conn, "ROLLBACK")
+            except Exception:
+                # Unknown server state: this connection must never be handed out again.
+                # The error that matters is the one being re-raised.
+                conn.invalidate()
+        raise
+    try:
+        _driver_execute(conn, "COMMIT")
+    except psycopg2.Error:
+        conn.invalidate()
+        raise
+    return result
+
+
 def _first_line(e: BaseException) -> str:
     text = str(getattr(e, "orig", None) or e).strip()
     return text.splitlines()[0] if text else type(e).__name__
-
-
-def _is_query_canceled(e: exc.DBAPIError) -> bool:
-    # 57014: query_canceled (statement_timeout).
-    return getattr(e.orig, "pgcode", None) == "57014"
