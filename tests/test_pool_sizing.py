@@ -5,9 +5,9 @@ import pytest
 from skillcoach.pool_sizing import Budget, plan_pools
 
 
-def test_one_replica_gets_the_seed_pool() -> None:
+def test_one_replica_gets_the_seed_capacity_as_a_steady_pool() -> None:
     plan = plan_pools(Budget(), replicas=1)
-    assert (plan.pool_size, plan.max_overflow) == (20, 30)
+    assert (plan.pool_size, plan.max_overflow) == (50, 0)
     assert not plan.oversubscribed
 
 

@@ -5,11 +5,11 @@ import pytest
 from skillcoach.settings import SettingsError, load_settings
 
 
-def test_defaults_are_the_seed_pool_settings_with_a_short_checkout() -> None:
+def test_defaults_keep_the_seed_capacity_as_a_steady_pool() -> None:
     s = load_settings()
     assert (s.pool_size, s.max_overflow, s.pool_timeout, s.pool_recycle, s.pool_pre_ping) == (
-        20,
-        30,
+        50,
+        0,
         2.0,
         3600,
         True,

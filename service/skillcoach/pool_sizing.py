@@ -3,8 +3,9 @@ chart's defaults and the local stack (ARCHITECTURE.md, "Pool-sizing contract").
 
 Client side: PgBouncer accepts `max_client_conn` clients; `client_reserve` of them are kept for
 admin, migrations and exporters. During a rolling update `surge` extra pods hold connections
-too, so each pod gets floor(budget / (replicas + surge)), clamped to [min, max], split into a
-steady part (pool_size) and a burst part (max_overflow) in the seed's 20:30 proportion.
+too, so each pod gets floor(budget / (replicas + surge)), clamped to [min, max], all of it as
+pool_size: behind PgBouncer, max_overflow connections would be closed and reopened (a SCRAM
+handshake each) whenever load hovers above pool_size, which measurably costs throughput.
 Server side: PostgreSQL allows `max_connections`; `server_reserve` stay free for superuser and
 maintenance; the rest is divided among the PgBouncer instances, each keeping room for its
 reserve pool, as default_pool_size. The app uses one database/user pair, so that pair's pool
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 
 __all__ = ["Budget", "PoolPlan", "plan_pools"]
 
-# The seed's proportion: pool_size 20 + max_overflow 30 = 50.
-STEADY_SHARE = 0.4
+# Share of a pod's connections kept open (the rest is overflow); see the docstring.
+STEADY_SHARE = 1.0
 
 
 @dataclass(frozen=True, slots=True)

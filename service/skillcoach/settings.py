@@ -31,10 +31,13 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    # Seed defaults (ml-api-performance-plan.md); a pool file overrides them at run time.
+    # The seed's capacity (20 + 30 = 50 connections), held as a steady pool: behind PgBouncer an
+    # idle client connection costs next to nothing, while overflow connections are closed and
+    # reopened (with a SCRAM handshake each) whenever load hovers above pool_size; that churn
+    # cost 35% of throughput at 50 connections (docs/benchmarks.md). A pool file overrides.
     pool_file: Path | None = None
-    pool_size: int = Field(default=20, ge=1, le=1000)
-    max_overflow: int = Field(default=30, ge=0, le=1000)
+    pool_size: int = Field(default=50, ge=1, le=1000)
+    max_overflow: int = Field(default=0, ge=0, le=1000)
     # Checkout wait: short, so a saturated pool answers 503 instead of queueing (the seed's
     # 30 s default was the collapse; its proposed 5 s still exceeds a sane request budget).
     pool_timeout: float = Field(default=2.0, gt=0, le=60)

@@ -43,7 +43,7 @@ def test_pool_files_take_growing_generations_and_are_rewritten_only_on_change(
     assert first.pool_size + first.max_overflow == 40  # 120 clients / (2 + 1)
     assert first.generation == 1
     assert last_generation(tmp_path) == 1
-    assert "api-8001: pool new, 16+24" in changes[0].describe()
+    assert "api-8001: pool new, 40+0" in changes[0].describe()
 
     # The same plan again: nothing to write, no new generation.
     assert write_pools(tmp_path, [8001, 8002], two) == []
@@ -55,7 +55,7 @@ def test_pool_files_take_growing_generations_and_are_rewritten_only_on_change(
     assert len(changes) == 3
     assert {read_pool_file(pool_path(tmp_path, p)).generation for p in (8001, 8002, 8003)} == {2}
     assert read_pool_file(pool_path(tmp_path, 8003)).pool_size + three.max_overflow == 30
-    assert "api-8001: pool 16+24 -> 12+18 (timeout 2s, generation 2)" in changes[0].describe()
+    assert "api-8001: pool 40+0 -> 30+0 (timeout 2s, generation 2)" in changes[0].describe()
 
 
 def test_generation_survives_a_lost_counter_file(tmp_path: Path) -> None:
