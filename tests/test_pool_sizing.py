@@ -5,9 +5,9 @@ import pytest
 from skillcoach.pool_sizing import Budget, plan_pools
 
 
-def test_one_replica_gets_the_seed_capacity_as_a_steady_pool() -> None:
+def test_one_replica_gets_the_per_pod_cap_as_a_steady_pool() -> None:
     plan = plan_pools(Budget(), replicas=1)
-    assert (plan.pool_size, plan.max_overflow) == (50, 0)
+    assert (plan.pool_size, plan.max_overflow) == (16, 0)
     assert not plan.oversubscribed
 
 
@@ -23,15 +23,15 @@ def test_pods_never_exceed_the_client_budget_unless_clamped(replicas: int) -> No
 
 
 def test_per_pod_shrinks_as_replicas_grow() -> None:
-    sizes = [plan_pools(Budget(), replicas=r).per_pod for r in (10, 20, 40, 80)]
+    sizes = [plan_pools(Budget(), replicas=r).per_pod for r in (10, 60, 100, 200)]
     assert sizes == sorted(sizes, reverse=True)
-    assert sizes[1] == 950 // 21
+    assert sizes[0] == 16 and sizes[1] == 950 // 61
 
 
 def test_surge_is_counted_during_rollouts() -> None:
-    b = Budget(max_client_conn=250, client_reserve=50)
-    assert plan_pools(b, replicas=4, surge=0).per_pod == 50
-    assert plan_pools(b, replicas=4, surge=1).per_pod == 40
+    b = Budget(max_client_conn=110, client_reserve=50)
+    assert plan_pools(b, replicas=4, surge=0).per_pod == 15
+    assert plan_pools(b, replicas=4, surge=1).per_pod == 12
 
 
 def test_server_side_leaves_room_for_reserve_pools() -> None:

@@ -50,7 +50,7 @@ def test_initial_pool_prefers_a_valid_file(tmp_path: Path) -> None:
     write_pool_file(path, PoolFile.from_plan(plan_pools(Budget(), replicas=30), generation=4))
     config, generation = initial_pool(path, FALLBACK)
     assert generation == 4
-    assert config.capacity == 30  # 950 // 31, the sizing function's answer
+    assert config.capacity == 16  # the per-pod cap of the sizing function
 
 
 def test_resize_through_the_file_under_load(

@@ -33,7 +33,7 @@ def test_metrics_port_serves_the_same_registry(server: tuple[str, str]) -> None:
     httpx.get(f"{base}/healthz")
     text = httpx.get(f"{metrics}/metrics").text
     assert 'skillcoach_http_requests_total{method="GET",route="/healthz",status="200"}' in text
-    assert "skillcoach_db_pool_capacity 50.0" in text
+    assert "skillcoach_db_pool_capacity 16.0" in text
 
 
 def test_concurrent_retries_of_one_batch_count_once(server: tuple[str, str], keys: Keys) -> None:

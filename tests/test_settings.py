@@ -5,10 +5,10 @@ import pytest
 from skillcoach.settings import SettingsError, load_settings
 
 
-def test_defaults_keep_the_seed_capacity_as_a_steady_pool() -> None:
+def test_defaults_are_a_steady_pool_with_a_short_checkout() -> None:
     s = load_settings()
     assert (s.pool_size, s.max_overflow, s.pool_timeout, s.pool_recycle, s.pool_pre_ping) == (
-        50,
+        16,
         0,
         2.0,
         3600,

@@ -31,23 +31,24 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=0, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
-    # The seed's capacity (20 + 30 = 50 connections), held as a steady pool: behind PgBouncer an
-    # idle client connection costs next to nothing, while overflow connections are closed and
-    # reopened (with a SCRAM handshake each) whenever load hovers above pool_size; that churn
-    # cost 35% of throughput at 50 connections (docs/benchmarks.md). A pool file overrides.
+    # A steady pool of 16, not the seed's 20 + 30 (docs/benchmarks.md, "Pool size"): behind
+    # PgBouncer an idle client connection costs next to nothing, while overflow connections
+    # are closed and reopened (a SCRAM handshake each) whenever load hovers above pool_size,
+    # which cost 35% of throughput at 50 connections; and since every connection is a worker
+    # thread, 50 of them contend for the GIL and stretch the tail without adding throughput
+    # on a 2-core pod. Rule of thumb: about 8 per core of the pod. A pool file overrides.
     pool_file: Path | None = None
-    pool_size: int = Field(default=50, ge=1, le=1000)
+    pool_size: int = Field(default=16, ge=1, le=1000)
     max_overflow: int = Field(default=0, ge=0, le=1000)
-    # Checkout wait: short, so a saturated pool answers 503 instead of queueing (the seed's
-    # 30 s default was the collapse; its proposed 5 s still exceeds a sane request budget).
     pool_timeout: float = Field(default=2.0, gt=0, le=60)
     pool_recycle: int = Field(default=3600, ge=-1)
     pool_pre_ping: bool = True
     statement_timeout_ms: int = Field(default=3000, ge=1, le=600_000)
     # Per-request deadline for everything that waits on the database (slot, checkout, query).
     request_timeout: float = Field(default=5.0, gt=0, le=300)
-    # In-flight requests a replica admits beyond its pool capacity before it sheds with 503.
-    queue_allowance: int = Field(default=50, ge=0, le=100_000)
+    # In-flight requests a replica admits beyond its pool capacity before it sheds with 503:
+    # about a quarter second of queue at the ~900 req/s one replica serves here.
+    queue_allowance: int = Field(default=200, ge=0, le=100_000)
     # A connection held longer than this is reported (metric + log with the route).
     long_checkout_seconds: float = Field(default=5.0, gt=0, le=3600)
     pool_file_poll_seconds: float = Field(default=1.0, gt=0, le=300)

@@ -46,18 +46,18 @@ def test_replica_pools_fit_under_max_client_conn(replicas: int) -> None:
     )
 
 
-def test_one_replica_gets_the_seed_capacity_and_pgbouncer_the_stack_half() -> None:
+def test_one_replica_gets_the_per_pod_cap_and_pgbouncer_the_stack_half() -> None:
     cfg = StackConfig(root=Path("/r"))
     budget = stack_budget(max_client_conn=500, max_connections=100, reserve_pool_size=5)
     plan = plan_pools(budget, replicas=1, surge=SURGE)
-    assert (plan.pool_size, plan.max_overflow) == (50, 0)
+    assert (plan.pool_size, plan.max_overflow) == (16, 0)
     bouncer = make_pgbouncer(cfg, SECRETS, plan)
     # Half of PostgreSQL's 100 connections: 45 steady + 5 reserve.
     assert bouncer.config.default_pool_size == 45
     assert bouncer.config.max_db_connections == 50
     assert bouncer.config.reserve_pool_size == RESERVE_POOL_SIZE
     assert _pool_env(plan) == {
-        "SKILLCOACH_POOL_SIZE": "50",
+        "SKILLCOACH_POOL_SIZE": "16",
         "SKILLCOACH_MAX_OVERFLOW": "0",
         "SKILLCOACH_POOL_TIMEOUT": "2",
         "SKILLCOACH_POOL_RECYCLE": "3600",

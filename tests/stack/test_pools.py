@@ -18,7 +18,8 @@ from skillcoach.stack.pools import (
 )
 
 # A small client budget, so the per-replica pool changes with the replica count.
-BUDGET = Budget(max_client_conn=150, client_reserve=30, max_connections=100)
+# A generous per-pod cap, so these tests exercise how the client budget is split.
+BUDGET = Budget(max_client_conn=150, client_reserve=30, max_connections=100, max_per_pod=50)
 
 
 def test_scale_plan() -> None:
