@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 
 import httpx
 import psycopg2
+import pytest
 from sqlalchemy.engine import make_url
 
 from skillcoach.auth import Scope, create_api_key
@@ -25,7 +26,7 @@ DOWN_SECONDS = 2.0
 
 
 def test_pgbouncer_restart_under_read_and_write_load(
-    make_pgbouncer: Callable[..., PgBouncer], pg_url: str
+    make_pgbouncer: Callable[..., PgBouncer], pg_url: str, request: pytest.FixtureRequest
 ) -> None:
     name, direct = fresh_database("skillcoach_resilience")
     engine = create_sync_engine(direct)
@@ -82,6 +83,7 @@ def test_pgbouncer_restart_under_read_and_write_load(
                 t.join(timeout=15)
     finally:
         stop.set()
+        request.addfinalizer(lambda: drop_database(name))
 
     assert {code for _, _, code in reads} <= {200, 503}
     # Reads in flight during the outage retried inside their deadline; once PgBouncer is
@@ -98,7 +100,6 @@ def test_pgbouncer_restart_under_read_and_write_load(
             stored = {row[0] for row in cur.fetchall()}
     finally:
         conn.close()
-        drop_database(name)
     assert acknowledged and set(acknowledged) <= stored
 
 
