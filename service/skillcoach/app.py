@@ -8,6 +8,7 @@ import random
 from collections.abc import AsyncIterator
 
 import anyio
+from anyio.abc import TaskGroup
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -15,6 +16,7 @@ from starlette.responses import Response
 
 from skillcoach.admission import AdmissionMiddleware
 from skillcoach.auth import KeyCache
+from skillcoach.cache import Cache, CacheConfig, connect_redis
 from skillcoach.db import (
     Database,
     DatabaseUnavailable,
@@ -32,6 +34,7 @@ from skillcoach.problems import Problem, ServiceUnavailable, problem_response
 from skillcoach.routes import catalog, learners, ops
 from skillcoach.settings import Settings
 from skillcoach.state import AppState
+from skillcoach.warming import warm_cache
 
 __all__ = ["create_app"]
 
@@ -40,15 +43,29 @@ log = logging.getLogger("skillcoach")
 LONG_HELD_SCAN_SECONDS = 1.0
 
 
-async def _refresh_model_forever(state: AppState) -> None:
+async def _refresh_model_forever(state: AppState, tg: TaskGroup) -> None:
     interval = state.settings.model_refresh_seconds
     while True:
         # Jitter: replicas started together must not poll the registry in lockstep.
         await anyio.sleep(interval * random.uniform(0.8, 1.2))
         try:
-            await state.live_model.refresh(state.db)
+            if await state.live_model.refresh(state.db):
+                tg.start_soon(_warm, state)
         except DatabaseUnavailable as exc:
             log.warning("model refresh skipped: %s", exc)
+
+
+async def _warm(state: AppState) -> None:
+    try:
+        await warm_cache(state)
+    except DatabaseUnavailable as exc:
+        log.warning("cache warming stopped: %s", exc)
+
+
+async def _retry_invalidations_forever(cache: Cache) -> None:
+    while True:
+        await anyio.sleep(1.0)
+        await cache.retry_invalidations()
 
 
 async def _scan_long_held_forever(db: Database) -> None:
@@ -105,6 +122,15 @@ def create_app(settings: Settings) -> Starlette:
         db.generation = generation
         holder["db"] = db
         probe = HealthProbe(settings.sqlalchemy_url)
+        cache = None
+        if settings.cache_enabled:
+            config = CacheConfig(
+                url=settings.redis_url.get_secret_value(),
+                ttl_seconds=settings.cache_ttl_seconds,
+                socket_timeout=settings.cache_socket_timeout,
+                max_connections=settings.cache_max_connections,
+            )
+            cache = Cache(connect_redis(config), config, registry)
         state = AppState(
             settings=settings,
             db=db,
@@ -112,6 +138,7 @@ def create_app(settings: Settings) -> Starlette:
             live_model=LiveModel(),
             keys=KeyCache(settings.api_key_cache_seconds),
             registry=registry,
+            cache=cache,
         )
         registry.register(PoolCollector(db.stats))
         registry.register(ModelCollector(state.live_model))
@@ -122,7 +149,10 @@ def create_app(settings: Settings) -> Starlette:
             # Start anyway (liveness stays green); readiness reports the missing model.
             log.warning("no model at start-up: %s", exc)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_refresh_model_forever, state)
+            tg.start_soon(_refresh_model_forever, state, tg)
+            if cache is not None:
+                tg.start_soon(_retry_invalidations_forever, cache)
+                tg.start_soon(_warm, state)
             tg.start_soon(_scan_long_held_forever, db)
             if settings.pool_file is not None:
                 tg.start_soon(
@@ -133,6 +163,8 @@ def create_app(settings: Settings) -> Starlette:
             finally:
                 tg.cancel_scope.cancel()
         probe.dispose()
+        if cache is not None:
+            await cache.aclose()
         db.dispose()
 
     def in_flight_limit() -> int:

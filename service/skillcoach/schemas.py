@@ -123,6 +123,12 @@ class PoolStatus(BaseModel):
     generation: int
 
 
+class CacheStatus(BaseModel):
+    enabled: bool
+    hit_ratio: float | None = Field(description="hits / lookups since start-up")
+    degraded: bool = Field(description="Redis failing: requests served from PostgreSQL")
+
+
 class ModelStatus(BaseModel):
     status: str
     model_version: int | None
@@ -130,6 +136,7 @@ class ModelStatus(BaseModel):
     loaded_at: datetime | None
     metrics: dict[str, Any]
     pool: PoolStatus
+    cache: CacheStatus
 
 
 class Problem(BaseModel):

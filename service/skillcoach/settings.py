@@ -24,6 +24,13 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr("postgresql+psycopg2://postgres@127.0.0.1:5432/skillcoach")
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     cache_enabled: bool = False
+    cache_ttl_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    # Short enough that a dead Redis costs a request little before the breaker opens.
+    cache_socket_timeout: float = Field(default=0.05, gt=0, le=5)
+    cache_max_connections: int = Field(default=64, ge=1, le=10_000)
+    # Warming after start-up and promotion: the most recently active learners, bounded.
+    cache_warm_learners: int = Field(default=500, ge=0, le=100_000)
+    cache_warm_seconds: float = Field(default=30.0, ge=0, le=3600)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)

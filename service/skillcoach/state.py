@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 
 from skillcoach.auth import ApiKey, KeyCache, Scope, hash_key, lookup_key, parse_bearer
+from skillcoach.cache import Cache
 from skillcoach.db import Database
 from skillcoach.health import HealthProbe
 from skillcoach.live_model import LiveModel, ServedModel
@@ -25,6 +26,7 @@ class AppState:
     live_model: LiveModel
     keys: KeyCache
     registry: CollectorRegistry
+    cache: Cache | None = None
 
     def served_model(self) -> ServedModel:
         served = self.live_model.current

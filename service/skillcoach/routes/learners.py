@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +15,9 @@ from starlette.routing import Route
 
 from skillcoach.analysis import (
     ExerciseHistory,
+    Recommendation,
     SkillEvidence,
+    SkillWeakness,
     focus_skills,
     rank_weaknesses,
     recommend,
@@ -23,10 +26,11 @@ from skillcoach.attempts import IDEMPOTENCY_KEY_MAX, batch_fingerprint, normaliz
 from skillcoach.auth import Scope
 from skillcoach.catalog import Catalog
 from skillcoach.learners import fetch_exercise_history, fetch_skill_evidence
+from skillcoach.live_model import ServedModel
 from skillcoach.params import int_param, path_id, read_json
 from skillcoach.problems import BadRequest, NotFound
 from skillcoach.schemas import AttemptBatch
-from skillcoach.state import app_state
+from skillcoach.state import AppState, app_state
 
 __all__ = ["routes"]
 
@@ -43,10 +47,26 @@ def _iso(ts: datetime | None) -> str | None:
     return None if ts is None else ts.isoformat()
 
 
-def _require_evidence(evidence: SkillEvidence | None, learner_id: int) -> SkillEvidence:
-    if evidence is None:
+def _found(body: bytes | None, learner_id: int) -> Response:
+    if body is None:
         raise NotFound(f"learner {learner_id} does not exist", learner_id=learner_id)
-    return evidence
+    # Bytes as computed or as stored in the cache: a hit costs no JSON work.
+    return Response(body, media_type="application/json")
+
+
+async def cached(
+    state: AppState,
+    *,
+    learner_id: int,
+    kind: str,
+    variant: str,
+    compute: Callable[[], Awaitable[bytes | None]],
+) -> bytes | None:
+    if state.cache is None:
+        return await compute()
+    return await state.cache.get_or_compute(
+        learner_id=learner_id, kind=kind, variant=variant, compute=compute
+    )
 
 
 async def weaknesses(request: Request) -> Response:
@@ -55,20 +75,47 @@ async def weaknesses(request: Request) -> Response:
     learner_id = path_id(request, "learner_id")
     limit = int_param(request, "limit", default=100, low=1, high=1000)
     served = state.served_model()
-    evidence = _require_evidence(
-        await state.db.run(fetch_skill_evidence, learner_id=learner_id, retry=True), learner_id
+
+    async def compute() -> bytes | None:
+        return await weaknesses_answer(state, served, learner_id=learner_id, limit=limit)
+
+    body = await cached(
+        state,
+        learner_id=learner_id,
+        kind="weaknesses",
+        variant=weaknesses_variant(served, limit),
+        compute=compute,
     )
+    return _found(body, learner_id)
+
+
+async def weaknesses_answer(
+    state: AppState, served: ServedModel, *, learner_id: int, limit: int
+) -> bytes | None:
+    """The weaknesses body of a learner, from PostgreSQL (None: no such learner)."""
+    evidence = await state.db.run(fetch_skill_evidence, learner_id=learner_id, retry=True)
+    if evidence is None:
+        return None
     ranked = rank_weaknesses(
         served.model,
         evidence,
         min_attempts=state.settings.insufficient_data_attempts,
         limit=limit,
     )
-    names = served.catalog.skill_names
-    return json_response(
+    return _weaknesses_body(learner_id, served.version, served.catalog.skill_names, ranked)
+
+
+def weaknesses_variant(served: ServedModel, limit: int) -> str:
+    return f"m{served.version}:n{limit}"
+
+
+def _weaknesses_body(
+    learner_id: int, model_version: int, names: dict[int, str], ranked: list[SkillWeakness]
+) -> bytes:
+    return orjson.dumps(
         {
             "learner_id": learner_id,
-            "model_version": served.version,
+            "model_version": model_version,
             "skills": [
                 {
                     "skill_id": w.skill_id,
@@ -121,6 +168,26 @@ async def recommendations(request: Request) -> Response:
         if not 0.05 <= target <= 0.95:
             raise BadRequest(f"target must be between 0.05 and 0.95, got {target}", param="target")
     served = state.served_model()
+
+    async def compute() -> bytes | None:
+        return await recommendations_answer(
+            state, served, learner_id=learner_id, limit=limit, target=target
+        )
+
+    body = await cached(
+        state,
+        learner_id=learner_id,
+        kind="recommendations",
+        variant=recommendations_variant(served, limit, target),
+        compute=compute,
+    )
+    return _found(body, learner_id)
+
+
+async def recommendations_answer(
+    state: AppState, served: ServedModel, *, learner_id: int, limit: int, target: float
+) -> bytes | None:
+    """The recommendations body of a learner, from PostgreSQL (None: no such learner)."""
     loaded = await state.db.run(
         _recommendation_inputs,
         retry=True,
@@ -130,7 +197,7 @@ async def recommendations(request: Request) -> Response:
         skill_count=state.settings.recommendation_skills,
     )
     if loaded is None:
-        raise NotFound(f"learner {learner_id} does not exist", learner_id=learner_id)
+        return None
     evidence, skills, mastery, history = loaded
     ids, skill_ids = served.catalog.exercises_of(skills)
     recs = recommend(
@@ -144,11 +211,26 @@ async def recommendations(request: Request) -> Response:
         target=target,
         limit=limit,
     )
-    names = served.catalog.skill_names
-    return json_response(
+    return _recommendations_body(
+        learner_id, served.version, target, served.catalog.skill_names, recs
+    )
+
+
+def recommendations_variant(served: ServedModel, limit: int, target: float) -> str:
+    return f"m{served.version}:n{limit}:t{target:g}"
+
+
+def _recommendations_body(
+    learner_id: int,
+    model_version: int,
+    target: float,
+    names: dict[int, str],
+    recs: list[Recommendation],
+) -> bytes:
+    return orjson.dumps(
         {
             "learner_id": learner_id,
-            "model_version": served.version,
+            "model_version": model_version,
             "target": target,
             "exercises": [
                 {
@@ -190,6 +272,9 @@ async def post_attempts(request: Request) -> Response:
         idempotency_key=key,
         fingerprint=batch_fingerprint(learner_id, attempts),
     )
+    if state.cache is not None and not result["replayed"]:
+        # Committed: bump the learner's cache version before acknowledging (read-your-writes).
+        await state.cache.invalidate(learner_id)
     return json_response(result, status=200 if result["replayed"] else 201)
 
 

@@ -31,6 +31,9 @@ async def readyz(request: Request) -> Response:
         "database": await state.probe.database(),
         "model": "ok" if served else (state.live_model.last_error or "not loaded"),
     }
+    if state.cache is not None:
+        # Informational: the cache is optional, so a degraded one never fails readiness.
+        checks["cache"] = "degraded" if state.cache.degraded else "ok"
     if served is None or checks["database"] != "ok":
         raise ServiceUnavailable("not ready", retry_after=2, checks=checks)
     return json_response({"status": "ready", "checks": checks, "model_version": served.version})
@@ -57,6 +60,12 @@ async def model_status(request: Request) -> Response:
             "long_held": pool.long_held,
             "generation": pool.generation,
         },
+    }
+    cache = state.cache
+    body["cache"] = {
+        "enabled": cache is not None,
+        "hit_ratio": None if cache is None else cache.hit_ratio,
+        "degraded": False if cache is None else cache.degraded,
     }
     if state.live_model.last_error:
         body["last_error"] = state.live_model.last_error
