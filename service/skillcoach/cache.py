@@ -25,7 +25,7 @@ from typing import Any
 
 import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
@@ -62,15 +62,28 @@ def connect_redis(config: CacheConfig) -> Redis | RedisCluster:
         "socket_connect_timeout": config.socket_timeout * 4,
         "socket_keepalive": True,
         "health_check_interval": 30,
-        "max_connections": config.max_connections,
         "retry": retry,
     }
     if config.url.startswith("redis+cluster://"):
         hosts = config.url.removeprefix("redis+cluster://").rstrip("/").split(",")
         nodes = [ClusterNode(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in hosts]
         # MOVED/ASK and node failures: the client refreshes its slot map and retries.
-        return RedisCluster(startup_nodes=nodes, cluster_error_retry_attempts=3, **common)
-    return Redis.from_url(config.url, retry_on_timeout=True, **common)
+        return RedisCluster(
+            startup_nodes=nodes,
+            cluster_error_retry_attempts=3,
+            max_connections=config.max_connections,
+            **common,
+        )
+    # A blocking pool: past max_connections a call waits briefly for a free connection
+    # instead of failing (which would count against the breaker under a burst).
+    pool = BlockingConnectionPool.from_url(
+        config.url,
+        max_connections=config.max_connections,
+        timeout=config.socket_timeout * 4,
+        retry_on_timeout=True,
+        **common,
+    )
+    return Redis(connection_pool=pool)
 
 
 class Breaker:

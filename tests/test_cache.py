@@ -1,0 +1,171 @@
+"""The cache against a real Redis: hits, versioned invalidation, single flight, breaker."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable
+
+import anyio
+from prometheus_client import CollectorRegistry
+
+from skillcoach.cache import Breaker, Cache, CacheConfig, connect_redis
+from skillcoach.stack.processes import free_port
+
+_learners = itertools.count(1)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_probes_and_closes() -> None:
+    clock = Clock()
+    b = Breaker(failures=3, cooldown=2.0, clock=clock)
+    for _ in range(3):
+        assert b.allow()
+        b.failure()
+    assert b.state == Breaker.OPEN and not b.allow()
+    clock.now = 2.5
+    assert b.state == Breaker.HALF_OPEN
+    assert b.allow() and not b.allow()  # one probe at a time
+    b.failure()
+    assert b.state == Breaker.OPEN
+    clock.now = 5.0
+    assert b.allow()
+    b.success()
+    assert b.state == Breaker.CLOSED and b.allow()
+
+
+def make_cache(url: str, **kw: float) -> Cache:
+    config = CacheConfig(url=url, **kw)  # type: ignore[arg-type]
+    return Cache(connect_redis(config), config, CollectorRegistry())
+
+
+def with_cache(url: str, body: Callable[[Cache], Awaitable[None]], **kw: float) -> Cache:
+    """Run body in one event loop (redis-py's asyncio clients belong to the loop they
+    connected in) and return the closed cache for inspection."""
+    cache = make_cache(url, **kw)
+
+    async def main() -> None:
+        try:
+            await body(cache)
+        finally:
+            await cache.aclose()
+
+    anyio.run(main)
+    return cache
+
+
+class Source:
+    """Stands for PostgreSQL: counts computations and returns the current data."""
+
+    def __init__(self, data: bytes = b'{"v":1}', delay: float = 0.0) -> None:
+        self.data, self.delay, self.calls = data, delay, 0
+
+    async def __call__(self) -> bytes | None:
+        self.calls += 1
+        current = self.data
+        await anyio.sleep(self.delay)
+        return current
+
+
+async def get(cache: Cache, learner: int, source: Source, variant: str = "m1") -> bytes | None:
+    return await cache.get_or_compute(
+        learner_id=learner, kind="weaknesses", variant=variant, compute=source
+    )
+
+
+def test_miss_then_hit_serves_the_stored_bytes(redis_url: str) -> None:
+    learner, source = next(_learners), Source()
+
+    async def body(cache: Cache) -> None:
+        assert await get(cache, learner, source) == b'{"v":1}'
+        assert await get(cache, learner, source) == b'{"v":1}'
+
+    cache = with_cache(redis_url, body)
+    assert source.calls == 1
+    assert cache.hit_ratio == 0.5
+
+
+def test_invalidation_and_model_version_make_old_entries_unreachable(redis_url: str) -> None:
+    learner, source = next(_learners), Source()
+
+    async def body(cache: Cache) -> None:
+        await get(cache, learner, source)
+        source.data = b'{"v":2}'
+        assert await cache.invalidate(learner)
+        assert await get(cache, learner, source) == b'{"v":2}'
+        assert await get(cache, learner, source, variant="m2") == b'{"v":2}'
+
+    with_cache(redis_url, body)
+    assert source.calls == 3
+
+
+def test_a_computation_racing_a_write_is_never_served(redis_url: str) -> None:
+    learner = next(_learners)
+    slow = Source(b'{"v":"old"}', delay=0.2)
+    fresh = Source(b'{"v":"new"}')
+
+    async def body(cache: Cache) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(get, cache, learner, slow)
+            await anyio.sleep(0.05)  # the read has started from pre-write data...
+            assert await cache.invalidate(learner)  # ...when the write commits
+        assert await get(cache, learner, fresh) == b'{"v":"new"}'  # old entry: stale
+
+    with_cache(redis_url, body)
+    assert fresh.calls == 1
+
+
+def test_100_concurrent_misses_compute_once(redis_url: str) -> None:
+    learner, source = next(_learners), Source(delay=0.2)
+    results: list[bytes | None] = []
+
+    async def body(cache: Cache) -> None:
+        async def one() -> None:
+            results.append(await get(cache, learner, source))
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(100):
+                tg.start_soon(one)
+
+    with_cache(redis_url, body)
+    assert results == [b'{"v":1}'] * 100
+    assert source.calls == 1
+
+
+def test_unknown_learners_are_not_cached(redis_url: str) -> None:
+    learner = next(_learners)
+    source = Source()
+
+    async def nothing() -> bytes | None:
+        return None
+
+    async def body(cache: Cache) -> None:
+        none = await cache.get_or_compute(
+            learner_id=learner, kind="weaknesses", variant="m1", compute=nothing
+        )
+        assert none is None
+        assert await get(cache, learner, source) == b'{"v":1}'
+
+    with_cache(redis_url, body)
+    assert source.calls == 1
+
+
+def test_redis_down_serves_from_the_source_and_opens_the_breaker() -> None:
+    source = Source()
+
+    async def body(cache: Cache) -> None:
+        for _ in range(20):
+            assert await get(cache, 1, source) == b'{"v":1}'
+        assert cache.degraded
+        assert not await cache.invalidate(1)
+
+    cache = with_cache(f"redis://127.0.0.1:{free_port()}/0", body, breaker_cooldown=60)
+    assert source.calls == 20
+    assert cache.metrics.skipped._value.get() > 0  # type: ignore[attr-defined]
+    assert 1 in cache.dirty  # this replica now bypasses the cache for learner 1
