@@ -5,10 +5,12 @@ share a hash slot through the `{l<id>}` tag) and no JSON work: the entry holds t
 response body, so a hit hands Redis' bytes straight to the client.
 
 Correctness (read-your-writes on every replica): an entry is tagged with the learner's version
-counter as read *before* the database was; a write commits to PostgreSQL, then increments the
-counter before it answers 201. An entry computed from pre-write data therefore carries an old
-tag and is never served again. Keys also carry the model version, so a promotion makes every
-old entry unreachable at once. TTL (with jitter) is only the backstop.
+as read *before* the database was; a write commits to PostgreSQL, then replaces the version
+with a new random one before it answers 201. An entry computed from pre-write data therefore
+carries an old tag and is never served again. Keys also carry the model version, so a
+promotion makes every old entry unreachable at once. TTL (with jitter) is only the backstop.
+If Redis does not take a version bump, this replica serves that learner from PostgreSQL and
+retries the bump every second; other replicas may serve the old entry until it lands.
 
 Redis is optional: every call has a short timeout, failures open a circuit breaker that skips
 Redis for a cool-down (then one probe), and the request is served from PostgreSQL.
@@ -331,7 +333,9 @@ class Cache:
         # Not under the breaker: a write must try to invalidate even while reads skip Redis.
         try:
             with anyio.fail_after(self._config.socket_timeout * 4):
-                await self._client.incr(vkey)
+                # A new random version rather than INCR: a counter recreated after loss
+                # (restart, eviction, failover) could repeat a value old entries carry.
+                await self._client.set(vkey, str(random.randrange(FRESH_VERSION_RANGE)))
         except (RedisError, OSError, TimeoutError) as exc:
             self.metrics.errors.inc()
             self.dirty.add(learner_id)

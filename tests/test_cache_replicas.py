@@ -1,0 +1,105 @@
+"""Two real replicas sharing PostgreSQL (through PgBouncer) and Redis: a write through one
+invalidates the learner's cached answers on both; Redis stopped entirely costs no request."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+
+from skillcoach.stack.processes import free_port
+from skillcoach.stack.redis import RedisServer
+from tests.fixtures_api import Keys, exercise_id, run_server
+
+_learners = itertools.count(880_000)
+
+
+def post(base: str, keys: Keys, learner: int, correct: bool) -> None:
+    body = {
+        "attempts": [
+            {
+                "exercise_id": exercise_id(3, 1),
+                "correct": correct,
+                "answered_at": datetime.now(UTC).isoformat(),
+            }
+        ]
+    }
+    r = httpx.post(
+        f"{base}/v1/learners/{learner}/attempts",
+        json=body,
+        headers={"Authorization": f"Bearer {keys.write}"},
+    )
+    assert r.status_code == 201, r.text
+
+
+def weak(base: str, keys: Keys, learner: int) -> dict[str, object]:
+    r = httpx.get(
+        f"{base}/v1/learners/{learner}/weaknesses", headers={"Authorization": f"Bearer {keys.read}"}
+    )
+    assert r.status_code == 200, r.text
+    return dict(r.json()["skills"][0])
+
+
+def hits(metrics_url: str) -> float:
+    for line in httpx.get(f"{metrics_url}/metrics").text.splitlines():
+        if line.startswith('skillcoach_cache_hits_total{kind="weaknesses"}'):
+            return float(line.split()[-1])
+    raise AssertionError("no cache hit metric")
+
+
+def test_a_write_on_one_replica_invalidates_both(
+    api_bouncer_url: str, keys: Keys, redis_url: str
+) -> None:
+    env = {"cache_enabled": "true", "redis_url": redis_url}
+    with (
+        run_server(api_bouncer_url, **env) as (a, a_metrics),
+        run_server(api_bouncer_url, **env) as (b, b_metrics),
+    ):
+        learner = next(_learners)
+        post(a, keys, learner, True)
+        first = weak(b, keys, learner)
+        assert weak(b, keys, learner) == first and weak(a, keys, learner) == first
+        assert hits(b_metrics) >= 1 and hits(a_metrics) >= 1  # both served it from Redis
+        post(a, keys, learner, False)  # through A...
+        after = weak(b, keys, learner)  # ...and B answers the new data at once
+        assert after["attempts"] == 2 and after["correct"] == 1
+        assert weak(a, keys, learner) == after
+
+
+def test_redis_stopped_entirely_then_back(
+    api_bouncer_url: str, keys: Keys, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    redis = RedisServer(port=free_port(), data_dir=tmp_path_factory.mktemp("redis-outage"))
+    redis.start(timeout=10)
+    try:
+        env = {"cache_enabled": "true", "redis_url": redis.url, "cache_warm_learners": "0"}
+        with run_server(api_bouncer_url, **env) as (base, metrics):
+            learner = next(_learners)
+            post(base, keys, learner, True)
+            weak(base, keys, learner)
+            weak(base, keys, learner)
+            assert hits(metrics) == 1
+            redis.stop()
+            for i in range(30):  # every request still succeeds, from PostgreSQL
+                if i == 10:
+                    post(base, keys, learner, False)
+                weak(base, keys, learner)
+            status = httpx.get(
+                f"{base}/v1/model-status", headers={"Authorization": f"Bearer {keys.read}"}
+            ).json()
+            assert status["cache"]["degraded"] is True
+            ready = httpx.get(f"{base}/readyz")
+            assert ready.status_code == 200 and ready.json()["checks"]["cache"] == "degraded"
+            redis.start(timeout=10)
+            deadline = time.monotonic() + 15
+            before = hits(metrics)
+            while hits(metrics) < before + 5 and time.monotonic() < deadline:
+                weak(base, keys, learner)
+                time.sleep(0.05)
+            assert hits(metrics) >= before + 5  # the hit rate recovered
+            assert weak(base, keys, learner)["attempts"] == 2  # and nothing stale came back
+    finally:
+        redis.stop()
