@@ -5,7 +5,9 @@
 One run: a scratch database (seeded, a model promoted, an API key), PgBouncer in front of it,
 skillcoach and the naive app (direct to PostgreSQL) as subprocesses; wrk at 20, 50 and 100
 connections (naive and skillcoach in alternating order), then 1,000 against skillcoach and an
-asyncio probe that times the 503s alone (wrk cannot split latency by status). Writes
+asyncio probe that times the 503s alone (wrk cannot split latency by status); then both again
+against HAProxy in front of the same replica (loadtests/proxy.py; server maxconn = the
+replica's in-flight limit, so HAProxy sheds), as deployed. Writes
 loadtests/results/concurrency-<utc stamp>.json, prints markdown; cleans up in `finally`.
 """
 
@@ -17,7 +19,6 @@ import os
 import platform
 import re
 import resource
-import secrets
 import shutil
 import signal
 import subprocess
@@ -34,6 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from loadtests import proxy
 from loadtests.bench_model import RESULTS, _admin
 from loadtests.wrk import run_wrk, shed_probe
 from skillcoach.auth import Scope, create_api_key
@@ -42,14 +44,14 @@ from skillcoach.migrate import upgrade
 from skillcoach.registry import promote
 from skillcoach.seeding import seed_database
 from skillcoach.simulator import SimulationParams
-from skillcoach.stack.errors import StackError
-from skillcoach.stack.pgbouncer import ADMIN_USER, PgBouncer, PgBouncerConfig, runtime_dir_for
+from skillcoach.stack.pgbouncer import PgBouncer
 from skillcoach.stack.processes import free_port, log_tail, terminate, wait_until
 from skillcoach.training import train_and_store
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (20, 50, 100)
 SHED_CONNECTIONS = 1000
+VIA_HAPROXY = "skillcoach+haproxy"
 # Targets (issue 3): at 100 connections p99 <= naive/20 and throughput >= 3x; shed p99 < 50 ms.
 P99_FACTOR, THROUGHPUT_FACTOR, SHED_P99_MS = 20.0, 3.0, 50.0
 
@@ -92,34 +94,6 @@ def _prepare(url: str, args: argparse.Namespace) -> tuple[str, dict[str, float]]
     finally:
         engine.dispose()
     return key, {"seed_s": round(t1 - t0, 2), "train_s": round(t2 - t1, 2)}
-
-
-def _start_pgbouncer(database: str) -> PgBouncer:
-    """The same as tests/fixtures_services.py's start_pgbouncer, for one database."""
-    users = {"postgres": secrets.token_urlsafe(16), ADMIN_USER: secrets.token_urlsafe(16)}
-    last: StackError | None = None
-    for _ in range(3):  # a free port can be taken between choosing and binding it
-        port = free_port()
-        bouncer = PgBouncer(
-            config=PgBouncerConfig(
-                listen_port=port, runtime_dir=runtime_dir_for(port), databases=[database]
-            ),
-            users=users,
-            template_path=ROOT / "deploy" / "pgbouncer" / "pgbouncer.ini.tmpl",
-        )
-        try:
-            bouncer.start(timeout=15)
-        except StackError as exc:
-            last = exc
-            _stop_pgbouncer(bouncer)
-            continue
-        return bouncer
-    raise RuntimeError(f"PgBouncer did not start: {last}")
-
-
-def _stop_pgbouncer(bouncer: PgBouncer) -> None:
-    bouncer.stop()
-    shutil.rmtree(bouncer.config.runtime_dir, ignore_errors=True)
 
 
 def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -189,13 +163,16 @@ def _peak_rss_mb(pid: int) -> float | None:
     return round(int(m.group(1)) / 1024, 1) if m else None
 
 
-def _measure(t: Target, connections: int, args: argparse.Namespace, key: str) -> dict[str, Any]:
-    """One wrk run; for skillcoach also /metrics before, halfway through and after."""
+def _measure(
+    t: Target, connections: int, args: argparse.Namespace, key: str, scrape: Target | None = None
+) -> dict[str, Any]:
+    """One wrk run; for skillcoach also its /metrics (`scrape`) before, during and after."""
     scrapes: dict[str, Any] = {}
     timer = None
-    if t.name == "skillcoach":
-        scrapes["before"] = _scrape(t)
-        timer = threading.Timer(args.duration / 2, lambda: scrapes.update(during=_scrape(t)))
+    sc = scrape or (t if t.name == "skillcoach" else None)
+    if sc is not None:
+        scrapes["before"] = _scrape(sc)
+        timer = threading.Timer(args.duration / 2, lambda: scrapes.update(during=_scrape(sc)))
         timer.start()
     try:
         result = run_wrk(
@@ -209,16 +186,42 @@ def _measure(t: Target, connections: int, args: argparse.Namespace, key: str) ->
     finally:
         if timer is not None:
             timer.join()
-    if scrapes:
-        scrapes["end"] = _scrape(t)
+    if sc is not None:
+        scrapes["end"] = _scrape(sc)
     result["quiesce_s"] = _wait_quiet(t)
-    if scrapes:
-        scrapes["settled"] = _scrape(t)  # checked_out must be back to 0 here
+    if sc is not None:
+        scrapes["settled"] = _scrape(sc)  # checked_out must be back to 0 here
         result["metrics"] = scrapes
     p99, errors = result["latency_ms"]["p99"], result["socket_errors_total"]
-    line = f"{t.name:>10} c={connections:<5} {result['ok_rps']:>8} 2xx/s  p99 {p99} ms"
+    line = f"{t.name:>18} c={connections:<5} {result['ok_rps']:>8} 2xx/s  p99 {p99} ms"
     print(f"  {line}  statuses {result['statuses']}  socket errors {errors}", flush=True)
     return result
+
+
+def _shed(t: Target, args: argparse.Namespace, key: str, scrape: Target) -> dict[str, Any]:
+    """1,000 connections: wrk (throughput, overall latency), then the probe (503s alone)."""
+    shed = {"wrk": _measure(t, SHED_CONNECTIONS, args, key, scrape)}
+    shed["probe"] = shed_probe(
+        "127.0.0.1",
+        t.port,
+        connections=SHED_CONNECTIONS,
+        total=args.probe_requests,
+        deadline=args.duration,
+        token=key,
+        learners=args.learners,
+    )
+    shed["probe"]["quiesce_s"] = _wait_quiet(t)
+    print(f"  {t.name:>18} probe c=1000 statuses {shed['probe']['statuses']}", flush=True)
+    return shed
+
+
+def _shed_verdict(shed: dict[str, Any]) -> dict[str, Any]:
+    wrk_503 = shed["wrk"]["shed_503"]
+    probe_503 = shed["probe"]["latency_ms_by_status"].get("503", {})
+    p99 = probe_503.get("p99")
+    shed_any = wrk_503 + probe_503.get("count", 0) > 0
+    v = {"wrk_503": wrk_503, "probe_503": probe_503.get("count", 0), "shed_p99_ms": p99}
+    return v | {"pass": shed_any and (p99 or 1e9) < SHED_P99_MS}
 
 
 def _verdicts(levels: dict[str, dict[str, Any]], shed: dict[str, Any]) -> dict[str, Any]:
@@ -230,12 +233,8 @@ def _verdicts(levels: dict[str, dict[str, Any]], shed: dict[str, Any]) -> dict[s
         tput = round(sc["ok_rps"] / max(nv["ok_rps"], 1e-9), 2)
         v["p99_at_100"] = {"ratio": ratio, "pass": ratio <= 1 / P99_FACTOR}
         v["throughput_at_100"] = {"ratio": tput, "pass": tput >= THROUGHPUT_FACTOR}
-    wrk_503 = shed["wrk"]["shed_503"]
-    probe_503 = shed["probe"]["latency_ms_by_status"].get("503", {})
-    p99 = probe_503.get("p99")
-    shed_any = wrk_503 + probe_503.get("count", 0) > 0
-    v["shed_at_1000"] = {"wrk_503": wrk_503, "probe_503": probe_503.get("count", 0)}
-    v["shed_at_1000"] |= {"shed_p99_ms": p99, "pass": shed_any and (p99 or 1e9) < SHED_P99_MS}
+    # Per target: the replica on its own, and behind HAProxy.
+    v["shed_at_1000"] = {name: _shed_verdict(s) for name, s in shed.items()}
     return v
 
 
@@ -251,7 +250,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         print(f"preparing {db} ({args.learners} learners) ...", flush=True)
         key, setup = _prepare(direct, args)
-        bouncer = _start_pgbouncer(db)
+        bouncer = proxy.start_pgbouncer(db)
         env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLCOACH_")}
         sc_port = free_port()
         sc_env = env | {
@@ -280,18 +279,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for i, c in enumerate(LEVELS):
             order = targets[::-1] if i % 2 == 0 else targets  # naive first at 20 and 100
             levels[str(c)] = {t.name: _measure(t, c, args, key) for t in order}
-        shed = {"wrk": _measure(sc, SHED_CONNECTIONS, args, key)}
-        shed["probe"] = shed_probe(
-            "127.0.0.1",
-            sc.port,
-            connections=SHED_CONNECTIONS,
-            total=args.probe_requests,
-            deadline=args.duration,
-            token=key,
-            learners=args.learners,
-        )
-        shed["probe"]["quiesce_s"] = _wait_quiet(sc)
-        print(f"  probe c=1000 statuses {shed['probe']['statuses']}", flush=True)
+        shed = {sc.name: _shed(sc, args, key, sc)}
+        # The same replica behind HAProxy, which refuses what the replica would not admit.
+        limit = proxy.in_flight_limit(sc.url)
+        with proxy.haproxy_in_front(sc.port, limit, args.haproxy_timeout_queue) as lb:
+            via = Target(VIA_HAPROXY, sc.proc, lb.config.listen_port, lb.logfile)
+            _wait_ready(via, "/readyz")  # the replica is UP in HAProxy (health checks)
+            shed[via.name] = _shed(via, args, key, sc) | {"haproxy": proxy.haproxy_report(lb)}
         rss = {t.name: _peak_rss_mb(t.proc.pid) for t in targets}
         crashed = {t.name: t.proc.poll() for t in targets if t.proc.poll() is not None}
         logs = {t.name: log_tail(t.log, 30) for t in targets}
@@ -299,7 +293,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for t in targets:
             _stop(t)
         if bouncer is not None:
-            _stop_pgbouncer(bouncer)
+            proxy.stop_pgbouncer(bouncer)
         _admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         shutil.rmtree(logdir, ignore_errors=True)
     return {
@@ -344,8 +338,9 @@ def markdown(result: dict[str, Any]) -> str:
             p = sc["latency_ms"]["p99"] / max(nv["latency_ms"]["p99"], 1e-9)
             tp = sc["ok_rps"] / max(nv["ok_rps"], 1e-9)
             ratios.append(f"| {c} | {p:.3f} (1/{1 / max(p, 1e-9):.1f}) | {tp:.2f}x |")
-    lines += [_row(f"{SHED_CONNECTIONS:,}", "skillcoach", result["shed"]["wrk"]), "", *ratios]
-    v, probe = result["verdicts"], result["shed"]["probe"]
+    lines += [_row(f"{SHED_CONNECTIONS:,}", n, s["wrk"]) for n, s in result["shed"].items()]
+    lines += ["", *ratios]
+    v = result["verdicts"]
     verdict = {True: "PASS", False: "FAIL"}
     lines += ["", "| target | measured | verdict |", "|---|---|---|"]
     if "p99_at_100" in v:
@@ -356,14 +351,16 @@ def markdown(result: dict[str, Any]) -> str:
             f"| 2xx req/s at 100 >= {THROUGHPUT_FACTOR:g}x naive | {t['ratio']}x |"
             f" {verdict[t['pass']]} |",
         ]
-    s = v["shed_at_1000"]
-    lines.append(
-        f"| 1,000 connections: 503s, shed p99 < {SHED_P99_MS:g} ms | wrk 503s {s['wrk_503']:,};"
-        f" probe {probe['statuses']}, 503 p99 {s['shed_p99_ms']} ms on established connections"
-        f" (first response on a new connection p99 {probe['first_on_connection_ms'].get('p99')}"
-        f" ms; probe's own loop lag p99 {probe['client_loop_lag_ms'].get('p99', '-')} ms)"
-        f" | {verdict[s['pass']]} |"
-    )
+    for name, s in v["shed_at_1000"].items():
+        probe, own = result["shed"][name]["probe"], proxy.own_503_text(result["shed"][name])
+        lines.append(
+            f"| 1,000 connections to {name}: 503s, shed p99 < {SHED_P99_MS:g} ms"
+            f" | wrk 503s {s['wrk_503']:,}; probe {probe['statuses']}, 503 p99"
+            f" {s['shed_p99_ms']} ms on established connections (first response on a new"
+            f" connection p99 {probe['first_on_connection_ms'].get('p99')} ms; probe's own loop"
+            f" lag p99 {probe['client_loop_lag_ms'].get('p99', '-')} ms){own}"
+            f" | {verdict[s['pass']]} |"
+        )
     rss = ", ".join(f"{k} {v} MB" for k, v in result["peak_rss_mb"].items())
     return "\n".join([*lines, "", f"Peak RSS: {rss}. Wall time {result['wall_s']} s."])
 
@@ -382,6 +379,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--probe-requests", type=int, default=30_000, help="cap; runs --duration")
     p.add_argument("--skip-naive", action="store_true", help="skillcoach only (quick runs)")
     p.add_argument("--skillcoach-env", action="append", default=[], metavar="SKILLCOACH_X=V")
+    p.add_argument("--haproxy-timeout-queue", metavar="TIME", help="default: the stack's")
     p.add_argument("--max-seconds", type=int, default=570, help="abort (and clean up) after")
     args = p.parse_args(argv)
     signal.signal(signal.SIGALRM, _deadline)

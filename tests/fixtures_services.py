@@ -7,14 +7,19 @@
   admin console (database "pgbouncer": SHOW POOLS, SHOW STATS).
 - `make_pgbouncer` (function): a factory for a private PgBouncer a test may kill and restart.
 - `redis_url` (session): a dedicated redis-server on a free port, nothing persisted.
+- `redis_cluster` (session): a 6-node Redis Cluster (3 masters, 3 replicas) on free ports;
+  `.url` is its redis+cluster:// URL, kill_node/start_node/masters/wait_ok drive failovers.
+  A test that kills a node must leave the cluster whole again (start_node + wait_ok).
 
 Every start waits with a deadline; every process is stopped at teardown.
 """
 
 from __future__ import annotations
 
+import random
 import secrets
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,12 +36,14 @@ from skillcoach.stack.pgbouncer import (
 )
 from skillcoach.stack.processes import free_port
 from skillcoach.stack.redis import RedisServer
+from skillcoach.stack.redis_cluster import BUS_PORT_OFFSET, NODES, RedisClusterNodes
 
 __all__ = [
     "make_pgbouncer",
     "pgbouncer",
     "pgbouncer_admin_url",
     "pgbouncer_url",
+    "redis_cluster",
     "redis_url",
 ]
 
@@ -152,3 +159,49 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             server.stop()
         return
     raise RuntimeError(f"redis-server did not start in {_START_ATTEMPTS} attempts: {last}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_base_port(*, low: int = 20000, high: int = 22000, attempts: int = 200) -> int:
+    """A base port B where B..B+5 and their bus ports B+10000.. are all free right now.
+
+    Even with the bus offset the block stays below the kernel's ephemeral range (32768..), so
+    no outgoing connection can be holding one of them; a race with another process is still
+    possible, which the fixture survives by trying again."""
+    for _ in range(attempts):
+        base = random.randrange(low, high)
+        ports = [base + i + off for off in (0, BUS_PORT_OFFSET) for i in range(NODES)]
+        if all(_bindable(port) for port in ports):
+            return base
+    raise RuntimeError(f"no free block of {NODES} ports (+ bus ports) in [{low}, {high})")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    _require("redis-server")
+    _require("redis-cli")
+    last: StackError | None = None
+    for _ in range(_START_ATTEMPTS):
+        nodes = RedisClusterNodes(
+            base_port=free_cluster_base_port(), data_dir=tmp_path_factory.mktemp("redis-cluster")
+        )
+        try:
+            nodes.start(timeout=30)
+        except StackError as exc:
+            last = exc
+            nodes.stop()
+            continue
+        try:
+            yield nodes
+        finally:
+            nodes.stop()
+        return
+    raise RuntimeError(f"the Redis Cluster did not start in {_START_ATTEMPTS} attempts: {last}")

@@ -12,6 +12,7 @@ import pytest
 
 from skillcoach.stack.processes import free_port
 from skillcoach.stack.redis import RedisServer
+from skillcoach.stack.redis_cluster import RedisClusterNodes
 from tests.fixtures_api import Keys, exercise_id, run_server
 
 _learners = itertools.count(880_000)
@@ -50,10 +51,16 @@ def hits(metrics_url: str) -> float:
     raise AssertionError("no cache hit metric")
 
 
+@pytest.mark.parametrize("topology", ["standalone", "cluster"])
 def test_a_write_on_one_replica_invalidates_both(
-    api_bouncer_url: str, keys: Keys, redis_url: str
+    api_bouncer_url: str, keys: Keys, topology: str, request: pytest.FixtureRequest
 ) -> None:
-    env = {"cache_enabled": "true", "redis_url": redis_url}
+    url = (
+        request.getfixturevalue("redis_url")
+        if topology == "standalone"
+        else request.getfixturevalue("redis_cluster").url
+    )
+    env = {"cache_enabled": "true", "redis_url": url}
     with (
         run_server(api_bouncer_url, **env) as (a, a_metrics),
         run_server(api_bouncer_url, **env) as (b, b_metrics),
@@ -103,3 +110,40 @@ def test_redis_stopped_entirely_then_back(
             assert weak(base, keys, learner)["attempts"] == 2  # and nothing stale came back
     finally:
         redis.stop()
+
+
+def test_a_master_killed_during_reads_costs_no_request(
+    api_bouncer_url: str, keys: Keys, redis_cluster: RedisClusterNodes
+) -> None:
+    env = {"cache_enabled": "true", "redis_url": redis_cluster.url, "cache_warm_learners": "0"}
+    learners = [next(_learners) for _ in range(12)]  # spread over the three masters' slots
+    failures: list[int] = []
+    with run_server(api_bouncer_url, **env) as (base, metrics):
+        for learner in learners:
+            post(base, keys, learner, True)
+
+        def read_all() -> None:
+            for learner in learners:
+                r = httpx.get(
+                    f"{base}/v1/learners/{learner}/weaknesses",
+                    headers={"Authorization": f"Bearer {keys.read}"},
+                )
+                if r.status_code != 200:
+                    failures.append(r.status_code)
+
+        read_all()
+        victim = redis_cluster.masters()[0]
+        redis_cluster.kill_node(victim)
+        try:
+            killed_at = time.monotonic()
+            while time.monotonic() - killed_at < 8.0:  # the failover window and beyond
+                read_all()
+            redis_cluster.wait_ok(15, full=False)
+            before = hits(metrics)
+            for _ in range(3):
+                read_all()
+            assert hits(metrics) >= before + len(learners)  # the cache works again
+        finally:
+            redis_cluster.start_node(victim)
+            redis_cluster.wait_ok(20)
+    assert failures == []

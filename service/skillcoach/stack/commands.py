@@ -1,9 +1,13 @@
 """`skillcoach stack up|down|status|scale`: the local stack, one progress line per step.
 
-up: packages -> postgres -> pool plan -> pgbouncer -> redis -> pgbouncer exporter -> migrate ->
-seed (if empty) -> train (if no live model) -> api key -> pool files -> api replicas ->
-haproxy -> .stack/env. Every step reuses what already runs and is healthy, so a second `up` is
-quick and changes nothing.
+up: packages -> postgres -> pool plan -> pgbouncer -> redis -> redis cluster -> pgbouncer
+exporter -> migrate -> seed (if empty) -> train (if no live model) -> api key -> pool files ->
+api replicas -> haproxy -> .stack/env. Every step reuses what already runs and is healthy, so a
+second `up` is quick and changes nothing.
+
+The replicas' cache is the 6-node Redis Cluster (redis_cluster.py; SKILLCOACH_REDIS_URL is its
+redis+cluster:// URL); the standalone redis-server runs beside it for comparison
+(SKILLCOACH_STANDALONE_REDIS_URL in .stack/env).
 
 HAProxy always owns the API port (SKILLCOACH_STACK_API_PORT, default 8000), even in front of
 one replica; the replicas listen on the ports after it. Each replica's pool comes from
@@ -21,11 +25,14 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import psycopg2
+from pydantic import TypeAdapter, ValidationError
 
 from skillcoach.pool_file import PoolFile
 from skillcoach.pool_sizing import Budget, PoolPlan, plan_pools
+from skillcoach.settings import Settings
 from skillcoach.stack import envfile, packages, postgres
 from skillcoach.stack.config import Secrets, StackConfig, load_or_create_secrets
 from skillcoach.stack.errors import StackError
@@ -58,6 +65,7 @@ from skillcoach.stack.processes import (
     run_bounded,
 )
 from skillcoach.stack.redis import RedisServer
+from skillcoach.stack.redis_cluster import RedisClusterNodes
 
 __all__ = ["down", "scale", "status", "up"]
 
@@ -123,15 +131,42 @@ def _haproxy_template(cfg: StackConfig) -> Path:
     return fallback if fallback.is_file() else cfg.haproxy_template
 
 
-def make_haproxy(cfg: StackConfig, ports: Sequence[int] = ()) -> HAProxy:
+def queue_allowance(env: Mapping[str, str] | None = None) -> int:
+    """The replicas' queue allowance: SKILLCOACH_QUEUE_ALLOWANCE, which passes through to them
+    from the caller's environment, validated like Settings does, else Settings' default. Only
+    this variable is read: the stack overrides the replicas' other settings."""
+    env = os.environ if env is None else env
+    field = Settings.model_fields["queue_allowance"]
+    raw = env.get("SKILLCOACH_QUEUE_ALLOWANCE")
+    if raw is None or raw.strip() == "":
+        return int(field.default)
+    try:
+        return TypeAdapter(Annotated[int, *field.metadata]).validate_python(raw)
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+        raise StackError(f"SKILLCOACH_QUEUE_ALLOWANCE={raw!r}: {reason}") from None
+
+
+def in_flight_limit(plan: PoolPlan, env: Mapping[str, str] | None = None) -> int:
+    """What one replica admits at once (skillcoach.admission): its pool capacity under the
+    plan plus the queue allowance; HAProxy's maxconn for each replica."""
+    return plan.per_pod + queue_allowance(env)
+
+
+def make_haproxy(
+    cfg: StackConfig, ports: Sequence[int] = (), *, plan: PoolPlan | None = None
+) -> HAProxy:
     """HAProxy on the API port in front of the replicas on ports (empty: only good for pid,
-    state and stop)."""
+    state and stop); with a plan, each replica's maxconn is its in-flight limit under it."""
+    config = HAProxyConfig(
+        listen_port=cfg.api_port,
+        stats_port=cfg.haproxy_stats_port,
+        servers=tuple(Server(server_name(p), p) for p in ports),
+    )
+    if plan is not None:
+        config = dataclasses.replace(config, server_maxconn=in_flight_limit(plan))
     return HAProxy(
-        config=HAProxyConfig(
-            listen_port=cfg.api_port,
-            stats_port=cfg.haproxy_stats_port,
-            servers=tuple(Server(server_name(p), p) for p in ports),
-        ),
+        config=config,
         runtime_dir=cfg.haproxy_dir,
         logfile=cfg.logs_dir / "haproxy.log",
         template_path=_haproxy_template(cfg),
@@ -140,6 +175,10 @@ def make_haproxy(cfg: StackConfig, ports: Sequence[int] = ()) -> HAProxy:
 
 def make_redis(cfg: StackConfig) -> RedisServer:
     return RedisServer(port=cfg.redis_port, data_dir=cfg.redis_dir)
+
+
+def make_redis_cluster(cfg: StackConfig) -> RedisClusterNodes:
+    return RedisClusterNodes(base_port=cfg.redis_cluster_port, data_dir=cfg.redis_cluster_dir)
 
 
 def make_exporter(cfg: StackConfig) -> ExporterProcess:
@@ -216,8 +255,11 @@ def _pool_env(plan: PoolPlan) -> dict[str, str]:
     }
 
 
-def _stack_settings(bouncer: PgBouncer, cache: RedisServer, cfg: StackConfig) -> dict[str, str]:
-    """What every replica and offline command is configured with (through PgBouncer)."""
+def _stack_settings(
+    bouncer: PgBouncer, cache: RedisClusterNodes, cfg: StackConfig
+) -> dict[str, str]:
+    """What every replica and offline command is configured with (through PgBouncer; the
+    cluster as the cache)."""
     return {
         "SKILLCOACH_ENVIRONMENT": "dev",
         "SKILLCOACH_DATABASE_URL": bouncer.url(cfg.app_user, cfg.app_database),
@@ -313,7 +355,7 @@ def _reconcile(run: _Running, replicas: int, plan: PoolPlan) -> tuple[list[ApiRe
     ports = cfg.api_ports(replicas)
     known = {r.port: r for r in known_replicas(cfg.state_dir)}
     change = plan_scale(sorted(known), ports)
-    lb = make_haproxy(cfg, ports)
+    lb = make_haproxy(cfg, ports, plan=plan)
 
     # Shrinking pools (and new replicas' files) before replicas are added...
     shrink_first, grow_last = split_by_direction(cfg.pool_dir, ports, plan)
@@ -352,11 +394,16 @@ def _reconcile(run: _Running, replicas: int, plan: PoolPlan) -> tuple[list[ApiRe
     if outcome == "started":
         _say(
             "haproxy",
-            f"started on {lb.url} -> replicas on {servers} ({lb.config.balance}, checks"
-            f" GET /readyz; stats {lb.stats_url}, metrics {lb.metrics_url})",
+            f"started on {lb.url} -> replicas on {servers} ({lb.config.balance}, maxconn"
+            f" {lb.config.server_maxconn} each, checks GET /readyz; stats {lb.stats_url},"
+            f" metrics {lb.metrics_url})",
         )
     elif outcome == "reloaded":
-        _say("haproxy", f"reloaded softly (pid {old_pid} -> {lb.pid()}): replicas on {servers}")
+        _say(
+            "haproxy",
+            f"reloaded softly (pid {old_pid} -> {lb.pid()}): replicas on {servers}"
+            f" (maxconn {lb.config.server_maxconn} each)",
+        )
     else:
         _say("haproxy", f"reused on {lb.url} -> replicas on {servers}")
 
@@ -397,7 +444,8 @@ def _write_env(
             api_key=api_key,
             database_url=bouncer.url(cfg.app_user, cfg.app_database),
             direct_database_url=_direct_url(cfg, secrets),
-            redis_url=cache.url,
+            redis_url=make_redis_cluster(cfg).url,
+            standalone_redis_url=cache.url,
             pgbouncer_admin_url=bouncer.admin_url,
             replica_urls=[r.url for r in replicas],
             pgbouncer_metrics_url=make_exporter(cfg).url,
@@ -450,10 +498,19 @@ def up(root: Path, *, replicas: int) -> int:
     cache.start()
     _say("redis", f"{'reused' if was_running else 'started'} on 127.0.0.1:{cfg.redis_port}")
 
+    cluster = make_redis_cluster(cfg)
+    t0 = time.monotonic()
+    done = cluster.start()
+    _say(
+        "cluster",
+        f"{done} on {cluster.addresses} ({len(cluster.masters())} masters,"
+        f" {len(cluster.replicas())} replicas, {time.monotonic() - t0:.1f}s): {cluster.url}",
+    )
+
     _say("exporter", make_exporter(cfg).ensure(bouncer.admin_url, env=os.environ, cwd=root))
 
     # Offline commands take the same path as the replicas: through PgBouncer.
-    stack_settings = _stack_settings(bouncer, cache, cfg)
+    stack_settings = _stack_settings(bouncer, cluster, cfg)
     db_url = stack_settings["SKILLCOACH_DATABASE_URL"]
     cli_env = {**os.environ, **stack_settings}
 
@@ -547,12 +604,17 @@ def scale(root: Path, *, replicas: int) -> int:
     _say("plan", describe_plan(budget, plan, replicas))
     bouncer = make_pgbouncer(cfg, secrets, plan)
     cache = make_redis(cfg)
-    for name, running in (("pgbouncer", bouncer.is_running()), ("redis", cache.is_running())):
+    cluster = make_redis_cluster(cfg)
+    for name, running in (
+        ("pgbouncer", bouncer.is_running()),
+        ("redis", cache.is_running()),
+        ("cluster", cluster.is_running()),
+    ):
         if not running:
             raise StackError(f"{name} is not running: run `skillcoach stack up`")
     _say("pgbouncer", _apply_pgbouncer(bouncer))
 
-    run = _Running(cfg=cfg, root=root, settings=_stack_settings(bouncer, cache, cfg))
+    run = _Running(cfg=cfg, root=root, settings=_stack_settings(bouncer, cluster, cfg))
     wanted, lb = _reconcile(run, replicas, plan)
     _write_env(
         cfg,
@@ -584,6 +646,8 @@ def down(root: Path) -> int:
         secrets = load_or_create_secrets(cfg.secrets_file)
     stopped = make_redis(cfg).stop()
     _say("redis", "stopped" if stopped else "not running")
+    stopped = make_redis_cluster(cfg).stop()
+    _say("cluster", "stopped (the next `up` creates it afresh)" if stopped else "not running")
     stopped = make_pgbouncer(cfg, secrets).stop()
     _say("pgbouncer", "stopped" if stopped else "not running")
     _say("postgres", "left running (the system's server); data kept")
@@ -627,6 +691,7 @@ def status(root: Path) -> int:
         pid is not None and cache.healthy(),
         f"127.0.0.1:{cfg.redis_port}" + (f" (pid {pid})" if pid else ""),
     )
+    line("cluster", *make_redis_cluster(cfg).describe())
     lb = make_haproxy(cfg)
     pid = lb.pid()
     states = lb.server_states() if pid is not None else None

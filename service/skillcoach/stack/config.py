@@ -2,8 +2,9 @@
 
 Ports and the PostgreSQL admin DSN come from SKILLCOACH_STACK_* variables (defaults: API 8000
 (HAProxy; the replicas listen on 8001..), HAProxy stats 8404, PgBouncer 6432, PgBouncer exporter
-9127, Redis 6390, postgres@127.0.0.1:5432). Generated passwords live in
-ROOT/.stack/secrets.json (mode 0600) so a second `up` reuses them.
+9127, Redis 6390, the Redis Cluster's six nodes 7000..7005 (bus ports 17000..17005),
+postgres@127.0.0.1:5432). Generated passwords live in ROOT/.stack/secrets.json (mode 0600) so a
+second `up` reuses them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ __all__ = ["Secrets", "StackConfig", "load_or_create_secrets"]
 DEFAULT_PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 # One uvicorn process each on one machine: more than this is a typo, not a plan.
 MAX_REPLICAS = 32
+# The cluster's six nodes take base..base+5 and their bus ports base+10000..base+10005.
+MAX_REDIS_CLUSTER_PORT = 65535 - 10000 - 5
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
@@ -45,6 +48,7 @@ class StackConfig:
     api_port: int = 8000
     pgbouncer_port: int = 6432
     redis_port: int = 6390
+    redis_cluster_port: int = 7000
     haproxy_stats_port: int = 8404
     exporter_port: int = 9127
     pg_admin_dsn: str = DEFAULT_PG_ADMIN_DSN
@@ -64,6 +68,13 @@ class StackConfig:
                 env, "SKILLCOACH_STACK_PGBOUNCER_PORT", 6432, low=1, high=65535
             ),
             redis_port=_env_int(env, "SKILLCOACH_STACK_REDIS_PORT", 6390, low=1, high=65535),
+            redis_cluster_port=_env_int(
+                env,
+                "SKILLCOACH_STACK_REDIS_CLUSTER_PORT",
+                7000,
+                low=1,
+                high=MAX_REDIS_CLUSTER_PORT,
+            ),
             haproxy_stats_port=_env_int(
                 env, "SKILLCOACH_STACK_HAPROXY_STATS_PORT", 8404, low=1, high=65535
             ),
@@ -94,6 +105,10 @@ class StackConfig:
     @property
     def redis_dir(self) -> Path:
         return self.state_dir / "redis"
+
+    @property
+    def redis_cluster_dir(self) -> Path:
+        return self.state_dir / "redis-cluster"
 
     @property
     def pool_dir(self) -> Path:

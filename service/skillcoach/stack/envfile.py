@@ -29,10 +29,13 @@ def stack_env(
     pgbouncer_metrics_url: str,
     haproxy_stats_url: str,
     haproxy_metrics_url: str,
+    standalone_redis_url: str | None = None,
 ) -> dict[str, str]:
     """The variables of a running stack; DATABASE_URL and REDIS_URL are the replicas' own.
-    api_url is the load balancer's; replica_urls reach each replica directly."""
-    return {
+    api_url is the load balancer's; replica_urls reach each replica directly.
+    standalone_redis_url: the stack's single redis-server, beside the cluster that REDIS_URL
+    names, for comparing the two (e.g. SKILLCOACH_REDIS_URL=$SKILLCOACH_STANDALONE_REDIS_URL)."""
+    values = {
         "SKILLCOACH_URL": api_url,
         "SKILLCOACH_API_KEY": api_key,
         # /metrics is served on the API port (SKILLCOACH_METRICS_PORT=0); through the load
@@ -47,6 +50,9 @@ def stack_env(
         "SKILLCOACH_REDIS_URL": redis_url,
         "SKILLCOACH_PGBOUNCER_ADMIN_URL": pgbouncer_admin_url,
     }
+    if standalone_redis_url is not None:
+        values["SKILLCOACH_STANDALONE_REDIS_URL"] = standalone_redis_url
+    return values
 
 
 def render_env(values: Mapping[str, str]) -> str:
