@@ -15,6 +15,8 @@ __all__ = ["REQUIRED", "ensure_packages", "find_binary", "missing_packages"]
 REQUIRED: tuple[tuple[str, str], ...] = (
     ("pgbouncer", "pgbouncer"),
     ("redis-server", "redis-server"),
+    # `redis-cli --cluster create` builds the local Redis Cluster.
+    ("redis-cli", "redis-tools"),
     # The stack's load balancer in front of the API replicas.
     ("haproxy", "haproxy"),
 )
