@@ -1,0 +1,87 @@
+"""A bare Starlette JSON endpoint: the framework's ceiling in the cache benchmark.
+
+    python -m loadtests.bare_app --port 8101 [--skills 16]
+
+GET /v1/learners/{id}/weaknesses answers a fixed body shaped like skillcoach's (one entry per
+practised skill; --skills sets how many, so the size can match a real answer), serialised
+with orjson on every request as an ordinary JSON endpoint would. Nothing else: no auth, no
+middleware, no database, no Redis. Served exactly as skillcoach is (service/skillcoach/
+server.py): one uvicorn process, same loop and HTTP implementations (uvicorn's defaults),
+access log off, lifespan on. /healthz answers for readiness.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+__all__ = ["create_app", "main", "payload"]
+
+
+def payload(skills: int) -> dict[str, Any]:
+    """A weaknesses answer with `skills` entries (the values are fixed, the shape is real)."""
+    return {
+        "learner_id": 1,
+        "model_version": 1,
+        "skills": [
+            {
+                "skill_id": i,
+                "skill_name": f"skill-{i:03d}",
+                "mastery": 0.4321,
+                "interval": [0.3012, 0.5634],
+                "attempts": 7,
+                "correct": 4,
+                "insufficient_data": False,
+                "last_practised_at": "2026-11-20T10:11:12.123456+00:00",
+            }
+            for i in range(1, skills + 1)
+        ],
+    }
+
+
+def create_app(skills: int = 16) -> Starlette:
+    body = payload(skills)
+
+    async def weaknesses(request: Request) -> Response:
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    async def healthz(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    return Starlette(
+        routes=[
+            Route("/v1/learners/{learner_id:int}/weaknesses", weaknesses, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtests.bare_app")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--skills", type=int, default=16, help="entries in the fixed body")
+    p.add_argument("--log-level", default="warning")
+    args = p.parse_args(argv)
+    # skillcoach's server settings (service/skillcoach/server.py): one process, no access log.
+    uvicorn.run(
+        create_app(args.skills),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
