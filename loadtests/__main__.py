@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import sys
 
+from loadtests.bench_cache import main as cache_main
 from loadtests.bench_concurrency import main as concurrency_main
 from loadtests.bench_model import main as model_main
 
-COMMANDS = {"model": model_main, "concurrency": concurrency_main}
+COMMANDS = {"model": model_main, "concurrency": concurrency_main, "cache": cache_main}
 
 
 def main(argv: list[str]) -> int:

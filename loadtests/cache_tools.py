@@ -1,0 +1,250 @@
+"""Helpers of the cache benchmark (loadtests/bench_cache.py): Redis and the cluster on free
+loopback ports, reading learners once (warming), the Zipf wrk run, cache counters from
+/metrics, and a py-spy summary of a replica under load."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import random
+import re
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import redis as redis_client
+
+from loadtests import wrk
+from skillcoach.stack.processes import free_port
+from skillcoach.stack.redis import RedisServer
+from skillcoach.stack.redis_cluster import BUS_PORT_OFFSET, NODES, RedisClusterNodes
+
+__all__ = [
+    "PY_SPY",
+    "body",
+    "cache_counts",
+    "delta",
+    "flush_cluster",
+    "id_ranges",
+    "py_spy_top",
+    "read_each",
+    "run_zipf",
+    "start_redis",
+]
+
+ZIPF_LUA = Path(__file__).with_name("zipf.lua")
+PY_SPY = "/tmp/stv/bin/py-spy"
+PERMUTATION_SEED = 20261127  # rank -> learner id: the same permutation in every run
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def start_redis(tmp: Path) -> tuple[RedisServer, RedisClusterNodes]:
+    """A standalone server and a 6-node cluster, as tests/fixtures_services.py starts them
+    (cluster ports and their bus ports below the ephemeral range, a retry on a lost race)."""
+    server = RedisServer(port=free_port(), data_dir=tmp / "redis")
+    try:
+        server.start(timeout=10)
+    except Exception:
+        server.stop()
+        raise
+    for attempt in range(3):
+        base = random.randrange(20000, 22000)
+        if not all(_bindable(base + i + o) for o in (0, BUS_PORT_OFFSET) for i in range(NODES)):
+            continue
+        nodes = RedisClusterNodes(base_port=base, data_dir=tmp / f"cluster-{attempt}")
+        try:
+            nodes.start(timeout=30)
+            return server, nodes
+        except Exception:
+            nodes.stop()
+    server.stop()
+    raise RuntimeError("the Redis Cluster did not start in 3 attempts")
+
+
+def flush_cluster(nodes: RedisClusterNodes) -> None:
+    for port in nodes.masters():
+        client = redis_client.Redis(port=port, socket_timeout=5)
+        try:
+            client.flushall()
+        finally:
+            client.close()
+
+
+def id_ranges(url: str) -> dict[str, int]:
+    """Learner count (ids must be 1..N) and the exercise id range (contiguous)."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT (SELECT min(id) FROM learners), (SELECT max(id) FROM learners),"
+                " (SELECT count(*) FROM learners), (SELECT min(id) FROM exercises),"
+                " (SELECT max(id) FROM exercises), (SELECT count(*) FROM exercises)"
+            )
+            lmin, lmax, lcount, emin, emax, ecount = cur.fetchone() or (None,) * 6
+    finally:
+        conn.close()
+    if lmin != 1 or lmax != lcount or emax - emin + 1 != ecount:
+        raise RuntimeError("learner ids must be 1..N and exercise ids contiguous")
+    return {"learners": lcount, "ex_min": emin, "ex_max": emax}
+
+
+def _get(conn: http.client.HTTPConnection, learner: int, token: str) -> tuple[int, bytes]:
+    auth = {"Authorization": f"Bearer {token}"}
+    conn.request("GET", f"/v1/learners/{learner}/weaknesses", headers=auth)
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def body(port: int, learner: int, token: str) -> bytes:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        return _get(conn, learner, token)[1]
+    finally:
+        conn.close()
+
+
+def read_each(port: int, ids: list[int], token: str, workers: int = 8) -> dict[str, int]:
+    """GET each learner's weaknesses once over `workers` keep-alive connections."""
+
+    def work(chunk: list[int]) -> Counter[str]:
+        counts: Counter[str] = Counter()
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            for i in chunk:
+                counts[str(_get(conn, i, token)[0])] += 1
+        finally:
+            conn.close()
+        return counts
+
+    with ThreadPoolExecutor(workers) as pool:
+        parts = list(pool.map(work, [ids[w::workers] for w in range(workers)]))
+    return dict(sum(parts, Counter()))
+
+
+def run_zipf(
+    url: str,
+    *,
+    token: str,
+    ids: dict[str, int],
+    seed: int,
+    duration: float,
+    connections: int,
+    exponent: float,
+    write_fraction: float,
+    timeout: float,
+) -> dict[str, Any]:
+    """wrk with wrk.py's LUA (status counts, JSON summary) and zipf.lua's init/request."""
+    extra = [ids["learners"], 1, token, seed, exponent, write_fraction]
+    extra += [ids["ex_min"], ids["ex_max"], PERMUTATION_SEED]
+    with tempfile.TemporaryDirectory(prefix="skillcoach-wrk-") as tmp:
+        script = Path(tmp) / "zipf.lua"
+        script.write_text(wrk.LUA + "\n" + ZIPF_LUA.read_text())
+        cmd = [
+            shutil.which("wrk") or "/usr/bin/wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{duration:g}s",
+            f"--timeout={timeout:g}s",
+            "--latency",
+            "-s",
+            str(script),
+            url,
+            "--",
+            *map(str, extra),
+        ]
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=duration + timeout + 30, check=False
+        )
+    pattern = re.escape(wrk.MARK_BEGIN) + r"\s*(\{.*?\})\s*" + re.escape(wrk.MARK_END)
+    m = re.search(pattern, proc.stdout, re.S)
+    if proc.returncode != 0 or m is None:
+        raise wrk.WrkError(f"wrk exited {proc.returncode}:\n{proc.stdout[-2000:]}{proc.stderr}")
+    return wrk._figures(json.loads(m.group(1)), connections=connections)
+
+
+def cache_counts(samples: dict[str, float] | str, kind: str = "weaknesses") -> dict[str, float]:
+    """The cache counters of one /metrics scrape (bench_concurrency._scrape)."""
+    if isinstance(samples, str):
+        raise RuntimeError(samples)
+    out = {
+        name: samples.get(f'skillcoach_cache_{name}_total{{kind="{kind}"}}', 0.0)
+        for name in ("hits", "misses", "stale", "lock_waits", "computations")
+    }
+    for name in ("errors", "skipped"):
+        out[name] = samples.get(f"skillcoach_cache_{name}_total", 0.0)
+    return out
+
+
+def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
+    d: dict[str, Any] = {k: int(after[k] - before[k]) for k in before}
+    lookups = d["hits"] + d["misses"]
+    d["hit_ratio"] = round(d["hits"] / lookups, 4) if lookups else None
+    # Misses that found an entry a write had invalidated (stale), set apart: with
+    # invalidate-on-write, every write followed by a read of that learner costs one.
+    rest = lookups - d["stale"]
+    d["hit_ratio_excluding_stale"] = round(d["hits"] / rest, 4) if rest else None
+    return d
+
+
+def py_spy_top(pid: int, load: Callable[[], dict[str, Any]], seconds: int = 8) -> dict[str, Any]:
+    """py-spy record (raw, 200 Hz, per thread) on pid while load() runs. The event loop's
+    thread (MainThread) serves every hit, so its frames are summarised: the top frames by own
+    time and by inclusive time, as percentages of its samples (idle is not sampled)."""
+    with tempfile.TemporaryDirectory(prefix="skillcoach-pyspy-") as tmp:
+        out = Path(tmp) / "raw.txt"
+        cmd = [PY_SPY, "record", "-p", str(pid), "-d", str(seconds), "-r", "200", "-f", "raw"]
+        spy = subprocess.Popen(
+            [*cmd, "--threads", "-o", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            result = load()
+        finally:
+            spy.wait(seconds + 30)
+        lines = out.read_text().splitlines() if out.exists() else []
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    packages: Counter[str] = Counter()  # own time by the leaf frame's top-level package
+    total = other = 0
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        thread, _, rest = stack.partition(";")
+        n = int(count)
+        if not thread.endswith("MainThread"):
+            other += n  # worker threads (database calls), not the hit path
+            continue
+        frames = rest.split(";")
+        total += n
+        own[frames[-1]] += n
+        packages[frames[-1].rpartition("(")[2].split("/", 1)[0]] += n
+        for f in set(frames):
+            inclusive[f] += n
+
+    def top(c: Counter[str], k: int = 40) -> list[tuple[str, float]]:
+        return [(f, round(100 * n / max(total, 1), 1)) for f, n in c.most_common(k)]
+
+    return {
+        "main_thread_samples": total,
+        "other_thread_samples": other,
+        "samples_possible": seconds * 200,
+        "load": result,
+        "self_pct": top(own),
+        "self_pct_by_package": top(packages, 12),
+        "inclusive_pct": top(inclusive),
+    }
