@@ -30,12 +30,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import RedisError
 from redis.retry import Retry
 
 __all__ = ["Breaker", "Cache", "CacheConfig", "connect_redis"]
 
 log = logging.getLogger("skillcoach.cache")
+
+# What a failed (or skipped) Redis call returns: None is a legitimate reply (SET NX not set).
+FAILED: Any = object()
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 # A fresh counter starts at a random value: if a counter is ever lost (restart, eviction,
@@ -207,19 +209,23 @@ class Cache:
         return self.breaker.state != Breaker.CLOSED
 
     async def _call(self, op: str, fn: Callable[[], Awaitable[Any]]) -> Any:
-        """One Redis call under the breaker; None (and a counted error) on failure."""
+        """One Redis call under the breaker; FAILED (and a counted error) on failure.
+
+        Socket timeouts bound each call (no extra cancel scope on the hot path). Any exception
+        counts as a Redis failure: the cache is optional, and redis-py's cluster client can
+        raise non-Redis errors (AttributeError) while a node goes away.
+        """
         if not self.breaker.allow():
             self.metrics.skipped.inc()
-            return None
+            return FAILED
         t0 = time.perf_counter()
         try:
-            with anyio.fail_after(self._config.socket_timeout * 4):
-                result = await fn()
-        except (RedisError, OSError, TimeoutError) as exc:
+            result = await fn()
+        except Exception as exc:
             self.breaker.failure()
             self.metrics.errors.inc()
-            log.debug("redis %s failed: %s", op, exc)
-            return None
+            log.debug("redis %s failed: %r", op, exc)
+            return FAILED
         self.breaker.success()
         self.metrics.latency.labels(op).observe(time.perf_counter() - t0)
         return result
@@ -240,7 +246,7 @@ class Cache:
             return await compute()
         got = await self._call("get", lambda: self._client.mget([vkey, ekey]))
         version: bytes | None = None
-        if got is not None:
+        if got is not FAILED:
             version, entry = got
             if entry is not None:
                 tag, _, body = bytes(entry).partition(b"\n")
@@ -257,10 +263,12 @@ class Cache:
     async def _fresh_version(self, vkey: str) -> bytes | None:
         fresh = str(random.randrange(FRESH_VERSION_RANGE)).encode()
         created = await self._call("init", lambda: self._client.set(vkey, fresh, nx=True))
+        if created is FAILED:
+            return None
         if created:
             return fresh
         current = await self._call("get", lambda: self._client.get(vkey))
-        return None if current is None else bytes(current)
+        return None if current is FAILED or current is None else bytes(current)
 
     async def _single_flight(
         self,
@@ -298,10 +306,13 @@ class Cache:
         version: bytes | None,
         compute: Callable[[], Awaitable[bytes | None]],
     ) -> bytes | None:
+        locked: Any = FAILED
         if version is not None:
+            # The lock is per version: a computation for older data never blocks this one.
+            lock = f"{lkey}:{version.decode()}"
             ms = int(self._config.lock_seconds * 1000)
-            locked = await self._call("lock", lambda: self._client.set(lkey, b"1", nx=True, px=ms))
-            if locked is None or locked is False:
+            locked = await self._call("lock", lambda: self._client.set(lock, b"1", nx=True, px=ms))
+            if locked is None:
                 # Another replica computes it: wait briefly for its entry, else compute anyway.
                 self.metrics.lock_waits.labels(kind).inc()
                 body = await self._await_entry(ekey, version)
@@ -310,36 +321,40 @@ class Cache:
         self.metrics.computations.labels(kind).inc()
         body = await compute()
         if body is not None and version is not None:
-            ttl = self._config.ttl_seconds * random.uniform(0.9, 1.1)  # jitter: no herd expiry
-            value = bytes(version) + b"\n" + body
-            await self._call("set", lambda: self._client.set(ekey, value, px=int(ttl * 1000)))
+            await self._store(ekey, version, body)
+        if locked is True:
+            await self._call("unlock", lambda: self._client.delete(lock))
         return body
+
+    async def _store(self, ekey: str, version: bytes, body: bytes) -> None:
+        ttl = self._config.ttl_seconds * random.uniform(0.9, 1.1)  # jitter: no herd expiry
+        value = version + b"\n" + body
+        await self._call("set", lambda: self._client.set(ekey, value, px=int(ttl * 1000)))
 
     async def _await_entry(self, ekey: str, version: bytes) -> bytes | None:
         deadline = time.monotonic() + self._config.lock_wait
         while time.monotonic() < deadline:
             await anyio.sleep(0.02)
             entry = await self._call("get", lambda: self._client.get(ekey))
-            if entry is not None:
+            if entry is not FAILED and entry is not None:
                 tag, _, body = bytes(entry).partition(b"\n")
                 if tag == version:
                     return body
         return None
 
     async def invalidate(self, learner_id: int) -> bool:
-        """Bump the learner's version after a committed write; False if Redis did not take it
-        (the learner is then marked dirty: see `retry_invalidations`)."""
+        """Give the learner a new version after a committed write; False if Redis did not take
+        it (the learner is then marked dirty: see `retry_invalidations`)."""
         vkey, _, _ = _keys(learner_id, "", "")
-        # Not under the breaker: a write must try to invalidate even while reads skip Redis.
+        # A new random version rather than INCR: a counter recreated after loss (restart,
+        # eviction, failover) could repeat a value old entries carry. Not under the breaker:
+        # a write must try to invalidate even while reads skip Redis.
         try:
-            with anyio.fail_after(self._config.socket_timeout * 4):
-                # A new random version rather than INCR: a counter recreated after loss
-                # (restart, eviction, failover) could repeat a value old entries carry.
-                await self._client.set(vkey, str(random.randrange(FRESH_VERSION_RANGE)))
-        except (RedisError, OSError, TimeoutError) as exc:
+            await self._client.set(vkey, str(random.randrange(FRESH_VERSION_RANGE)))
+        except Exception as exc:  # any failure: see _call
             self.metrics.errors.inc()
             self.dirty.add(learner_id)
-            log.warning("cache invalidation of learner %d failed: %s", learner_id, exc)
+            log.warning("cache invalidation of learner %d failed: %r", learner_id, exc)
             return False
         self.dirty.discard(learner_id)
         return True
@@ -350,7 +365,7 @@ class Cache:
                 return  # Redis still unhappy; the next round tries again
 
     async def ping(self) -> bool:
-        return bool(await self._call("ping", lambda: self._client.ping()))
+        return await self._call("ping", lambda: self._client.ping()) is True
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -8,16 +8,18 @@ import logging
 import anyio
 from sqlalchemy import Connection
 
-from skillcoach.routes.learners import (
+from skillcoach.answers import (
     cached,
     recommendations_answer,
     recommendations_variant,
     weaknesses_answer,
     weaknesses_variant,
 )
+from skillcoach.db import DatabaseUnavailable
+from skillcoach.live_model import ServedModel
 from skillcoach.state import AppState
 
-__all__ = ["most_active_learners", "warm_cache"]
+__all__ = ["most_active_learners", "refresh_after_write", "warm_cache", "warm_learner"]
 
 log = logging.getLogger("skillcoach.cache")
 
@@ -42,37 +44,55 @@ async def warm_cache(state: AppState) -> int:
     if state.cache is None or served is None or settings.cache_warm_learners == 0:
         return 0
     warmed = 0
-    target = settings.recommendation_target
     with anyio.move_on_after(settings.cache_warm_seconds):
         ids = await state.db.run(most_active_learners, limit=settings.cache_warm_learners)
         for learner_id in ids:
             if state.live_model.current is not served:
                 break  # a newer model arrived; its own warming takes over
-
-            async def weak(lid: int = learner_id) -> bytes | None:
-                return await weaknesses_answer(
-                    state, served, learner_id=lid, limit=WEAKNESSES_LIMIT
-                )
-
-            async def recs(lid: int = learner_id) -> bytes | None:
-                return await recommendations_answer(
-                    state, served, learner_id=lid, limit=RECOMMENDATIONS_LIMIT, target=target
-                )
-
-            await cached(
-                state,
-                learner_id=learner_id,
-                kind="weaknesses",
-                variant=weaknesses_variant(served, WEAKNESSES_LIMIT),
-                compute=weak,
-            )
-            await cached(
-                state,
-                learner_id=learner_id,
-                kind="recommendations",
-                variant=recommendations_variant(served, RECOMMENDATIONS_LIMIT, target),
-                compute=recs,
-            )
+            await warm_learner(state, served, learner_id)
             warmed += 1
     log.info("cache warmed for %d learners (model v%d)", warmed, served.version)
     return warmed
+
+
+async def warm_learner(state: AppState, served: ServedModel, learner_id: int) -> None:
+    """Compute and store the learner's default answers (a miss computes, a hit is a no-op)."""
+    target = state.settings.recommendation_target
+
+    async def weak() -> bytes | None:
+        return await weaknesses_answer(state, served, learner_id=learner_id, limit=WEAKNESSES_LIMIT)
+
+    async def recs() -> bytes | None:
+        return await recommendations_answer(
+            state, served, learner_id=learner_id, limit=RECOMMENDATIONS_LIMIT, target=target
+        )
+
+    await cached(
+        state,
+        learner_id=learner_id,
+        kind="weaknesses",
+        variant=weaknesses_variant(served, WEAKNESSES_LIMIT),
+        compute=weak,
+    )
+    await cached(
+        state,
+        learner_id=learner_id,
+        kind="recommendations",
+        variant=recommendations_variant(served, RECOMMENDATIONS_LIMIT, target),
+        compute=recs,
+    )
+
+
+async def refresh_after_write(state: AppState, learner_id: int) -> None:
+    """Recompute a learner's default answers right after a write, so the reads that follow
+    hit (invalidate-on-write alone caps the hit ratio at 1 - write share on hot learners)."""
+    served = state.live_model.current
+    if served is None or learner_id in state.refreshing:
+        return  # one refresh per learner at a time; a later write schedules its own
+    state.refreshing.add(learner_id)
+    try:
+        await warm_learner(state, served, learner_id)
+    except DatabaseUnavailable as exc:
+        log.debug("refresh of learner %d skipped: %s", learner_id, exc)
+    finally:
+        state.refreshing.discard(learner_id)
