@@ -170,3 +170,29 @@ def test_a_write_refreshes_the_default_answer_in_the_background(
         misses = counter(metrics, "skillcoach_cache_misses_total")
         assert weak(base, keys, learner)["attempts"] == 1
         assert counter(metrics, "skillcoach_cache_misses_total") == misses  # a hit, fresh
+
+
+def test_hits_take_the_fast_path_but_only_for_known_keys(
+    api_bouncer_url: str, keys: Keys, redis_url: str
+) -> None:
+    env = {"cache_enabled": "true", "redis_url": redis_url, "cache_warm_learners": "0"}
+    with run_server(api_bouncer_url, **env) as (base, metrics):
+        learner = next(_learners)
+        post(base, keys, learner, True)
+        first = weak(base, keys, learner)
+        for _ in range(3):
+            assert weak(base, keys, learner) == first
+        fast = [
+            float(line.split()[-1])
+            for line in httpx.get(f"{metrics}/metrics").text.splitlines()
+            if line.startswith('skillcoach_http_cache_fast_path_total{kind="weaknesses"}')
+        ]
+        assert fast and fast[0] >= 3  # the first read may hit too (refresh after the write)
+        url = f"{base}/v1/learners/{learner}/weaknesses"
+        assert httpx.get(url, headers={"Authorization": "Bearer sk_wrong"}).status_code == 401
+        assert httpx.get(url).status_code == 401
+        # An unusual query goes the full way and still answers correctly.
+        r = httpx.get(
+            url, params={"limit": 1, "x": 2}, headers={"Authorization": f"Bearer {keys.read}"}
+        )
+        assert r.status_code == 200 and len(r.json()["skills"]) == 1

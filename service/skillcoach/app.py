@@ -27,6 +27,7 @@ from skillcoach.db import (
 )
 from skillcoach.db_metrics import PoolCollector
 from skillcoach.health import HealthProbe
+from skillcoach.hit_path import CacheHitPath
 from skillcoach.live_model import LiveModel
 from skillcoach.metrics import HttpMetricsMiddleware, ModelCollector, new_registry
 from skillcoach.pool_watch import initial_pool, watch_pool_file
@@ -191,5 +192,9 @@ def create_app(settings: Settings) -> Starlette:
         registry=registry,
     )
     app.add_middleware(HttpMetricsMiddleware, registry=registry)
+    # Outermost: a cache hit skips everything above (see hit_path).
+    app.add_middleware(
+        CacheHitPath, state=lambda: getattr(app.state, "skillcoach", None), registry=registry
+    )
     app.state.metrics_registry = registry
     return app

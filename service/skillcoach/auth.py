@@ -52,9 +52,12 @@ class ApiKey:
     name: str
     scopes: frozenset[Scope]
 
-    def require(self, scope: Scope) -> None:
+    def allows(self, scope: Scope) -> bool:
         # admin implies every other scope
-        if scope not in self.scopes and Scope.ADMIN not in self.scopes:
+        return scope in self.scopes or Scope.ADMIN in self.scopes
+
+    def require(self, scope: Scope) -> None:
+        if not self.allows(scope):
             raise Forbidden(f"this API key lacks the {scope.value!r} scope")
 
 

@@ -230,6 +230,30 @@ class Cache:
         self.metrics.latency.labels(op).observe(time.perf_counter() - t0)
         return result
 
+    async def lookup(self, *, learner_id: int, kind: str, variant: str) -> bytes | None:
+        """The stored body if it is current, else None (the caller takes the full path).
+
+        Counts only hits: a miss is counted by the get_or_compute that follows it."""
+        # Only while the breaker is closed: the half-open probe belongs to the full path,
+        # which reports its outcome to the breaker.
+        if learner_id in self.dirty or self.breaker.state != Breaker.CLOSED:
+            return None
+        vkey, ekey, _ = _keys(learner_id, kind, variant)
+        try:
+            got: list[Any] = await self._client.mget([vkey, ekey])
+        except Exception:  # any failure: the full path will count and handle it
+            return None
+        version, entry = got
+        if entry is None or version is None:
+            return None
+        tag, _, body = bytes(entry).partition(b"\n")
+        if tag != bytes(version):
+            return None
+        self.lookup_count += 1
+        self.hit_count += 1
+        self.metrics.hits.labels(kind).inc()
+        return body
+
     async def get_or_compute(
         self,
         *,
