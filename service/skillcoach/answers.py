@@ -45,11 +45,12 @@ async def cached(
     kind: str,
     variant: str,
     compute: Callable[[], Awaitable[bytes | None]],
+    background: bool = False,
 ) -> bytes | None:
     if state.cache is None:
         return await compute()
     return await state.cache.get_or_compute(
-        learner_id=learner_id, kind=kind, variant=variant, compute=compute
+        learner_id=learner_id, kind=kind, variant=variant, compute=compute, background=background
     )
 
 

@@ -261,12 +261,19 @@ class Cache:
         kind: str,
         variant: str,
         compute: Callable[[], Awaitable[bytes | None]],
+        background: bool = False,
     ) -> bytes | None:
-        """The cached body, or compute() (None: nothing to cache, e.g. unknown learner)."""
+        """The cached body, or compute() (None: nothing to cache, e.g. unknown learner).
+
+        `background` (warming, refresh after a write) keeps the lookup out of the hit and miss
+        counts, which describe what clients got."""
         vkey, ekey, lkey = _keys(learner_id, kind, variant)
-        self.lookup_count += 1
+        counted = not background
+        if counted:
+            self.lookup_count += 1
         if learner_id in self.dirty:
-            self.metrics.misses.labels(kind).inc()
+            if counted:
+                self.metrics.misses.labels(kind).inc()
             return await compute()
         got = await self._call("get", lambda: self._client.mget([vkey, ekey]))
         version: bytes | None = None
@@ -275,13 +282,16 @@ class Cache:
             if entry is not None:
                 tag, _, body = bytes(entry).partition(b"\n")
                 if version is not None and tag == bytes(version):
-                    self.hit_count += 1
-                    self.metrics.hits.labels(kind).inc()
+                    if counted:
+                        self.hit_count += 1
+                        self.metrics.hits.labels(kind).inc()
                     return body
-                self.metrics.stale.labels(kind).inc()
+                if counted:
+                    self.metrics.stale.labels(kind).inc()
             if version is None:
                 version = await self._fresh_version(vkey)
-        self.metrics.misses.labels(kind).inc()
+        if counted:
+            self.metrics.misses.labels(kind).inc()
         return await self._single_flight(ekey, lkey, kind, version, compute)
 
     async def _fresh_version(self, vkey: str) -> bytes | None:

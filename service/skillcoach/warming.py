@@ -73,6 +73,7 @@ async def warm_learner(state: AppState, served: ServedModel, learner_id: int) ->
         kind="weaknesses",
         variant=weaknesses_variant(served, WEAKNESSES_LIMIT),
         compute=weak,
+        background=True,
     )
     await cached(
         state,
@@ -80,6 +81,7 @@ async def warm_learner(state: AppState, served: ServedModel, learner_id: int) ->
         kind="recommendations",
         variant=recommendations_variant(served, RECOMMENDATIONS_LIMIT, target),
         compute=recs,
+        background=True,
     )
 
 
