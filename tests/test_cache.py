@@ -61,16 +61,17 @@ def with_cache(url: str, body: Callable[[Cache], Awaitable[None]], **kw: float) 
 
 
 class Source:
-    """Stands for PostgreSQL: counts computations and returns the current data."""
+    """Stands for PostgreSQL: counts computations and returns the current data with the
+    data_version of the snapshot it read."""
 
-    def __init__(self, data: bytes = b'{"v":1}', delay: float = 0.0) -> None:
-        self.data, self.delay, self.calls = data, delay, 0
+    def __init__(self, data: bytes = b'{"v":1}', delay: float = 0.0, version: int = 1) -> None:
+        self.data, self.delay, self.version, self.calls = data, delay, version, 0
 
-    async def __call__(self) -> bytes | None:
+    async def __call__(self) -> tuple[bytes, int] | None:
         self.calls += 1
-        current = self.data
+        snapshot = (self.data, self.version)  # read at the start, like a transaction
         await anyio.sleep(self.delay)
-        return current
+        return snapshot
 
 
 async def get(cache: Cache, learner: int, source: Source, variant: str = "m1") -> bytes | None:
@@ -96,8 +97,8 @@ def test_invalidation_and_model_version_make_old_entries_unreachable(redis_url: 
 
     async def body(cache: Cache) -> None:
         await get(cache, learner, source)
-        source.data = b'{"v":2}'
-        assert await cache.invalidate(learner)
+        source.data, source.version = b'{"v":2}', 2
+        assert await cache.write_through(learner_id=learner, version=2, entries=[])
         assert await get(cache, learner, source) == b'{"v":2}'
         assert await get(cache, learner, source, variant="m2") == b'{"v":2}'
 
@@ -105,17 +106,33 @@ def test_invalidation_and_model_version_make_old_entries_unreachable(redis_url: 
     assert source.calls == 3
 
 
+def test_write_through_stores_fresh_answers_and_refuses_older_ones(redis_url: str) -> None:
+    learner = next(_learners)
+    never = Source(b"should not be computed")
+
+    async def body(cache: Cache) -> None:
+        fresh = [("weaknesses", "m1", b'{"v":7}', 7)]
+        assert await cache.write_through(learner_id=learner, version=7, entries=fresh)
+        assert await get(cache, learner, never) == b'{"v":7}'  # a hit at once
+        stale = [("weaknesses", "m1", b'{"v":6}', 6)]  # a slower writer's older snapshot
+        assert await cache.write_through(learner_id=learner, version=6, entries=stale)
+        assert await get(cache, learner, never) == b'{"v":7}'
+
+    with_cache(redis_url, body)
+    assert never.calls == 0
+
+
 def test_a_computation_racing_a_write_is_never_served(redis_url: str) -> None:
     learner = next(_learners)
-    slow = Source(b'{"v":"old"}', delay=0.2)
-    fresh = Source(b'{"v":"new"}')
+    slow = Source(b'{"v":"old"}', delay=0.2, version=1)
+    fresh = Source(b'{"v":"new"}', version=2)
 
     async def body(cache: Cache) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(get, cache, learner, slow)
             await anyio.sleep(0.05)  # the read has started from pre-write data...
-            assert await cache.invalidate(learner)  # ...when the write commits
-        assert await get(cache, learner, fresh) == b'{"v":"new"}'  # old entry: stale
+            assert await cache.write_through(learner_id=learner, version=2, entries=[])
+        assert await get(cache, learner, fresh) == b'{"v":"new"}'  # old entry: refused
 
     with_cache(redis_url, body)
     assert fresh.calls == 1
@@ -142,7 +159,7 @@ def test_unknown_learners_are_not_cached(redis_url: str) -> None:
     learner = next(_learners)
     source = Source()
 
-    async def nothing() -> bytes | None:
+    async def nothing() -> tuple[bytes, int] | None:
         return None
 
     async def body(cache: Cache) -> None:
@@ -163,9 +180,9 @@ def test_redis_down_serves_from_the_source_and_opens_the_breaker() -> None:
         for _ in range(20):
             assert await get(cache, 1, source) == b'{"v":1}'
         assert cache.degraded
-        assert not await cache.invalidate(1)
+        assert not await cache.write_through(learner_id=1, version=3, entries=[])
 
     cache = with_cache(f"redis://127.0.0.1:{free_port()}/0", body, breaker_cooldown=60)
     assert source.calls == 20
     assert cache.metrics.skipped._value.get() > 0  # type: ignore[attr-defined]
-    assert 1 in cache.dirty  # this replica now bypasses the cache for learner 1
+    assert cache.dirty == {1: 3}  # this replica now bypasses the cache for learner 1

@@ -42,6 +42,8 @@ class SkillEvidence:
     n_correct: IntArray
     n_incorrect: IntArray
     last_answered_at: list[datetime]
+    # learners.data_version in the same snapshot: the version of these statistics.
+    data_version: int = 0
 
     @classmethod
     def empty(cls) -> SkillEvidence:

@@ -26,6 +26,7 @@ from skillcoach.live_model import ServedModel
 from skillcoach.state import AppState
 
 __all__ = [
+    "Answer",
     "cached",
     "recommendations_answer",
     "recommendations_variant",
@@ -38,17 +39,22 @@ def _iso(ts: datetime | None) -> str | None:
     return None if ts is None else ts.isoformat()
 
 
+# A finished body and the learner's data_version of the snapshot it was computed from.
+Answer = tuple[bytes, int]
+
+
 async def cached(
     state: AppState,
     *,
     learner_id: int,
     kind: str,
     variant: str,
-    compute: Callable[[], Awaitable[bytes | None]],
+    compute: Callable[[], Awaitable[Answer | None]],
     background: bool = False,
 ) -> bytes | None:
     if state.cache is None:
-        return await compute()
+        answer = await compute()
+        return None if answer is None else answer[0]
     return await state.cache.get_or_compute(
         learner_id=learner_id, kind=kind, variant=variant, compute=compute, background=background
     )
@@ -56,7 +62,7 @@ async def cached(
 
 async def weaknesses_answer(
     state: AppState, served: ServedModel, *, learner_id: int, limit: int
-) -> bytes | None:
+) -> Answer | None:
     """The weaknesses body of a learner, from PostgreSQL (None: no such learner)."""
     evidence = await state.db.run(fetch_skill_evidence, learner_id=learner_id, retry=True)
     if evidence is None:
@@ -67,7 +73,8 @@ async def weaknesses_answer(
         min_attempts=state.settings.insufficient_data_attempts,
         limit=limit,
     )
-    return _weaknesses_body(learner_id, served.version, served.catalog.skill_names, ranked)
+    body = _weaknesses_body(learner_id, served.version, served.catalog.skill_names, ranked)
+    return body, evidence.data_version
 
 
 def weaknesses_variant(served: ServedModel, limit: int) -> str:
@@ -118,7 +125,7 @@ def _recommendation_inputs(
 
 async def recommendations_answer(
     state: AppState, served: ServedModel, *, learner_id: int, limit: int, target: float
-) -> bytes | None:
+) -> Answer | None:
     """The recommendations body of a learner, from PostgreSQL (None: no such learner)."""
     loaded = await state.db.run(
         _recommendation_inputs,
@@ -143,9 +150,10 @@ async def recommendations_answer(
         target=target,
         limit=limit,
     )
-    return _recommendations_body(
+    body = _recommendations_body(
         learner_id, served.version, target, served.catalog.skill_names, recs
     )
+    return body, evidence.data_version
 
 
 def recommendations_variant(served: ServedModel, limit: int, target: float) -> str:

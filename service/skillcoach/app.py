@@ -150,7 +150,6 @@ def create_app(settings: Settings) -> Starlette:
             # Start anyway (liveness stays green); readiness reports the missing model.
             log.warning("no model at start-up: %s", exc)
         async with anyio.create_task_group() as tg:
-            state.background = tg
             tg.start_soon(_refresh_model_forever, state, tg)
             if cache is not None:
                 tg.start_soon(_retry_invalidations_forever, cache)

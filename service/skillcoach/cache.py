@@ -4,13 +4,16 @@ What a hit costs: one round trip (MGET of the learner's version counter and the 
 share a hash slot through the `{l<id>}` tag) and no JSON work: the entry holds the finished
 response body, so a hit hands Redis' bytes straight to the client.
 
-Correctness (read-your-writes on every replica): an entry is tagged with the learner's version
-as read *before* the database was; a write commits to PostgreSQL, then replaces the version
-with a new random one before it answers 201. An entry computed from pre-write data therefore
-carries an old tag and is never served again. Keys also carry the model version, so a
-promotion makes every old entry unreachable at once. TTL (with jitter) is only the backstop.
-If Redis does not take a version bump, this replica serves that learner from PostgreSQL and
-retries the bump every second; other replicas may serve the old entry until it lands.
+Correctness (read-your-writes on every replica): the version is the learner's data_version
+from PostgreSQL, bumped in every write transaction. An entry carries the data_version of the
+snapshot it was computed from; Redis keeps the newest version seen for the learner, and an
+entry is served only if the two match. A script stores an entry only if it is not older than
+that version, and a write raises the version (or stores its fresh answers with it) before it
+answers 201, so no replica serves pre-write data. Versions come from the database, so a lost
+or reset key can only be re-created with the current version. Keys also carry the model
+version, so a promotion makes every old entry unreachable at once. TTL (with jitter) is only a
+backstop. If Redis does not take a write's version, this replica serves that learner from
+PostgreSQL and retries every second; other replicas may serve the old entry until it lands.
 
 Redis is optional: every call has a short timeout, failures open a circuit breaker that skips
 Redis for a cool-down (then one probe), and the request is served from PostgreSQL.
@@ -40,9 +43,17 @@ log = logging.getLogger("skillcoach.cache")
 FAILED: Any = object()
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
-# A fresh counter starts at a random value: if a counter is ever lost (restart, eviction,
-# failover) while entries survive, old tags cannot collide with the new counter.
-FRESH_VERSION_RANGE = 2**62
+# KEYS: version, entry. ARGV: data_version, body (empty: version only), ttl ms.
+# Raises the learner's version to ARGV[1] if newer; stores the entry unless it is older.
+STORE = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local version = tonumber(ARGV[1])
+if version > current then redis.call('SET', KEYS[1], ARGV[1]) end
+if ARGV[2] ~= '' and version >= current then
+  redis.call('SET', KEYS[2], ARGV[1] .. '\\n' .. ARGV[2], 'PX', ARGV[3])
+end
+return current
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,9 +205,9 @@ class Cache:
         self.metrics = CacheMetrics(registry)
         self.metrics.breaker.set_function(lambda: self.breaker.state)
         self._inflight: dict[str, _Flight] = {}
-        # Learners whose invalidation did not reach Redis: served from PostgreSQL by this
-        # replica, and retried in the background until Redis takes the bump.
-        self.dirty: set[int] = set()
+        # Learners whose new version did not reach Redis (-> that version): served from
+        # PostgreSQL by this replica, and retried in the background until Redis takes it.
+        self.dirty: dict[int, int] = {}
         self.hit_count = 0
         self.lookup_count = 0
 
@@ -260,12 +271,13 @@ class Cache:
         learner_id: int,
         kind: str,
         variant: str,
-        compute: Callable[[], Awaitable[bytes | None]],
+        compute: Callable[[], Awaitable[tuple[bytes, int] | None]],
         background: bool = False,
     ) -> bytes | None:
-        """The cached body, or compute() (None: nothing to cache, e.g. unknown learner).
+        """The cached body, or the body of compute() (None: nothing to cache, e.g. unknown
+        learner). compute() returns the body and the data_version it was computed from.
 
-        `background` (warming, refresh after a write) keeps the lookup out of the hit and miss
+        `background` (warming) keeps the lookup out of the hit and miss
         counts, which describe what clients got."""
         vkey, ekey, lkey = _keys(learner_id, kind, variant)
         counted = not background
@@ -274,46 +286,40 @@ class Cache:
         if learner_id in self.dirty:
             if counted:
                 self.metrics.misses.labels(kind).inc()
-            return await compute()
+            answer = await compute()
+            return None if answer is None else answer[0]
         got = await self._call("get", lambda: self._client.mget([vkey, ekey]))
-        version: bytes | None = None
+        seen: bytes | None = None
         if got is not FAILED:
             version, entry = got
+            seen = None if version is None else bytes(version)
             if entry is not None:
                 tag, _, body = bytes(entry).partition(b"\n")
-                if version is not None and tag == bytes(version):
+                if tag == seen:
                     if counted:
                         self.hit_count += 1
                         self.metrics.hits.labels(kind).inc()
                     return body
                 if counted:
                     self.metrics.stale.labels(kind).inc()
-            if version is None:
-                version = await self._fresh_version(vkey)
         if counted:
             self.metrics.misses.labels(kind).inc()
-        return await self._single_flight(ekey, lkey, kind, version, compute)
-
-    async def _fresh_version(self, vkey: str) -> bytes | None:
-        fresh = str(random.randrange(FRESH_VERSION_RANGE)).encode()
-        created = await self._call("init", lambda: self._client.set(vkey, fresh, nx=True))
-        if created is FAILED:
-            return None
-        if created:
-            return fresh
-        current = await self._call("get", lambda: self._client.get(vkey))
-        return None if current is FAILED or current is None else bytes(current)
+        return await self._single_flight(
+            ekey, lkey, kind, seen, compute, redis_ok=got is not FAILED
+        )
 
     async def _single_flight(
         self,
         ekey: str,
         lkey: str,
         kind: str,
-        version: bytes | None,
-        compute: Callable[[], Awaitable[bytes | None]],
+        seen: bytes | None,
+        compute: Callable[[], Awaitable[tuple[bytes, int] | None]],
+        *,
+        redis_ok: bool,
     ) -> bytes | None:
-        # Concurrent misses of one key in this replica wait for the first one's result.
-        flight_key = f"{ekey}@{version!r}"
+        # Concurrent misses of one key and version in this replica share one computation.
+        flight_key = f"{ekey}@{seen!r}"
         flight = self._inflight.get(flight_key)
         if flight is not None:
             self.metrics.lock_waits.labels(kind).inc()
@@ -324,7 +330,7 @@ class Cache:
         self._inflight[flight_key] = flight
         try:
             flight.body = await self._compute_once_across_replicas(
-                ekey, lkey, kind, version, compute
+                ekey, lkey, kind, seen, compute, redis_ok=redis_ok
             )
             flight.ok = True
             return flight.body
@@ -337,33 +343,40 @@ class Cache:
         ekey: str,
         lkey: str,
         kind: str,
-        version: bytes | None,
-        compute: Callable[[], Awaitable[bytes | None]],
+        seen: bytes | None,
+        compute: Callable[[], Awaitable[tuple[bytes, int] | None]],
+        *,
+        redis_ok: bool,
     ) -> bytes | None:
         locked: Any = FAILED
-        if version is not None:
+        lock = f"{lkey}:{(seen or b'-').decode()}"
+        if redis_ok:
             # The lock is per version: a computation for older data never blocks this one.
-            lock = f"{lkey}:{version.decode()}"
             ms = int(self._config.lock_seconds * 1000)
             locked = await self._call("lock", lambda: self._client.set(lock, b"1", nx=True, px=ms))
-            if locked is None:
+            if locked is None and seen is not None:
                 # Another replica computes it: wait briefly for its entry, else compute anyway.
                 self.metrics.lock_waits.labels(kind).inc()
-                body = await self._await_entry(ekey, version)
+                body = await self._await_entry(ekey, seen)
                 if body is not None:
                     return body
         self.metrics.computations.labels(kind).inc()
-        body = await compute()
-        if body is not None and version is not None:
-            await self._store(ekey, version, body)
+        answer = await compute()
+        if answer is None:
+            return None
+        body, version = answer
+        if redis_ok:
+            await self._store(ekey, body, version)
         if locked is True:
             await self._call("unlock", lambda: self._client.delete(lock))
         return body
 
-    async def _store(self, ekey: str, version: bytes, body: bytes) -> None:
-        ttl = self._config.ttl_seconds * random.uniform(0.9, 1.1)  # jitter: no herd expiry
-        value = version + b"\n" + body
-        await self._call("set", lambda: self._client.set(ekey, value, px=int(ttl * 1000)))
+    async def _store(self, ekey: str, body: bytes, version: int) -> Any:
+        vkey = ekey.split(":", 1)[0] + ":v"
+        ttl = int(self._config.ttl_seconds * random.uniform(0.9, 1.1) * 1000)  # no herd expiry
+        return await self._call(
+            "set", lambda: self._client.eval(STORE, 2, vkey, ekey, version, body, ttl)
+        )
 
     async def _await_entry(self, ekey: str, version: bytes) -> bytes | None:
         deadline = time.monotonic() + self._config.lock_wait
@@ -376,26 +389,31 @@ class Cache:
                     return body
         return None
 
-    async def invalidate(self, learner_id: int) -> bool:
-        """Give the learner a new version after a committed write; False if Redis did not take
-        it (the learner is then marked dirty: see `retry_invalidations`)."""
+    async def write_through(
+        self, *, learner_id: int, version: int, entries: list[tuple[str, str, bytes, int]]
+    ) -> bool:
+        """After a committed write (its data_version `version`): raise the learner's version
+        and store the fresh answers `entries` ((kind, variant, body, data_version), computed
+        after the commit) in one script call each. False if Redis did not take the version; the
+        learner is then served from PostgreSQL by this replica until a retry lands."""
         vkey, _, _ = _keys(learner_id, "", "")
-        # A new random version rather than INCR: a counter recreated after loss (restart,
-        # eviction, failover) could repeat a value old entries carry. Not under the breaker:
-        # a write must try to invalidate even while reads skip Redis.
         try:
-            await self._client.set(vkey, str(random.randrange(FRESH_VERSION_RANGE)))
+            # Not under the breaker: a write must raise the version even while reads skip Redis.
+            await self._client.eval(STORE, 2, vkey, f"{vkey}:none", version, b"", 0)
         except Exception as exc:  # any failure: see _call
             self.metrics.errors.inc()
-            self.dirty.add(learner_id)
-            log.warning("cache invalidation of learner %d failed: %r", learner_id, exc)
+            self.dirty[learner_id] = max(version, self.dirty.get(learner_id, version))
+            log.warning("cache version of learner %d not raised: %r", learner_id, exc)
             return False
-        self.dirty.discard(learner_id)
+        self.dirty.pop(learner_id, None)
+        for kind, variant, body, computed_at in entries:
+            _, ekey, _ = _keys(learner_id, kind, variant)
+            await self._store(ekey, body, computed_at)
         return True
 
     async def retry_invalidations(self) -> None:
-        for learner_id in list(self.dirty)[:1000]:
-            if not await self.invalidate(learner_id):
+        for learner_id, version in list(self.dirty.items())[:1000]:
+            if not await self.write_through(learner_id=learner_id, version=version, entries=[]):
                 return  # Redis still unhappy; the next round tries again
 
     async def ping(self) -> bool:

@@ -14,19 +14,21 @@ __all__ = ["fetch_exercise_history", "fetch_skill_evidence", "learner_exists"]
 def fetch_skill_evidence(conn: Connection, *, learner_id: int) -> SkillEvidence | None:
     """The learner's per-skill statistics, or None if no such learner exists."""
     rows = conn.exec_driver_sql(
-        "SELECT l.id, s.skill_id, s.n_correct, s.n_incorrect, s.last_answered_at"
+        "SELECT l.id, l.data_version, s.skill_id, s.n_correct, s.n_incorrect, s.last_answered_at"
         " FROM learners l LEFT JOIN learner_skill_stats s ON s.learner_id = l.id"
         " WHERE l.id = %(id)s",
         {"id": learner_id},
     ).all()
     if not rows:
         return None
+    version = int(rows[0].data_version)
     rows = [r for r in rows if r.skill_id is not None]
     return SkillEvidence(
         skill_ids=np.array([r.skill_id for r in rows], dtype=np.int64),
         n_correct=np.array([r.n_correct for r in rows], dtype=np.int64),
         n_incorrect=np.array([r.n_incorrect for r in rows], dtype=np.int64),
         last_answered_at=[r.last_answered_at for r in rows],
+        data_version=version,
     )
 
 

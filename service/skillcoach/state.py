@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from anyio.abc import TaskGroup
 from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 
@@ -28,9 +27,6 @@ class AppState:
     keys: KeyCache
     registry: CollectorRegistry
     cache: Cache | None = None
-    # Background work of the replica (cache refreshes), owned by the lifespan.
-    background: TaskGroup | None = None
-    refreshing: set[int] = field(default_factory=set)
 
     def served_model(self) -> ServedModel:
         served = self.live_model.current

@@ -9,6 +9,7 @@ import anyio
 from sqlalchemy import Connection
 
 from skillcoach.answers import (
+    Answer,
     cached,
     recommendations_answer,
     recommendations_variant,
@@ -19,7 +20,7 @@ from skillcoach.db import DatabaseUnavailable
 from skillcoach.live_model import ServedModel
 from skillcoach.state import AppState
 
-__all__ = ["most_active_learners", "refresh_after_write", "warm_cache", "warm_learner"]
+__all__ = ["most_active_learners", "warm_cache", "warm_learner", "write_through"]
 
 log = logging.getLogger("skillcoach.cache")
 
@@ -59,10 +60,10 @@ async def warm_learner(state: AppState, served: ServedModel, learner_id: int) ->
     """Compute and store the learner's default answers (a miss computes, a hit is a no-op)."""
     target = state.settings.recommendation_target
 
-    async def weak() -> bytes | None:
+    async def weak() -> Answer | None:
         return await weaknesses_answer(state, served, learner_id=learner_id, limit=WEAKNESSES_LIMIT)
 
-    async def recs() -> bytes | None:
+    async def recs() -> Answer | None:
         return await recommendations_answer(
             state, served, learner_id=learner_id, limit=RECOMMENDATIONS_LIMIT, target=target
         )
@@ -85,16 +86,29 @@ async def warm_learner(state: AppState, served: ServedModel, learner_id: int) ->
     )
 
 
-async def refresh_after_write(state: AppState, learner_id: int) -> None:
-    """Recompute a learner's default answers right after a write, so the reads that follow
-    hit (invalidate-on-write alone caps the hit ratio at 1 - write share on hot learners)."""
+async def write_through(state: AppState, learner_id: int, version: int) -> None:
+    """After a committed write: compute the learner's default answers from PostgreSQL and
+    store them with the new version before the write is acknowledged, so the reads that
+    follow hit (invalidating alone caps the hit ratio at 1 - write share on hot learners).
+    If the database is too busy for that, the version is still raised (invalidation)."""
+    assert state.cache is not None
     served = state.live_model.current
-    if served is None or learner_id in state.refreshing:
-        return  # one refresh per learner at a time; a later write schedules its own
-    state.refreshing.add(learner_id)
-    try:
-        await warm_learner(state, served, learner_id)
-    except DatabaseUnavailable as exc:
-        log.debug("refresh of learner %d skipped: %s", learner_id, exc)
-    finally:
-        state.refreshing.discard(learner_id)
+    entries: list[tuple[str, str, bytes, int]] = []
+    if served is not None:
+        target = state.settings.recommendation_target
+        try:
+            weak = await weaknesses_answer(
+                state, served, learner_id=learner_id, limit=WEAKNESSES_LIMIT
+            )
+            recs = await recommendations_answer(
+                state, served, learner_id=learner_id, limit=RECOMMENDATIONS_LIMIT, target=target
+            )
+        except DatabaseUnavailable as exc:
+            log.debug("write-through of learner %d skipped: %s", learner_id, exc)
+        else:
+            if weak is not None:
+                entries.append(("weaknesses", weaknesses_variant(served, WEAKNESSES_LIMIT), *weak))
+            if recs is not None:
+                variant = recommendations_variant(served, RECOMMENDATIONS_LIMIT, target)
+                entries.append(("recommendations", variant, *recs))
+    await state.cache.write_through(learner_id=learner_id, version=version, entries=entries)

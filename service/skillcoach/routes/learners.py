@@ -11,6 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from skillcoach.answers import (
+    Answer,
     cached,
     recommendations_answer,
     recommendations_variant,
@@ -23,7 +24,7 @@ from skillcoach.params import int_param, path_id, read_json
 from skillcoach.problems import BadRequest, NotFound
 from skillcoach.schemas import AttemptBatch
 from skillcoach.state import app_state
-from skillcoach.warming import refresh_after_write
+from skillcoach.warming import write_through
 
 __all__ = ["routes"]
 
@@ -50,7 +51,7 @@ async def weaknesses(request: Request) -> Response:
     limit = int_param(request, "limit", default=100, low=1, high=1000)
     served = state.served_model()
 
-    async def compute() -> bytes | None:
+    async def compute() -> Answer | None:
         return await weaknesses_answer(state, served, learner_id=learner_id, limit=limit)
 
     body = await cached(
@@ -81,7 +82,7 @@ async def recommendations(request: Request) -> Response:
             raise BadRequest(f"target must be between 0.05 and 0.95, got {target}", param="target")
     served = state.served_model()
 
-    async def compute() -> bytes | None:
+    async def compute() -> Answer | None:
         return await recommendations_answer(
             state, served, learner_id=learner_id, limit=limit, target=target
         )
@@ -112,15 +113,9 @@ async def post_attempts(request: Request) -> Response:
         idempotency_key=key,
         fingerprint=batch_fingerprint(learner_id, attempts),
     )
-    # Committed: bump the learner's cache version before acknowledging (read-your-writes),
-    # then recompute the default answers in the background so the next reads hit.
-    if (
-        state.cache is not None
-        and not result["replayed"]
-        and await state.cache.invalidate(learner_id)
-        and state.background is not None
-    ):
-        state.background.start_soon(refresh_after_write, state, learner_id)
+    if state.cache is not None and not result["replayed"]:
+        # Committed: raise the learner's cache version (with fresh answers) before the 201.
+        await write_through(state, learner_id, result["data_version"])
     return json_response(result, status=200 if result["replayed"] else 201)
 
 
