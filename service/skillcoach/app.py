@@ -130,6 +130,7 @@ def create_app(settings: Settings) -> Starlette:
                 ttl_seconds=settings.cache_ttl_seconds,
                 socket_timeout=settings.cache_socket_timeout,
                 max_connections=settings.cache_max_connections,
+                health_check_interval=settings.cache_health_check_interval,
             )
             cache = Cache(connect_redis(config), config, registry)
         state = AppState(

@@ -62,6 +62,7 @@ class CacheConfig:
     ttl_seconds: float = 300.0
     socket_timeout: float = 0.05
     max_connections: int = 64
+    health_check_interval: float = 0
     breaker_failures: int = 5
     breaker_cooldown: float = 2.0
     lock_seconds: float = 2.0
@@ -76,7 +77,7 @@ def connect_redis(config: CacheConfig) -> Redis | RedisCluster:
         "socket_timeout": config.socket_timeout,
         "socket_connect_timeout": config.socket_timeout * 4,
         "socket_keepalive": True,
-        "health_check_interval": 30,
+        "health_check_interval": config.health_check_interval,
         "retry": retry,
     }
     if config.url.startswith("redis+cluster://"):
