@@ -35,6 +35,8 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+from skillcoach.resp import PipelinedRedis
+
 __all__ = ["Breaker", "Cache", "CacheConfig", "connect_redis"]
 
 log = logging.getLogger("skillcoach.cache")
@@ -203,6 +205,7 @@ class Cache:
         self._client = client
         self._config = config
         self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown)
+        self._fast = PipelinedRedis(timeout=config.socket_timeout)
         self.metrics = CacheMetrics(registry)
         self.metrics.breaker.set_function(lambda: self.breaker.state)
         self._inflight: dict[str, _Flight] = {}
@@ -245,26 +248,40 @@ class Cache:
     async def lookup(self, *, learner_id: int, kind: str, variant: str) -> bytes | None:
         """The stored body if it is current, else None (the caller takes the full path).
 
-        Counts only hits: a miss is counted by the get_or_compute that follows it."""
+        One pipelined MGET on the lean connection (see resp.py). Counts only hits: a miss is
+        counted by the get_or_compute that follows it."""
         # Only while the breaker is closed: the half-open probe belongs to the full path,
         # which reports its outcome to the breaker.
         if learner_id in self.dirty or self.breaker.state != Breaker.CLOSED:
             return None
         vkey, ekey, _ = _keys(learner_id, kind, variant)
+        node = self._node(vkey)
+        if node is None:
+            return None
         try:
-            got: list[Any] = await self._client.mget([vkey, ekey])
+            version, entry = await self._fast.mget(node[0], node[1], vkey.encode(), ekey.encode())
         except Exception:  # any failure: the full path will count and handle it
             return None
-        version, entry = got
         if entry is None or version is None:
             return None
-        tag, _, body = bytes(entry).partition(b"\n")
-        if tag != bytes(version):
+        tag, _, body = entry.partition(b"\n")
+        if tag != version:
             return None
         self.lookup_count += 1
         self.hit_count += 1
         self.metrics.hits.labels(kind).inc()
         return body
+
+    def _node(self, key: str) -> tuple[str, int] | None:
+        """Where the key lives: the standalone server, or the cluster client's slot map."""
+        if isinstance(self._client, RedisCluster):
+            try:
+                node = self._client.get_node_from_key(key)
+            except Exception:  # slot map not loaded yet or being rebuilt
+                return None
+            return None if node is None else (str(node.host), int(node.port))
+        kwargs = self._client.connection_pool.connection_kwargs
+        return str(kwargs.get("host", "127.0.0.1")), int(kwargs.get("port", 6379))
 
     async def get_or_compute(
         self,
@@ -421,4 +438,5 @@ class Cache:
         return await self._call("ping", lambda: self._client.ping()) is True
 
     async def aclose(self) -> None:
+        self._fast.close()
         await self._client.aclose()
