@@ -15,7 +15,6 @@ import csv
 import dataclasses
 import io
 import re
-import secrets
 import shutil
 import tempfile
 import urllib.error
@@ -27,7 +26,11 @@ from typing import Any
 from loadtests.wrk import latency_summary
 from skillcoach.stack.errors import StackError
 from skillcoach.stack.haproxy import BACKEND, HAProxy, HAProxyConfig, Server
-from skillcoach.stack.pgbouncer import ADMIN_USER, PgBouncer, PgBouncerConfig, runtime_dir_for
+from skillcoach.stack.pgbouncer import (
+    PgBouncer,
+    start_ephemeral,
+    stop_ephemeral,
+)
 from skillcoach.stack.processes import free_port, log_tail
 
 __all__ = [
@@ -52,31 +55,12 @@ _OWN_503 = re.compile(r" \S+/<NOSRV> -?\d+/-?\d+/-?\d+/-?\d+/(\d+) 503 \d+ \S+ \
 
 
 def start_pgbouncer(database: str) -> PgBouncer:
-    """The same as tests/fixtures_services.py's start_pgbouncer, for one database."""
-    users = {"postgres": secrets.token_urlsafe(16), ADMIN_USER: secrets.token_urlsafe(16)}
-    last: StackError | None = None
-    for _ in range(3):  # a free port can be taken between choosing and binding it
-        port = free_port()
-        bouncer = PgBouncer(
-            config=PgBouncerConfig(
-                listen_port=port, runtime_dir=runtime_dir_for(port), databases=[database]
-            ),
-            users=users,
-            template_path=ROOT / "deploy" / "pgbouncer" / "pgbouncer.ini.tmpl",
-        )
-        try:
-            bouncer.start(timeout=15)
-        except StackError as exc:
-            last = exc
-            stop_pgbouncer(bouncer)
-            continue
-        return bouncer
-    raise RuntimeError(f"PgBouncer did not start: {last}")
+    """A throw-away PgBouncer in front of the local server's `database`."""
+    server = f"postgresql://postgres@127.0.0.1:5432/{database}"
+    return start_ephemeral(server, template=ROOT / "deploy" / "pgbouncer" / "pgbouncer.ini.tmpl")
 
 
-def stop_pgbouncer(bouncer: PgBouncer) -> None:
-    bouncer.stop()
-    shutil.rmtree(bouncer.config.runtime_dir, ignore_errors=True)
+stop_pgbouncer = stop_ephemeral
 
 
 def start_haproxy(backend_port: int, *, maxconn: int, timeout_queue: str | None) -> HAProxy:

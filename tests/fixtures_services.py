@@ -17,8 +17,6 @@ Every start waits with a deadline; every process is stopped at teardown.
 from __future__ import annotations
 
 import random
-import secrets
-import shutil
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,10 +27,9 @@ from sqlalchemy.engine import make_url
 from skillcoach.stack.errors import StackError
 from skillcoach.stack.packages import find_binary
 from skillcoach.stack.pgbouncer import (
-    ADMIN_USER,
     PgBouncer,
-    PgBouncerConfig,
-    runtime_dir_for,
+    start_ephemeral,
+    stop_ephemeral,
 )
 from skillcoach.stack.processes import free_port
 from skillcoach.stack.redis import RedisServer
@@ -63,40 +60,11 @@ def _require(binary: str) -> None:
 def start_pgbouncer(pg_url: str, **overrides: int | float) -> PgBouncer:
     """A running PgBouncer in front of pg_url's server, on a free port."""
     _require("pgbouncer")
-    url = make_url(pg_url)
-    user = url.username or "postgres"
-    database = url.database or "postgres"
-    users = {user: secrets.token_urlsafe(16), ADMIN_USER: secrets.token_urlsafe(16)}
     template = _ROOT / "deploy" / "pgbouncer" / "pgbouncer.ini.tmpl"
-    last: StackError | None = None
-    for _ in range(_START_ATTEMPTS):
-        port = free_port()
-        bouncer = PgBouncer(
-            config=PgBouncerConfig(
-                listen_port=port,
-                runtime_dir=runtime_dir_for(port),
-                databases=[database],
-                server_host=url.host or "127.0.0.1",
-                server_port=url.port or 5432,
-                **overrides,  # type: ignore[arg-type]
-            ),
-            users=users,
-            template_path=template,
-        )
-        try:
-            bouncer.start(timeout=15)
-        except StackError as exc:
-            last = exc
-            stop_pgbouncer(bouncer)
-            continue
-        return bouncer
-    raise RuntimeError(f"PgBouncer did not start in {_START_ATTEMPTS} attempts: {last}")
+    return start_ephemeral(pg_url, template=template, attempts=_START_ATTEMPTS, **overrides)
 
 
-def stop_pgbouncer(bouncer: PgBouncer) -> None:
-    """Stop it and remove its runtime dir (config, userlist with passwords, log)."""
-    bouncer.stop()
-    shutil.rmtree(bouncer.config.runtime_dir, ignore_errors=True)
+stop_pgbouncer = stop_ephemeral
 
 
 def pgbouncer_db_url(bouncer: PgBouncer, pg_url: str, database: str | None = None) -> str:

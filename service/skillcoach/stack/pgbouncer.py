@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import pwd
+import secrets
+import shutil
 import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ import psycopg2.extras
 from skillcoach.stack.errors import StackError
 from skillcoach.stack.packages import find_binary
 from skillcoach.stack.processes import (
+    free_port,
     log_tail,
     pid_alive,
     port_open,
@@ -42,6 +45,8 @@ __all__ = [
     "render_config",
     "render_userlist",
     "runtime_dir_for",
+    "start_ephemeral",
+    "stop_ephemeral",
 ]
 
 ADMIN_USER = "pgbouncer_admin"
@@ -255,3 +260,45 @@ def _write_private(path: Path, text: str) -> bool:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     return True
+
+
+def start_ephemeral(
+    server_url: str, *, template: Path, attempts: int = 3, **overrides: Any
+) -> PgBouncer:
+    """A throw-away PgBouncer (tests, benchmarks) on a free port in front of server_url's
+    PostgreSQL, for its database and user (random password), plus a `*` entry so other
+    databases of the server work through it too. Stop it with `stop_ephemeral`."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(server_url)
+    user = url.username or "postgres"
+    users = {user: secrets.token_urlsafe(16), ADMIN_USER: secrets.token_urlsafe(16)}
+    last: StackError | None = None
+    for _ in range(attempts):  # a free port can be taken between choosing and binding it
+        port = free_port()
+        bouncer = PgBouncer(
+            config=PgBouncerConfig(
+                listen_port=port,
+                runtime_dir=runtime_dir_for(port),
+                databases=[url.database or "postgres"],
+                server_host=url.host or "127.0.0.1",
+                server_port=url.port or 5432,
+                **overrides,
+            ),
+            users=users,
+            template_path=template,
+        )
+        try:
+            bouncer.start(timeout=15)
+        except StackError as exc:
+            last = exc
+            stop_ephemeral(bouncer)
+            continue
+        return bouncer
+    raise StackError(f"PgBouncer did not start in {attempts} attempts: {last}")
+
+
+def stop_ephemeral(bouncer: PgBouncer) -> None:
+    """Stop it and remove its runtime dir (config, userlist with passwords, log)."""
+    bouncer.stop()
+    shutil.rmtree(bouncer.config.runtime_dir, ignore_errors=True)
