@@ -8,36 +8,10 @@ from collections.abc import Awaitable, Callable
 import anyio
 from prometheus_client import CollectorRegistry
 
-from skillcoach.cache import Breaker, Cache, CacheConfig, connect_redis
+from skillcoach.cache import Cache, CacheConfig, connect_redis
 from skillcoach.stack.processes import free_port
 
 _learners = itertools.count(1)
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_breaker_opens_probes_and_closes() -> None:
-    clock = Clock()
-    b = Breaker(failures=3, cooldown=2.0, clock=clock)
-    for _ in range(3):
-        assert b.allow()
-        b.failure()
-    assert b.state == Breaker.OPEN and not b.allow()
-    clock.now = 2.5
-    assert b.state == Breaker.HALF_OPEN
-    assert b.allow() and not b.allow()  # one probe at a time
-    b.failure()
-    assert b.state == Breaker.OPEN
-    clock.now = 5.0
-    assert b.allow()
-    b.success()
-    assert b.state == Breaker.CLOSED and b.allow()
 
 
 def make_cache(url: str, **kw: float) -> Cache:

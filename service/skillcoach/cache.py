@@ -29,22 +29,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+from skillcoach.breaker import Breaker
+from skillcoach.cache_metrics import CacheMetrics
 from skillcoach.resp import PipelinedRedis
 
-__all__ = ["Breaker", "Cache", "CacheConfig", "connect_redis"]
+__all__ = ["Cache", "CacheConfig", "connect_redis"]
 
 log = logging.getLogger("skillcoach.cache")
 
 # What a failed (or skipped) Redis call returns: None is a legitimate reply (SET NX not set).
 FAILED: Any = object()
 
-LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 # KEYS: version, entry. ARGV: data_version, body (empty: version only), ttl ms.
 # Raises the learner's version to ARGV[1] if newer; stores the entry unless it is older.
 STORE = """
@@ -102,85 +103,6 @@ def connect_redis(config: CacheConfig) -> Redis | RedisCluster:
         **common,
     )
     return Redis(connection_pool=pool)
-
-
-class Breaker:
-    """Closed -> open after N consecutive failures -> half-open after the cool-down (one probe)
-    -> closed on success. Pure state; the clock is injectable for tests."""
-
-    CLOSED, OPEN, HALF_OPEN = 0, 1, 2
-
-    def __init__(
-        self, failures: int, cooldown: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._limit = failures
-        self._cooldown = cooldown
-        self._clock = clock
-        self._failures = 0
-        self._opened_at = 0.0
-        self._probing = False
-
-    @property
-    def state(self) -> int:
-        if self._failures < self._limit:
-            return self.CLOSED
-        if self._clock() - self._opened_at >= self._cooldown:
-            return self.HALF_OPEN
-        return self.OPEN
-
-    def allow(self) -> bool:
-        state = self.state
-        if state == self.CLOSED:
-            return True
-        if state == self.HALF_OPEN and not self._probing:
-            self._probing = True  # one probe at a time; the rest keep skipping Redis
-            return True
-        return False
-
-    def success(self) -> None:
-        self._failures = 0
-        self._probing = False
-
-    def failure(self) -> None:
-        self._probing = False
-        self._failures += 1
-        if self._failures >= self._limit:
-            self._opened_at = self._clock()
-
-
-class CacheMetrics:
-    def __init__(self, registry: CollectorRegistry | None) -> None:
-        def counter(name: str, doc: str) -> Counter:
-            return Counter(f"skillcoach_cache_{name}_total", doc, ["kind"], registry=registry)
-
-        self.hits = counter("hits", "Responses served from the cache")
-        self.misses = counter("misses", "Responses computed from PostgreSQL")
-        self.stale = counter("stale", "Entries found but invalidated (older learner version)")
-        self.errors = Counter(
-            "skillcoach_cache_errors_total", "Failed Redis calls", registry=registry
-        )
-        self.skipped = Counter(
-            "skillcoach_cache_skipped_total",
-            "Requests that skipped Redis because the breaker was open",
-            registry=registry,
-        )
-        self.lock_waits = counter("lock_waits", "Misses that waited for another computation")
-        self.computations = counter("computations", "Computations of a cacheable response")
-        self.latency = Histogram(
-            "skillcoach_cache_latency_seconds",
-            "Redis round-trip time of cache calls",
-            ["op"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
-        )
-        self.breaker = Gauge(
-            "skillcoach_cache_breaker_state",
-            "Circuit breaker: 0 closed, 1 open, 2 half-open",
-            registry=registry,
-        )
-        for kind in ("weaknesses", "recommendations"):
-            for c in (self.hits, self.misses, self.stale, self.lock_waits, self.computations):
-                c.labels(kind)
 
 
 @dataclass(slots=True)

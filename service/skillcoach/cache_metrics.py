@@ -1,0 +1,44 @@
+"""Metrics of the cache, declared next to the cache that updates them."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["CacheMetrics"]
+
+LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+class CacheMetrics:
+    def __init__(self, registry: CollectorRegistry | None) -> None:
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(f"skillcoach_cache_{name}_total", doc, ["kind"], registry=registry)
+
+        self.hits = counter("hits", "Responses served from the cache")
+        self.misses = counter("misses", "Responses computed from PostgreSQL")
+        self.stale = counter("stale", "Entries found but invalidated (older learner version)")
+        self.errors = Counter(
+            "skillcoach_cache_errors_total", "Failed Redis calls", registry=registry
+        )
+        self.skipped = Counter(
+            "skillcoach_cache_skipped_total",
+            "Requests that skipped Redis because the breaker was open",
+            registry=registry,
+        )
+        self.lock_waits = counter("lock_waits", "Misses that waited for another computation")
+        self.computations = counter("computations", "Computations of a cacheable response")
+        self.latency = Histogram(
+            "skillcoach_cache_latency_seconds",
+            "Redis round-trip time of cache calls",
+            ["op"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.breaker = Gauge(
+            "skillcoach_cache_breaker_state",
+            "Circuit breaker: 0 closed, 1 open, 2 half-open",
+            registry=registry,
+        )
+        for kind in ("weaknesses", "recommendations"):
+            for c in (self.hits, self.misses, self.stale, self.lock_waits, self.computations):
+                c.labels(kind)
