@@ -7,8 +7,14 @@ import sys
 from loadtests.bench_cache import main as cache_main
 from loadtests.bench_concurrency import main as concurrency_main
 from loadtests.bench_model import main as model_main
+from loadtests.bench_scale import main as scale_main
 
-COMMANDS = {"model": model_main, "concurrency": concurrency_main, "cache": cache_main}
+COMMANDS = {
+    "model": model_main,
+    "concurrency": concurrency_main,
+    "cache": cache_main,
+    "scale": scale_main,
+}
 
 
 def main(argv: list[str]) -> int:
