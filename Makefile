@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPLICAS ?= 1
 
-.PHONY: help venv .venv up down status scale services test lint typecheck check bench
+.PHONY: help venv .venv up down status scale services test lint typecheck check bench bench-check
 
 help:
 	@echo "make up [REPLICAS=N]  start PostgreSQL, PgBouncer, Redis and the API; print URL, key, curl"
@@ -22,6 +22,7 @@ help:
 	@echo "make test             ensure services, run the test suite"
 	@echo "make check            lint, typecheck, test (what .ci/run does)"
 	@echo "make bench            seed/train/inference benchmark -> loadtests/results, docs/benchmarks.md"
+	@echo "make bench-check      throughput/p99 ratios vs loadtests/baseline.json (a few minutes)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,3 +62,7 @@ check: lint typecheck test
 # Seed, train and inference timings on a scratch database (about a minute).
 bench: $(STAMP)
 	$(PY) -m loadtests model
+
+# Regression check: this run's ratios against loadtests/baseline.json (manual, ~2 minutes).
+bench-check: $(STAMP)
+	$(PY) -m loadtests check

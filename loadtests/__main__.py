@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from loadtests.bench_cache import main as cache_main
+from loadtests.bench_check import main as check_main
 from loadtests.bench_concurrency import main as concurrency_main
 from loadtests.bench_model import main as model_main
 from loadtests.bench_scale import main as scale_main
@@ -14,6 +15,7 @@ COMMANDS = {
     "concurrency": concurrency_main,
     "cache": cache_main,
     "scale": scale_main,
+    "check": check_main,
 }
 
 

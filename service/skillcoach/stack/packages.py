@@ -19,6 +19,8 @@ REQUIRED: tuple[tuple[str, str], ...] = (
     ("redis-cli", "redis-tools"),
     # The stack's load balancer in front of the API replicas.
     ("haproxy", "haproxy"),
+    # The load generator of the benchmark smoke test (tests/loadtests).
+    ("wrk", "wrk"),
 )
 
 # Daemons live in sbin, which a non-root PATH often lacks.

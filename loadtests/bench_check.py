@@ -1,0 +1,375 @@
+"""Regression check: this run's ratios against the committed baseline (issue 5, item 3).
+
+    python -m loadtests check [--smoke] [--baseline loadtests/baseline.json] [--tolerance 0.25]
+
+Full mode (manual, `make bench-check`, about two minutes): one scratch database (the
+concurrency runner's defaults: 2,000 learners x 50 skills x 100 attempts), PgBouncer, a Redis
+Cluster, and four servers started as the concurrency and cache runners start them: the naive
+app, skillcoach with the cache off, the bare Starlette endpoint and skillcoach cached on the
+cluster. Measured in the same run:
+
+- p99 and 2xx throughput of skillcoach / naive at 50 and 100 connections (alternating order);
+- 2xx throughput of cached-cluster / bare at 50 connections on hot learners (the cache runner's
+  hit-only load, `bench_cache._throughput`).
+
+Each ratio is compared with loadtests/baseline.json (the ratios of the committed result files
+it cites). A throughput ratio fails when it fell by more than --tolerance (relative, 25%); a
+p99 ratio (lower is better) fails when it grew by more than --p99-tolerance (relative, 100%):
+p99 on a shared 2-core box is one slow scheduling slice away from doubling, so a tighter bound
+would fail on noise rather than on a regression. Exit 1 on any FAIL. Writes
+loadtests/results/check-<utc stamp>.json and prints a markdown table.
+
+Smoke mode (`--smoke`, CI, seconds): a small database (200 learners x 20 skills x 20
+attempts), naive and skillcoach (cache off) only, wrk for 3 s at 50 connections against the
+naive app and then skillcoach; fails unless both answered only 2xx with no socket errors and
+skillcoach's p99 is below the naive app's. No result file is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from loadtests import bench_cache, proxy
+from loadtests import cache_tools as tools
+from loadtests.bench_concurrency import (
+    Target,
+    _deadline,
+    _measure,
+    _prepare,
+    _raise_nofile,
+    _spawn,
+    _stop,
+    _wait_quiet,
+    _wait_ready,
+)
+from loadtests.bench_model import RESULTS, _admin
+from loadtests.wrk import run_wrk
+from skillcoach.stack.processes import free_port
+
+BASELINE = Path(__file__).with_name("baseline.json")
+NAIVE, SKILLCOACH = "naive", "skillcoach"
+LEVELS = (50, 100)
+SMOKE_CONNECTIONS = 50
+
+
+@dataclass
+class Stack:
+    key: str
+    targets: dict[str, Target]
+    setup: dict[str, Any]
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("SKILLCOACH_")}
+
+
+@contextlib.contextmanager
+def _stack(args: argparse.Namespace, *, cache: bool) -> Iterator[Stack]:
+    """Scratch DB, PgBouncer, naive + skillcoach (cache off); with `cache` also a Redis
+    Cluster, skillcoach cached on it and the bare endpoint. Everything is undone on exit."""
+    _raise_nofile()
+    db = f"skillcoach_check_{uuid.uuid4().hex[:8]}"
+    direct = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
+    tmp = Path(tempfile.mkdtemp(prefix="skillcoach-check-"))
+    targets: list[Target] = []
+    bouncer = server = nodes = None
+    started = time.monotonic()
+    _admin(f'CREATE DATABASE "{db}"')
+    try:
+        key, setup = _prepare(direct, args)
+        bouncer = proxy.start_pgbouncer(db)
+        env = _env()
+        serve = [sys.executable, "-m", "skillcoach.cli", "serve"]
+        redis_urls: dict[str, str | None] = {SKILLCOACH: None}
+        if cache:
+            server, nodes = tools.start_redis(tmp)
+            redis_urls[bench_cache.CLUSTER] = nodes.url
+        for name, redis_url in redis_urls.items():
+            port = free_port()
+            sc_env = env | {
+                "SKILLCOACH_DATABASE_URL": bouncer.url("postgres", db),
+                "SKILLCOACH_PORT": str(port),
+                "SKILLCOACH_CACHE_ENABLED": "false" if redis_url is None else "true",
+                "SKILLCOACH_ENVIRONMENT": "dev",
+                "SKILLCOACH_LOG_LEVEL": "warning",
+            }
+            if redis_url is not None:
+                sc_env["SKILLCOACH_REDIS_URL"] = redis_url
+            targets.append(_spawn(name, serve, sc_env, port, tmp))
+        port = free_port()
+        naive = [sys.executable, "-m", "loadtests.naive_app", "--port", str(port)]
+        targets.append(_spawn(NAIVE, [*naive, "--database-url", direct], env, port, tmp))
+        for t in targets:
+            _wait_ready(t, "/healthz" if t.name == NAIVE else "/readyz")
+        if cache:
+            # The bare body gets as many entries as a real answer of the hot learners has.
+            off = targets[0]
+            sizes = [len(json.loads(tools.body(off.port, i, key))["skills"]) for i in range(1, 51)]
+            skills = max(1, round(sum(sizes) / len(sizes)))
+            port = free_port()
+            bare = [sys.executable, "-m", "loadtests.bare_app", "--port", str(port)]
+            bare += ["--skills", str(skills)]
+            targets.append(_spawn(bench_cache.BARE, bare, env, port, tmp))
+            _wait_ready(targets[-1], "/healthz")
+            setup["bare_skills"] = skills
+        setup["ready_s"] = round(time.monotonic() - started, 1)
+        yield Stack(key, {t.name: t for t in targets}, setup)
+        crashed = {t.name: t.proc.poll() for t in targets if t.proc.poll() is not None}
+        if crashed:
+            raise RuntimeError(f"servers exited during the run: {crashed}")
+    finally:
+        steps: list[Any] = [lambda t=t: _stop(t) for t in targets]
+        if bouncer is not None:
+            steps.append(lambda: proxy.stop_pgbouncer(bouncer))
+        steps += [x.stop for x in (nodes, server) if x is not None]
+        steps.append(lambda: _admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
+        for step in steps:  # each step runs even if an earlier one failed
+            try:
+                step()
+            except Exception as exc:
+                print(f"cleanup step failed: {exc!r}", file=sys.stderr)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# -- smoke (CI) -------------------------------------------------------------------------------
+
+
+def smoke_args(**overrides: Any) -> argparse.Namespace:
+    base: dict[str, Any] = {
+        "learners": 200,
+        "skills": 20,
+        "attempts": 20,
+        "duration": 3.0,
+        "timeout": 10.0,
+        "connections": SMOKE_CONNECTIONS,
+    }
+    return argparse.Namespace(**(base | overrides))
+
+
+def _errors(r: dict[str, Any]) -> dict[str, int]:
+    return {"non_2xx": int(r["non_2xx"]), "socket_errors": int(r["socket_errors_total"])}
+
+
+def smoke(args: argparse.Namespace | None = None) -> dict[str, Any]:
+    """The CI smoke; returns {targets: {name: wrk figures}, errors, p99_ms, failures, pass}."""
+    args = args or smoke_args()
+    started = time.monotonic()
+    runs: dict[str, dict[str, Any]] = {}
+    with _stack(args, cache=False) as st:
+        for t in st.targets.values():  # warm-up: connections, key cache, numpy code paths
+            run_wrk(t.url, connections=10, duration=1, token=st.key, learners=args.learners)
+            _wait_quiet(t)
+        for name in (NAIVE, SKILLCOACH):
+            t = st.targets[name]
+            runs[name] = run_wrk(
+                t.url,
+                connections=args.connections,
+                duration=args.duration,
+                token=st.key,
+                learners=args.learners,
+                timeout=args.timeout,
+            )
+            _wait_quiet(t)
+        setup = st.setup
+    errors = {name: _errors(r) for name, r in runs.items()}
+    p99 = {name: r["latency_ms"]["p99"] for name, r in runs.items()}
+    failures = [
+        f"{name}: {e['non_2xx']} non-2xx answers (statuses {runs[name]['statuses']}),"
+        f" {e['socket_errors']} socket errors {runs[name]['socket_errors']}"
+        for name, e in errors.items()
+        if e["non_2xx"] or e["socket_errors"]
+    ]
+    if not p99[SKILLCOACH] < p99[NAIVE]:
+        failures.append(
+            f"skillcoach does not beat the naive app at {args.connections} connections:"
+            f" p99 {p99[SKILLCOACH]} ms vs naive {p99[NAIVE]} ms"
+        )
+    return {
+        "kind": "check-smoke",
+        "params": vars(args),
+        "setup": setup,
+        "targets": runs,
+        "errors": errors,
+        "p99_ms": p99,
+        "failures": failures,
+        "pass": not failures,
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+
+
+def smoke_markdown(result: dict[str, Any]) -> str:
+    c = result["params"]["connections"]
+    lines = [
+        f"| target (c={c}, {result['params']['duration']:g} s) | 2xx req/s | p50 (ms) |"
+        " p99 (ms) | non-2xx | socket errors |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in result["targets"].items():
+        e, lat = result["errors"][name], r["latency_ms"]
+        lines.append(
+            f"| {name} | {r['ok_rps']:,.0f} | {lat['p50']} | {lat['p99']} | {e['non_2xx']} |"
+            f" {e['socket_errors']} |"
+        )
+    verdict = "PASS" if result["pass"] else "FAIL: " + "; ".join(result["failures"])
+    return "\n".join([*lines, "", f"smoke {verdict} (wall {result['wall_s']} s)"])
+
+
+# -- full check (manual) ----------------------------------------------------------------------
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / max(b, 1e-9), 4)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Run both parts on one stack; returns the raw figures and the ratios."""
+    started = time.monotonic()
+    with _stack(args, cache=True) as st:
+        pair = [st.targets[NAIVE], st.targets[SKILLCOACH]]
+        for t in pair:  # warm-up, as the concurrency runner does
+            run_wrk(t.url, connections=20, duration=3, token=st.key, learners=args.learners)
+            _wait_quiet(t)
+        print(f"ready after {st.setup['ready_s']} s; naive vs skillcoach", flush=True)
+        levels: dict[str, dict[str, Any]] = {}
+        for i, c in enumerate(LEVELS):
+            order = pair if i % 2 == 0 else pair[::-1]
+            levels[str(c)] = {t.name: _measure(t, c, args, st.key) for t in order}
+        print(f"bare vs cached-cluster at c={args.connections}", flush=True)
+        cached = [st.targets[bench_cache.BARE], st.targets[bench_cache.CLUSTER]]
+        throughput, body_bytes = bench_cache._throughput(cached, args, st.key)
+        setup = st.setup
+    summary = {
+        n: bench_cache._summary(runs) | {"body_bytes": body_bytes[n]}
+        for n, runs in throughput.items()
+    }
+    ratios: dict[str, float] = {}
+    for c in LEVELS:
+        sc, nv = levels[str(c)][SKILLCOACH], levels[str(c)][NAIVE]
+        ratios[f"p99_skillcoach_over_naive_at_{c}"] = _ratio(
+            sc["latency_ms"]["p99"], nv["latency_ms"]["p99"]
+        )
+        ratios[f"throughput_skillcoach_over_naive_at_{c}"] = _ratio(sc["ok_rps"], nv["ok_rps"])
+    ratios[f"throughput_cached_over_bare_at_{args.connections}"] = _ratio(
+        summary[bench_cache.CLUSTER]["ok_rps"], summary[bench_cache.BARE]["ok_rps"]
+    )
+    errors = {f"{name}@{c}": _errors(r) for c, row in levels.items() for name, r in row.items()} | {
+        n: {"non_2xx": s["non_2xx"], "socket_errors": s["socket_errors"]}
+        for n, s in summary.items()
+    }
+    return {
+        "setup": setup,
+        "levels": levels,
+        "cache_throughput": throughput,
+        "cache_summary": summary,
+        "errors": errors,
+        "ratios": ratios,
+        "measure_s": round(time.monotonic() - started, 1),
+    }
+
+
+def compare(
+    ratios: dict[str, float], baseline: dict[str, Any], tolerance: float, p99_tolerance: float
+) -> list[dict[str, Any]]:
+    """One row per baseline ratio: throughput ratios must stay >= baseline x (1 - tolerance),
+    p99 ratios (lower is better) <= baseline x (1 + p99_tolerance)."""
+    rows = []
+    for name, spec in baseline["ratios"].items():
+        base = float(spec["value"])
+        lower_is_better = spec["better"] == "lower"
+        allowed = base * (1 + p99_tolerance) if lower_is_better else base * (1 - tolerance)
+        measured = ratios.get(name)
+        ok = measured is not None and (
+            measured <= allowed if lower_is_better else measured >= allowed
+        )
+        rows.append(
+            {
+                "metric": name,
+                "better": spec["better"],
+                "baseline": base,
+                "measured": measured,
+                "allowed": round(allowed, 4),
+                "pass": ok,
+            }
+        )
+    return rows
+
+
+def check_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| metric | baseline | measured | allowed | verdict |", "|---|---|---|---|---|"]
+    for r in rows:
+        bound = "<=" if r["better"] == "lower" else ">="
+        lines.append(
+            f"| {r['metric']} | {r['baseline']} | {r['measured']} | {bound} {r['allowed']} |"
+            f" {'PASS' if r['pass'] else '**FAIL**'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtests check")
+    p.add_argument("--smoke", action="store_true", help="the CI smoke (seconds)")
+    p.add_argument("--baseline", type=Path, default=BASELINE)
+    p.add_argument("--tolerance", type=float, default=0.25, help="throughput ratios, relative")
+    p.add_argument(
+        "--p99-tolerance", type=float, default=1.0, help="p99 ratios, relative (noisy: 100%%)"
+    )
+    p.add_argument("--duration", type=float, default=6.0, help="seconds per wrk run")
+    p.add_argument("--learners", type=int, default=2000)
+    p.add_argument("--skills", type=int, default=50)
+    p.add_argument("--attempts-per-learner", dest="attempts", type=int, default=100)
+    p.add_argument("--timeout", type=float, default=35.0, help="wrk --timeout (s)")
+    p.add_argument("--hot", type=int, default=1000, help="hot learner ids of the cached load")
+    p.add_argument("--rounds", type=int, default=2, help="bare/cached rounds (order alternates)")
+    p.add_argument("--max-seconds", type=int, default=400, help="abort (and clean up) after")
+    args = p.parse_args(argv)
+    args.connections = 50
+    signal.signal(signal.SIGALRM, _deadline)
+    signal.alarm(args.max_seconds)
+    try:
+        if args.smoke:
+            result = smoke()
+            print(smoke_markdown(result))
+            for failure in result["failures"]:
+                print(f"FAIL: {failure}", file=sys.stderr)
+            return 0 if result["pass"] else 1
+        baseline = json.loads(args.baseline.read_text())
+        measured = measure(args)
+    finally:
+        signal.alarm(0)
+    rows = compare(measured["ratios"], baseline, args.tolerance, args.p99_tolerance)
+    errors = {k: e for k, e in measured["errors"].items() if e["non_2xx"] or e["socket_errors"]}
+    ok = all(r["pass"] for r in rows) and not errors
+    params = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    result = {
+        "kind": "check",
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cores": os.cpu_count()},
+        "params": params,
+        "baseline": baseline,
+        "rows": rows,
+        "pass": ok,
+        **measured,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"check-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(f"{check_markdown(rows)}\n\nwritten to {out}")
+    if errors:
+        print(f"FAIL: errors during the run: {errors}", file=sys.stderr)
+    if not ok:
+        print("FAIL: regression against the baseline (see the table)", file=sys.stderr)
+    return 0 if ok else 1
