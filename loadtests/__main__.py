@@ -1,4 +1,4 @@
-"""`python -m loadtests {model,concurrency} [...]`: the benchmark entry point."""
+"""`python -m loadtests {model,concurrency,cache,scale,check} [...]`: the benchmark runners."""
 
 from __future__ import annotations
 
