@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -45,7 +44,6 @@ from loadtests import cache_tools as tools
 from loadtests import proxy, wrk
 from loadtests.bench_concurrency import (
     Target,
-    _deadline,
     _prepare,
     _raise_nofile,
     _scrape,
@@ -54,7 +52,8 @@ from loadtests.bench_concurrency import (
     _wait_quiet,
     _wait_ready,
 )
-from loadtests.bench_model import RESULTS, _admin
+from loadtests.bench_model import _admin
+from loadtests.recording import budget, record
 from skillcoach.auth import Scope, create_api_key
 from skillcoach.db import create_sync_engine
 from skillcoach.stack.pgbouncer import PgBouncer
@@ -369,14 +368,7 @@ def main(argv: list[str]) -> int:
     )
     p.add_argument("--max-seconds", type=int, default=470, help="abort (and clean up) after")
     args = p.parse_args(argv)
-    signal.signal(signal.SIGALRM, _deadline)
-    signal.alarm(args.max_seconds)
-    try:
+    with budget(args.max_seconds):
         result = run(args)
-    finally:
-        signal.alarm(0)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"cache-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"{markdown(result)}\n\nwritten to {out}")
+    record("cache", result, markdown)
     return 0

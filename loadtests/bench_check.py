@@ -32,7 +32,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import sys
 import tempfile
 import time
@@ -47,7 +46,6 @@ from loadtests import bench_cache, proxy
 from loadtests import cache_tools as tools
 from loadtests.bench_concurrency import (
     Target,
-    _deadline,
     _measure,
     _prepare,
     _raise_nofile,
@@ -56,7 +54,8 @@ from loadtests.bench_concurrency import (
     _wait_quiet,
     _wait_ready,
 )
-from loadtests.bench_model import RESULTS, _admin
+from loadtests.bench_model import _admin
+from loadtests.recording import budget, record
 from loadtests.wrk import run_wrk
 from skillcoach.stack.processes import free_port
 
@@ -337,9 +336,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--max-seconds", type=int, default=400, help="abort (and clean up) after")
     args = p.parse_args(argv)
     args.connections = 50
-    signal.signal(signal.SIGALRM, _deadline)
-    signal.alarm(args.max_seconds)
-    try:
+    with budget(args.max_seconds):
         if args.smoke:
             result = smoke()
             print(smoke_markdown(result))
@@ -348,8 +345,6 @@ def main(argv: list[str]) -> int:
             return 0 if result["pass"] else 1
         baseline = json.loads(args.baseline.read_text())
         measured = measure(args)
-    finally:
-        signal.alarm(0)
     rows = compare(measured["ratios"], baseline, args.tolerance, args.p99_tolerance)
     errors = {k: e for k, e in measured["errors"].items() if e["non_2xx"] or e["socket_errors"]}
     ok = all(r["pass"] for r in rows) and not errors
@@ -364,10 +359,7 @@ def main(argv: list[str]) -> int:
         "pass": ok,
         **measured,
     }
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"check-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"{check_markdown(rows)}\n\nwritten to {out}")
+    record("check", result, lambda r: check_markdown(r["rows"]))
     if errors:
         print(f"FAIL: errors during the run: {errors}", file=sys.stderr)
     if not ok:

@@ -14,13 +14,11 @@ loadtests/results/concurrency-<utc stamp>.json, prints markdown; cleans up in `f
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,11 +30,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from loadtests import proxy
-from loadtests.bench_model import RESULTS, _admin
+from loadtests.bench_model import _admin
+from loadtests.recording import budget, record
 from loadtests.wrk import run_wrk, shed_probe
 from skillcoach.auth import Scope, create_api_key
 from skillcoach.db import create_sync_engine
@@ -365,10 +363,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join([*lines, "", f"Peak RSS: {rss}. Wall time {result['wall_s']} s."])
 
 
-def _deadline(signum: int, frame: FrameType | None) -> None:
-    raise TimeoutError("the benchmark overran its --max-seconds budget")
-
-
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="python -m loadtests concurrency")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run")
@@ -382,14 +376,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--haproxy-timeout-queue", metavar="TIME", help="default: the stack's")
     p.add_argument("--max-seconds", type=int, default=570, help="abort (and clean up) after")
     args = p.parse_args(argv)
-    signal.signal(signal.SIGALRM, _deadline)
-    signal.alarm(args.max_seconds)
-    try:
+    with budget(args.max_seconds):
         result = run(args)
-    finally:
-        signal.alarm(0)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"concurrency-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"{markdown(result)}\n\nwritten to {out}")
+    record("concurrency", result, markdown)
     return 0

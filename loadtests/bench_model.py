@@ -8,18 +8,17 @@ Writes loadtests/results/model-<utc stamp>.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psycopg2
 
+from loadtests.recording import record
 from skillcoach.analysis import focus_skills, rank_weaknesses, recommend
 from skillcoach.catalog import load_catalog
 from skillcoach.db import create_sync_engine
@@ -32,7 +31,6 @@ from skillcoach.seeding import seed_database
 from skillcoach.simulator import SimulationParams
 from skillcoach.training import train_and_store
 
-RESULTS = Path(__file__).with_name("results")
 ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 
 
@@ -184,10 +182,5 @@ def main(argv: list[str]) -> int:
     p.add_argument("--inference-learners", type=int, default=200)
     p.add_argument("--rounds", type=int, default=5)
     args = p.parse_args(argv)
-    result = run(args)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"model-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(markdown(result))
-    print(f"\nwritten to {out}")
+    record("model", run(args), markdown)
     return 0

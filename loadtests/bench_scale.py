@@ -15,12 +15,10 @@ Writes loadtests/results/scale-<utc stamp>.json, prints markdown; cleans up in `
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -33,8 +31,9 @@ from typing import Any
 import httpx
 
 from loadtests import proxy
-from loadtests.bench_concurrency import Target, _deadline, _peak_rss_mb, _spawn, _stop, _wait_ready
-from loadtests.bench_model import RESULTS, _admin
+from loadtests.bench_concurrency import Target, _peak_rss_mb, _spawn, _stop, _wait_ready
+from loadtests.bench_model import _admin
+from loadtests.recording import budget, record
 from skillcoach.auth import Scope, create_api_key
 from skillcoach.db import create_sync_engine
 from skillcoach.migrate import upgrade
@@ -263,14 +262,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=1, help="the histories' random seed")
     p.add_argument("--max-seconds", type=int, default=300, help="abort (and clean up) after")
     args = p.parse_args(argv)
-    signal.signal(signal.SIGALRM, _deadline)
-    signal.alarm(args.max_seconds)
-    try:
+    with budget(args.max_seconds):
         result = run(args)
-    finally:
-        signal.alarm(0)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"scale-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    out.write_text(json.dumps(result, indent=2, default=str))
-    print(f"{markdown(result)}\n\nwritten to {out}")
+    record("scale", result, markdown)
     return 0

@@ -1,0 +1,40 @@
+"""What every benchmark runner does around its run: a time budget, and the result written to
+loadtests/results/<kind>-<UTC stamp>.json with its markdown summary printed."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+__all__ = ["RESULTS", "budget", "record"]
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def _overran(signum: int, frame: FrameType | None) -> None:
+    raise TimeoutError("the benchmark overran its --max-seconds budget")
+
+
+@contextmanager
+def budget(seconds: int) -> Iterator[None]:
+    """Abort the run (its `finally` blocks still clean up) once `seconds` have passed."""
+    signal.signal(signal.SIGALRM, _overran)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+
+
+def record(kind: str, result: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.write_text(json.dumps(result, indent=2, default=str))
+    print(f"{markdown(result)}\n\nwritten to {out}")
+    return out
