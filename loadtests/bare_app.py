@@ -22,6 +22,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from skillcoach.server import SERVER_OPTIONS
+
 __all__ = ["create_app", "main", "payload"]
 
 
@@ -70,15 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skills", type=int, default=16, help="entries in the fixed body")
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
-    # skillcoach's server settings (service/skillcoach/server.py): one process, no access log.
+    # skillcoach's own server settings: one process, no access log.
     uvicorn.run(
         create_app(args.skills),
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
+        **SERVER_OPTIONS,  # type: ignore[arg-type]
     )
     return 0
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -32,8 +31,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from skillcoach.analysis import SkillEvidence, rank_weaknesses
+from skillcoach.answers import weaknesses_body
 from skillcoach.model import BestLR
 from skillcoach.registry import fetch_promoted
+from skillcoach.server import SERVER_OPTIONS
 
 __all__ = ["create_app", "main"]
 
@@ -47,10 +48,6 @@ EVIDENCE_SQL = text(
 
 def _json(body: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(body), status_code=status, media_type="application/json")
-
-
-def _iso(ts: datetime | None) -> str | None:
-    return None if ts is None else ts.isoformat()
 
 
 def create_app(database_url: str) -> Starlette:
@@ -96,26 +93,9 @@ def create_app(database_url: str) -> Starlette:
             last_answered_at=[r.last_answered_at for r in rows],
         )
         ranked = rank_weaknesses(loaded["model"], evidence, min_attempts=MIN_ATTEMPTS, limit=100)
-        names: dict[int, str] = loaded["names"]
-        return _json(
-            {
-                "learner_id": learner_id,
-                "model_version": loaded["version"],
-                "skills": [
-                    {
-                        "skill_id": w.skill_id,
-                        "skill_name": names.get(w.skill_id),
-                        "mastery": round(w.mastery, 4),
-                        "interval": [round(w.low, 4), round(w.high, 4)],
-                        "attempts": w.attempts,
-                        "correct": w.correct,
-                        "insufficient_data": w.insufficient_data,
-                        "last_practised_at": _iso(w.last_practised_at),
-                    }
-                    for w in ranked
-                ],
-            }
-        )
+        # The same body skillcoach builds, so both apps send identical bytes.
+        body = weaknesses_body(learner_id, loaded["version"], loaded["names"], ranked)
+        return Response(body, media_type="application/json")
 
     async def healthz(request: Request) -> Response:
         return _json({"status": "ok"})
@@ -136,15 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--database-url", required=True, help="direct to PostgreSQL (5432)")
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
-    # skillcoach's server settings (service/skillcoach/server.py): one process, no access log.
+    # skillcoach's own server settings: one process, no access log.
     uvicorn.run(
         create_app(args.database_url),
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        access_log=False,
-        lifespan="on",
-        timeout_graceful_shutdown=10,
+        **SERVER_OPTIONS,  # type: ignore[arg-type]
     )
     return 0
 

@@ -31,6 +31,7 @@ __all__ = [
     "recommendations_answer",
     "recommendations_variant",
     "weaknesses_answer",
+    "weaknesses_body",
     "weaknesses_variant",
 ]
 
@@ -73,7 +74,7 @@ async def weaknesses_answer(
         min_attempts=state.settings.insufficient_data_attempts,
         limit=limit,
     )
-    body = _weaknesses_body(learner_id, served.version, served.catalog.skill_names, ranked)
+    body = weaknesses_body(learner_id, served.version, served.catalog.skill_names, ranked)
     return body, evidence.data_version
 
 
@@ -81,7 +82,7 @@ def weaknesses_variant(served: ServedModel, limit: int) -> str:
     return f"m{served.version}:n{limit}"
 
 
-def _weaknesses_body(
+def weaknesses_body(
     learner_id: int, model_version: int, names: dict[int, str], ranked: list[SkillWeakness]
 ) -> bytes:
     return orjson.dumps(

@@ -10,7 +10,15 @@ from prometheus_client import start_http_server
 from skillcoach.app import create_app
 from skillcoach.settings import Settings
 
-__all__ = ["serve"]
+__all__ = ["SERVER_OPTIONS", "serve"]
+
+# Every replica, and the benchmarks' reference apps, run with exactly these settings.
+SERVER_OPTIONS: dict[str, object] = {
+    "access_log": False,
+    # Starlette's lifespan opens the pool and loads the model before the port is served.
+    "lifespan": "on",
+    "timeout_graceful_shutdown": 10,
+}
 
 
 def serve(settings: Settings) -> None:
@@ -27,8 +35,5 @@ def serve(settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        access_log=False,
-        # Starlette's lifespan opens the pool and loads the model before the port is served.
-        lifespan="on",
-        timeout_graceful_shutdown=10,
+        **SERVER_OPTIONS,  # type: ignore[arg-type]
     )
