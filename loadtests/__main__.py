@@ -1,4 +1,4 @@
-"""`python -m loadtests {model,concurrency,cache,scale,check} [...]`: the benchmark runners."""
+"""`python -m loadtests {suite,model,concurrency,cache,scale,check} [...]`: benchmark runners."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from loadtests.bench_check import main as check_main
 from loadtests.bench_concurrency import main as concurrency_main
 from loadtests.bench_model import main as model_main
 from loadtests.bench_scale import main as scale_main
+from loadtests.bench_suite import main as suite_main
 
 COMMANDS = {
     "model": model_main,
@@ -16,6 +17,7 @@ COMMANDS = {
     "cache": cache_main,
     "scale": scale_main,
     "check": check_main,
+    "suite": suite_main,
 }
 
 

@@ -124,12 +124,16 @@ def _wait_ready(t: Target, path: str, timeout: float = 60.0) -> None:
 
 
 def _wait_quiet(t: Target, timeout: float = 45.0) -> float:
+    return wait_quiet(t.url, timeout)
+
+
+def wait_quiet(url: str, timeout: float = 45.0) -> float:
     """Until /healthz answers within 100 ms twice: no backlog leaks into the next run."""
     start = time.monotonic()
     fast = 0
     while time.monotonic() - start < timeout and fast < 2:
         t0 = time.perf_counter()
-        status, _ = _get(t.url + "/healthz", timeout=5)
+        status, _ = _get(url + "/healthz", timeout=5)
         fast = fast + 1 if status == 200 and time.perf_counter() - t0 < 0.1 else 0
         time.sleep(0.2)
     return round(time.monotonic() - start, 2)

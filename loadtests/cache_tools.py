@@ -156,7 +156,7 @@ def run_zipf(
         script.write_text(wrk.LUA + "\n" + ZIPF_LUA.read_text())
         cmd = [
             shutil.which("wrk") or "/usr/bin/wrk",
-            "-t2",
+            f"-t{min(2, connections)}",
             f"-c{connections}",
             f"-d{duration:g}s",
             f"--timeout={timeout:g}s",

@@ -33,6 +33,21 @@ def test_overrides() -> None:
     assert (cfg.api_port, cfg.pgbouncer_port, cfg.redis_port) == (9000, 7432, 7390)
     assert cfg.pg_port == 5433
     assert cfg.demo_learners == 50
+    assert (cfg.app_user, cfg.app_database) == ("skillcoach", "skillcoach")
+
+
+def test_role_and_database_overrides() -> None:
+    cfg = StackConfig.from_env(
+        Path("/r"),
+        {"SKILLCOACH_STACK_APP_USER": "bench_app", "SKILLCOACH_STACK_DATABASE": "bench_db_1"},
+    )
+    assert (cfg.app_user, cfg.app_database) == ("bench_app", "bench_db_1")
+
+
+@pytest.mark.parametrize("value", ["Bench", "a-b", "x;drop", "1abc", "a" * 64])
+def test_bad_identifier_names_the_variable(value: str) -> None:
+    with pytest.raises(StackError, match="SKILLCOACH_STACK_DATABASE"):
+        StackConfig.from_env(Path("/r"), {"SKILLCOACH_STACK_DATABASE": value})
 
 
 @pytest.mark.parametrize("value", ["abc", "0", "70000"])

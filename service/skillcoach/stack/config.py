@@ -3,14 +3,18 @@
 Ports and the PostgreSQL admin DSN come from SKILLCOACH_STACK_* variables (defaults: API 8000
 (HAProxy; the replicas listen on 8001..), HAProxy stats 8404, PgBouncer 6432, PgBouncer exporter
 9127, Redis 6390, the Redis Cluster's six nodes 7000..7005 (bus ports 17000..17005),
-postgres@127.0.0.1:5432). Generated passwords live in ROOT/.stack/secrets.json (mode 0600) so a
-second `up` reuses them.
+postgres@127.0.0.1:5432), and so do the application's role and database
+(SKILLCOACH_STACK_APP_USER, SKILLCOACH_STACK_DATABASE, both "skillcoach"): a second stack beside
+the first (the benchmark's) needs its own role too, since `up` resets the role's password to its
+own secret. Generated passwords live in ROOT/.stack/secrets.json (mode 0600) so a second `up`
+reuses them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +31,8 @@ DEFAULT_PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 MAX_REPLICAS = 32
 # The cluster's six nodes take base..base+5 and their bus ports base+10000..base+10005.
 MAX_REDIS_CLUSTER_PORT = 65535 - 10000 - 5
+# Role and database names go into PgBouncer's ini and URLs unquoted: plain identifiers only.
+_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def _env_int(env: Mapping[str, str], name: str, default: int, *, low: int, high: int) -> int:
@@ -40,6 +46,15 @@ def _env_int(env: Mapping[str, str], name: str, default: int, *, low: int, high:
     if not low <= value <= high:
         raise StackError(f"{name}: {value} is outside [{low}, {high}]")
     return value
+
+
+def _env_identifier(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    if not _IDENTIFIER.fullmatch(raw):
+        raise StackError(f"{name}: {raw!r} is not a lower-case identifier ([a-z_][a-z0-9_]*)")
+    return raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +99,8 @@ class StackConfig:
             ready_timeout=float(
                 _env_int(env, "SKILLCOACH_STACK_READY_TIMEOUT", 180, low=1, high=3600)
             ),
+            app_user=_env_identifier(env, "SKILLCOACH_STACK_APP_USER", "skillcoach"),
+            app_database=_env_identifier(env, "SKILLCOACH_STACK_DATABASE", "skillcoach"),
         )
 
     @property

@@ -1,0 +1,556 @@
+"""Every target side by side at 1, 20, 50, 100 and 1,000 connections: `make bench`.
+
+    python -m loadtests suite [--duration 8] [--replicas 2] [--learners 5000] [--hot 1000]
+
+One run, one database. `skillcoach stack up --replicas N` brings the multi-replica local stack
+up in a scratch root on free ports (loadtests/local_stack.py: HAProxy -> N replicas ->
+PgBouncer, cached on a 6-node Redis Cluster, demo data seeded and a model trained); its
+database serves every other target too:
+
+(a) bare        the bare Starlette JSON endpoint, body sized like a real answer (the ceiling)
+(b) naive       the seed's setup: sync session in async def, pool 5/10/30, direct to PostgreSQL
+(c) cache-off   one skillcoach replica through its own PgBouncer, cache off
+(d) cached      one skillcoach replica cached on the stack's cluster, every hot learner read
+                once first (warm)
+(e) stack       the mixed Zipf workload (loadtests/zipf.lua: 10% POSTs that invalidate) through
+                the stack's HAProxy, every learner read once first
+
+(a)-(d) read the weaknesses of learner ids drawn uniformly from 1..--hot. At each level the
+order of (a)-(d) alternates, then (e); each run is wrk for --duration s, and the next run waits
+until the target answers /healthz within 100 ms again. A sampler (loadtests/sampler.py) reads
+/metrics of every skillcoach process and /proc of every process each second throughout.
+
+Writes loadtests/results/suite-<stamp>.json, .md (the tables) and -*.png (loadtests/plots.py:
+throughput and p99 against connections; pool utilization and hit ratio over time).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from loadtests import cache_tools as tools
+from loadtests import plots, proxy
+from loadtests.bench_concurrency import (
+    Target,
+    _raise_nofile,
+    _spawn,
+    _stop,
+    _wait_ready,
+    wait_quiet,
+)
+from loadtests.local_stack import LocalStack, start_stack, stop_stack
+from loadtests.recording import budget, record
+from loadtests.sampler import Sampler, cache_increments, peak_rss_mb
+from loadtests.wrk import WrkError, run_wrk
+from skillcoach.stack.pgbouncer import PgBouncer
+from skillcoach.stack.processes import free_port
+
+__all__ = ["LEVELS", "TARGETS", "main", "markdown", "run"]
+
+LEVELS = (1, 20, 50, 100, 1000)
+BARE, NAIVE, OFF, CACHED, STACK = "bare", "naive", "cache-off", "cached", "stack"
+TARGETS = (BARE, NAIVE, OFF, CACHED, STACK)
+DESCRIPTION = {
+    BARE: "bare Starlette JSON endpoint (ceiling)",
+    NAIVE: "naive app: seed's setup, direct to PostgreSQL",
+    OFF: "skillcoach, 1 replica, cache off, via PgBouncer",
+    CACHED: "skillcoach, 1 replica, warm cache (Redis Cluster)",
+    STACK: "stack: HAProxy -> replicas, Zipf reads + 10% writes",
+}
+# The seed's own targets (ml-api-performance-plan.md, "Success Metrics") and the pooling and
+# cache issues' ratios; markdown() sets our figures beside them.
+SEED_MEAN_MS = {1: 50.0, 50: 500.0, 100: 500.0}
+SEED_PHASE2_MEAN_MS_AT_100 = 200.0
+SEED_CACHED_MEAN_MS = 100.0
+SEED_RPS = 100.0
+SEED_ERROR_RATE = 0.01
+SEED_HIT_RATIO = 0.80
+SEED_MEMORY_MB = 2048.0
+RSS_LIMIT_MB = 300.0
+SEED_POOL_UTILIZATION = 0.5
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("SKILLCOACH_")}
+
+
+def _serve(name: str, env: dict[str, str], tmp: Path) -> Target:
+    port = free_port()
+    cmd = [sys.executable, "-m", "skillcoach.cli", "serve"]
+    sc_env = env | {
+        "SKILLCOACH_PORT": str(port),
+        "SKILLCOACH_METRICS_PORT": "0",
+        "SKILLCOACH_ENVIRONMENT": "dev",
+        "SKILLCOACH_LOG_LEVEL": "warning",
+    }
+    return _spawn(name, cmd, sc_env, port, tmp)
+
+
+def _start_targets(stack: LocalStack, bouncer: PgBouncer, tmp: Path, hot: int) -> dict[str, Target]:
+    env = _env()
+    db = bouncer.url("postgres", stack.database)
+    off = _serve(
+        OFF, env | {"SKILLCOACH_DATABASE_URL": db, "SKILLCOACH_CACHE_ENABLED": "false"}, tmp
+    )
+    cached_env = env | {
+        "SKILLCOACH_DATABASE_URL": db,
+        "SKILLCOACH_CACHE_ENABLED": "true",
+        "SKILLCOACH_REDIS_URL": stack.redis_url,
+    }
+    cached = _serve(CACHED, cached_env, tmp)
+    port = free_port()
+    naive_cmd = [sys.executable, "-m", "loadtests.naive_app", "--port", str(port)]
+    naive = _spawn(NAIVE, [*naive_cmd, "--database-url", stack.direct_url], env, port, tmp)
+    for t in (off, cached):
+        _wait_ready(t, "/readyz")
+    _wait_ready(naive, "/healthz")
+    # The bare body gets as many entries as a real answer of the hot learners has.
+    sizes = [
+        len(json.loads(tools.body(off.port, i, stack.key))["skills"])
+        for i in range(1, min(hot, 50) + 1)
+    ]
+    skills = max(1, round(sum(sizes) / len(sizes)))
+    port = free_port()
+    bare_cmd = [sys.executable, "-m", "loadtests.bare_app", "--port", str(port)]
+    bare = _spawn(BARE, [*bare_cmd, "--skills", str(skills)], env, port, tmp)
+    _wait_ready(bare, "/healthz")
+    return {BARE: bare, NAIVE: naive, OFF: off, CACHED: cached}
+
+
+def _one_run(
+    name: str,
+    c: int,
+    drive: Callable[[], dict[str, Any]],
+    url: str,
+    sampler: Sampler,
+) -> dict[str, Any]:
+    sampler.phase(f"{name} c={c}")
+    t0 = time.monotonic()
+    try:
+        result = drive()
+    except WrkError as exc:  # recorded, not fatal: the other targets still get measured
+        result = {"connections": c, "failed": str(exc)[-1500:]}
+    started_at = round(t0 - sampler.t0, 2)
+    result["window_s"] = [started_at, round(time.monotonic() - sampler.t0, 2)]
+    sampler.phase(f"{name} c={c} settling")
+    result["quiesce_s"] = wait_quiet(url)
+    sampler.phase("idle")
+    if "failed" in result:
+        print(f"  {name:>10} c={c:<5} FAILED: {result['failed'][:200]}", flush=True)
+    else:
+        lat = result["latency_ms"]
+        print(
+            f"  {name:>10} c={c:<5} {result['ok_rps']:>9,.0f} 2xx/s  mean {lat['mean']} ms"
+            f"  p99 {lat['p99']} ms  statuses {result['statuses']}"
+            f"  socket errors {result['socket_errors_total']}",
+            flush=True,
+        )
+    return result
+
+
+def _measure_all(
+    targets: dict[str, Target],
+    stack: LocalStack,
+    ids: dict[str, int],
+    args: argparse.Namespace,
+    sampler: Sampler,
+) -> dict[str, dict[str, Any]]:
+    key = stack.key
+    runs: dict[str, dict[str, Any]] = {name: {} for name in TARGETS}
+    single = [targets[n] for n in (BARE, NAIVE, OFF, CACHED)]
+    for i, c in enumerate(args.levels):
+        for t in single if i % 2 == 0 else single[::-1]:
+
+            def drive(t: Target = t, c: int = c) -> dict[str, Any]:
+                return run_wrk(
+                    t.url,
+                    connections=c,
+                    duration=args.duration,
+                    token=key,
+                    learners=args.hot,
+                    timeout=args.timeout,
+                    seed=42 + c,
+                )
+
+            runs[t.name][str(c)] = _one_run(t.name, c, drive, t.url, sampler)
+
+        def zipf(c: int = c) -> dict[str, Any]:
+            return tools.run_zipf(
+                stack.url,
+                token=key,
+                ids=ids,
+                seed=11 + c,
+                duration=args.duration,
+                connections=c,
+                exponent=args.exponent,
+                write_fraction=args.write_fraction,
+                timeout=args.timeout,
+            )
+
+        runs[STACK][str(c)] = _one_run(STACK, c, zipf, stack.url, sampler)
+    return runs
+
+
+def _pool_peaks(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per skillcoach process and run phase: peak pool utilization and waiters."""
+    out: dict[str, dict[str, Any]] = {}
+    for s in samples:
+        for proc, data in s["procs"].items():
+            m = data.get("metrics")
+            if not m or s["phase"] == "idle":
+                continue
+            cap = m.get("skillcoach_db_pool_capacity") or m.get("skillcoach_db_pool_size") or 0
+            util = m.get("skillcoach_db_pool_checked_out", 0.0) / cap if cap else 0.0
+            phase = s["phase"].removesuffix(" settling")
+            row = out.setdefault(proc, {}).setdefault(
+                phase, {"peak_utilization": 0.0, "peak_waiters": 0.0, "samples": 0}
+            )
+            row["peak_utilization"] = round(max(row["peak_utilization"], util), 3)
+            row["peak_waiters"] = max(row["peak_waiters"], m.get("skillcoach_db_pool_waiters", 0))
+            row["samples"] += 1
+    return out
+
+
+def _hit_ratios(runs: dict[str, dict[str, Any]], samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Hit ratio of the cached targets per run, from the sampled counters inside its window."""
+    out: dict[str, Any] = {}
+    procs = {p for s in samples for p in s["procs"]}
+    for name, prefix in ((CACHED, CACHED), (STACK, "replica-")):
+        series = [
+            pt for p in sorted(procs) if p.startswith(prefix) for pt in cache_increments(samples, p)
+        ]
+        for c, r in runs[name].items():
+            # The scrape just after the run's end still counts its last interval.
+            lo, hi = r["window_s"][0], r["window_s"][1] + 1.0
+            hits = sum(h for t, h, _, _ in series if lo < t <= hi)
+            lookups = sum(n for t, _, n, _ in series if lo < t <= hi)
+            out.setdefault(name, {})[c] = round(hits / lookups, 4) if lookups else None
+    return out
+
+
+@contextlib.contextmanager
+def _cleanup() -> Iterator[list[Callable[[], object]]]:
+    steps: list[Callable[[], object]] = []
+    try:
+        yield steps
+    finally:
+        for step in reversed(steps):  # each step runs even if an earlier one failed
+            try:
+                step()
+            except Exception as exc:
+                print(f"cleanup step failed: {exc!r}", file=sys.stderr)
+
+
+def _versions() -> dict[str, str]:
+    def first_line(cmd: list[str]) -> str:
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False)
+        except (OSError, subprocess.TimeoutExpired):
+            return "?"
+        return (p.stdout or p.stderr).strip().splitlines()[0] if (p.stdout or p.stderr) else "?"
+
+    return {
+        "python": platform.python_version(),
+        "wrk": first_line(["wrk", "--version"]),
+        "pgbouncer": first_line(["/usr/sbin/pgbouncer", "--version"]),
+        "haproxy": first_line(["haproxy", "-v"]),
+        "redis": first_line(["redis-server", "--version"]),
+        "postgresql": first_line(["psql", "--version"]),
+    }
+
+
+def _machine() -> dict[str, Any]:
+    cpu = "?"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = "?"
+    with contextlib.suppress(OSError):
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 1024 / 1024:.0f} GiB"
+    return {
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "memory": mem,
+        "kernel": platform.release(),
+        "os": platform.freedesktop_os_release().get("PRETTY_NAME", "?")
+        if hasattr(platform, "freedesktop_os_release")
+        else "?",
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    nofile = _raise_nofile()
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="skillcoach-bench-suite-"))
+    with _cleanup() as cleanup:
+        cleanup.append(lambda: shutil.rmtree(tmp, ignore_errors=True))
+        print(f"stack up: {args.replicas} replicas, {args.learners} learners ...", flush=True)
+        stack = start_stack(tmp / "root", replicas=args.replicas, learners=args.learners)
+        cleanup.append(lambda: stop_stack(stack))
+        stack_up_s = round(time.monotonic() - started, 1)
+        ids = tools.id_ranges(stack.direct_url.replace("+psycopg2", ""))
+        bouncer = proxy.start_pgbouncer(stack.database)
+        cleanup.append(lambda: proxy.stop_pgbouncer(bouncer))
+        targets: dict[str, Target] = {}
+        cleanup.append(lambda: [_stop(t) for t in targets.values()])
+        targets |= _start_targets(stack, bouncer, tmp, args.hot)
+        hot = list(range(1, args.hot + 1))
+        warm = {CACHED: tools.read_each(targets[CACHED].port, hot, stack.key)}
+        lb_port = int(stack.url.rsplit(":", 1)[1])
+        warm[STACK] = tools.read_each(lb_port, list(range(1, ids["learners"] + 1)), stack.key)
+        for t in targets.values():  # connections, key cache, numpy/scipy code paths
+            run_wrk(t.url, connections=20, duration=2, token=stack.key, learners=args.hot)
+            wait_quiet(t.url)
+        replica_pids = {
+            f"replica-{url.rsplit(':', 1)[1]}": pid for url, pid in stack.replica_pids().items()
+        }
+        metrics = {OFF: targets[OFF].url, CACHED: targets[CACHED].url} | {
+            f"replica-{url.rsplit(':', 1)[1]}": url for url in stack.replica_urls()
+        }
+        pids = {n: t.proc.pid for n, t in targets.items()} | replica_pids
+        ready_s = round(time.monotonic() - started, 1)
+        print(f"ready after {ready_s:.0f} s (stack up {stack_up_s:.0f} s); measuring", flush=True)
+        sampler = Sampler(metrics, pids, interval=args.sample_interval).start()
+        try:
+            runs = _measure_all(targets, stack, ids, args, sampler)
+        finally:
+            samples = sampler.stop()
+        peak_rss = {n: peak_rss_mb(pid) for n, pid in pids.items() if pid is not None}
+        exited = {n: t.proc.poll() for n, t in targets.items() if t.proc.poll() is not None}
+        exited |= {n: "gone" for n, pid in stack.replica_pids().items() if pid is None}
+    result: dict[str, Any] = {
+        "kind": "suite",
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": _machine() | {"nofile": nofile},
+        "versions": _versions(),
+        "params": vars(args) | {"levels": list(args.levels)},
+        "targets": DESCRIPTION,
+        "setup": {
+            "stack_up_s": stack_up_s,
+            "ready_s": ready_s,
+            "ids": ids,
+            "warm": warm,
+            "replicas": args.replicas,
+        },
+        "runs": runs,
+        "pool": _pool_peaks(samples),
+        "hit_ratio": _hit_ratios(runs, samples),
+        "peak_rss_mb": peak_rss,
+        "exited_early": exited,
+        "timeline": samples,
+        "wall_s": round(time.monotonic() - started, 1),
+    }
+    result["verdicts"] = verdicts(result)
+    return result
+
+
+# -- verdicts and the markdown ----------------------------------------------------------------
+
+
+def _ok(r: dict[str, Any] | None) -> bool:
+    return bool(r) and "failed" not in r  # type: ignore[operator]
+
+
+def _error_rate(r: dict[str, Any]) -> float:
+    """Non-2xx (503 sheds included) and socket errors over everything sent."""
+    sent = r["requests"] + r["socket_errors_total"]
+    return (r["non_2xx"] + r["socket_errors_total"]) / sent if sent else 1.0
+
+
+def verdicts(result: dict[str, Any]) -> dict[str, Any]:
+    runs, v = result["runs"], {}
+    for name in (OFF, CACHED, STACK):
+        rows: dict[str, Any] = {}
+        for c, limit in SEED_MEAN_MS.items():
+            r = runs[name].get(str(c))
+            if _ok(r):
+                rows[f"mean_under_{limit:g}ms_at_{c}"] = r["latency_ms"]["mean"] < limit
+        r50 = runs[name].get("50")
+        if _ok(r50):
+            rows["over_100_rps_at_50"] = r50["ok_rps"] > SEED_RPS
+            rows["errors_under_1pct_at_50"] = _error_rate(r50) < SEED_ERROR_RATE
+        r100 = runs[name].get("100")
+        if _ok(r100):
+            rows["mean_under_200ms_at_100"] = (
+                r100["latency_ms"]["mean"] < SEED_PHASE2_MEAN_MS_AT_100
+            )
+        v[name] = rows
+    r = runs[CACHED].get("50")
+    if _ok(r):
+        v[CACHED]["cached_mean_under_100ms_at_50"] = r["latency_ms"]["mean"] < SEED_CACHED_MEAN_MS
+    for name in (CACHED, STACK):
+        ratios = [x for x in result["hit_ratio"].get(name, {}).values() if x is not None]
+        if ratios:
+            v[name]["hit_ratio_over_80pct"] = min(ratios) > SEED_HIT_RATIO
+    v["rss_under_300mb"] = {n: (mb or 0) < RSS_LIMIT_MB for n, mb in result["peak_rss_mb"].items()}
+    return v
+
+
+def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> float | None:
+    if not (_ok(a) and _ok(b)):
+        return None
+    assert a is not None and b is not None
+    x = a["latency_ms"][key] if key != "ok_rps" else a["ok_rps"]
+    y = b["latency_ms"][key] if key != "ok_rps" else b["ok_rps"]
+    return round(x / y, 3) if y else None
+
+
+def _fmt(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "-" if x is None else f"{x:{spec}}{suffix}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    runs, levels = result["runs"], [str(c) for c in result["params"]["levels"]]
+    lines = [
+        "| target | connections | 2xx req/s | mean | p50 / p90 / p99 / max (ms) |"
+        " non-2xx (503) | socket errors | hit ratio |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in TARGETS:
+        for c in levels:
+            r = runs[name].get(c)
+            if not r:
+                continue
+            if "failed" in r:
+                lines.append(f"| {name} | {c} | failed: {r['failed'][:80]} | | | | | |")
+                continue
+            lat = r["latency_ms"]
+            hits = result["hit_ratio"].get(name, {}).get(c)
+            lines.append(
+                f"| {name} | {c} | {r['ok_rps']:,.0f} | {lat['mean']:,} | {lat['p50']:,} /"
+                f" {lat['p90']:,} / {lat['p99']:,} / {lat['max']:,} | {r['non_2xx']:,}"
+                f" ({r['shed_503']:,}) | {r['socket_errors_total']:,} |"
+                f" {_fmt(hits, '.1%')} |"
+            )
+    lines += [
+        "",
+        "Ratios measured in this run (throughput: higher is better; p99: lower is better):",
+        "",
+        "| connections | cached / bare req/s | cache-off / naive req/s | cache-off / naive p99 |"
+        " cached / naive p99 | stack / naive req/s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in levels:
+        row = {n: runs[n].get(c) for n in TARGETS}
+        lines.append(
+            f"| {c} | {_fmt(_ratio(row[CACHED], row[BARE], 'ok_rps'))} |"
+            f" {_fmt(_ratio(row[OFF], row[NAIVE], 'ok_rps'), '.2f', 'x')} |"
+            f" {_fmt(_ratio(row[OFF], row[NAIVE], 'p99'), '.3f')} |"
+            f" {_fmt(_ratio(row[CACHED], row[NAIVE], 'p99'), '.3f')} |"
+            f" {_fmt(_ratio(row[STACK], row[NAIVE], 'ok_rps'), '.2f', 'x')} |"
+        )
+    lines += ["", "| process | phase with the highest pool use | peak utilization | peak waiters |"]
+    lines.append("|---|---|---|---|")
+    for proc, phases in result["pool"].items():
+        phase, row = max(phases.items(), key=lambda kv: (kv[1]["peak_utilization"], kv[0]))
+        lines.append(
+            f"| {proc} | {phase} | {row['peak_utilization']:.0%} | {row['peak_waiters']:g} |"
+        )
+    rss = ", ".join(f"{k} {v} MB" for k, v in result["peak_rss_mb"].items())
+    lines += ["", f"Peak RSS: {rss}."]
+    if result["exited_early"]:
+        lines.append(f"Exited early: {result['exited_early']}.")
+    lines.append(f"Wall time {result['wall_s']} s.")
+    return "\n".join(lines)
+
+
+def seed_table(result: dict[str, Any]) -> str:
+    """The seed's targets beside this run's figures (skillcoach targets only)."""
+    runs, v = result["runs"], result["verdicts"]
+    mark = {True: "met", False: "**not met**", None: "-"}
+
+    def mean(name: str, c: int) -> str:
+        r = runs[name].get(str(c))
+        return f"{r['latency_ms']['mean']:,} ms" if _ok(r) else "-"
+
+    def rps(name: str, c: int) -> str:
+        r = runs[name].get(str(c))
+        return f"{r['ok_rps']:,.0f}" if _ok(r) else "-"
+
+    def err(name: str, c: int) -> str:
+        r = runs[name].get(str(c))
+        return f"{_error_rate(r):.2%}" if _ok(r) else "-"
+
+    rows = [
+        ("single request < 50 ms mean", "mean_under_50ms_at_1", lambda n: mean(n, 1)),
+        ("50 users < 500 ms mean", "mean_under_500ms_at_50", lambda n: mean(n, 50)),
+        ("> 100 req/s (at 50)", "over_100_rps_at_50", lambda n: rps(n, 50)),
+        ("error rate < 1% (at 50)", "errors_under_1pct_at_50", lambda n: err(n, 50)),
+        ("100 users < 500 ms mean", "mean_under_500ms_at_100", lambda n: mean(n, 100)),
+        ("100 users < 200 ms (phase 2)", "mean_under_200ms_at_100", lambda n: mean(n, 100)),
+    ]
+    out = [
+        "| seed target | " + " | ".join(f"{n}" for n in (OFF, CACHED, STACK)) + " |",
+        "|---|---|---|---|",
+    ]
+    for label, key, fig in rows:
+        cells = [f"{fig(n)} ({mark[v[n].get(key)]})" for n in (OFF, CACHED, STACK)]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    hits = [
+        "-"
+        if not result["hit_ratio"].get(n)
+        else f"min {min(x for x in result['hit_ratio'][n].values() if x is not None):.1%}"
+        f" ({mark[v[n].get('hit_ratio_over_80pct')]})"
+        for n in (CACHED, STACK)
+    ]
+    out.append(f"| cache hit rate > 80% | - | {hits[0]} | {hits[1]} |")
+    cached50 = mean(CACHED, 50)
+    out.append(
+        f"| cached requests < 100 ms | - | {cached50} at 50"
+        f" ({mark[v[CACHED].get('cached_mean_under_100ms_at_50')]}) | - |"
+    )
+    peak = max((mb or 0) for mb in result["peak_rss_mb"].values())
+    out.append(
+        f"| memory < 2 GB per instance (ours: < {RSS_LIMIT_MB:g} MB) | peak over every"
+        f" process {peak} MB ({mark[all(v['rss_under_300mb'].values())]}) | | |"
+    )
+    return "\n".join(out)
+
+
+def full_markdown(result: dict[str, Any]) -> str:
+    return f"{markdown(result)}\n\n{seed_table(result)}"
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtests suite")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
+    p.add_argument(
+        "--levels",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        default=LEVELS,
+        help="connection counts, comma-separated (default 1,20,50,100,1000)",
+    )
+    p.add_argument("--replicas", type=int, default=2, help="replicas of the local stack")
+    p.add_argument("--learners", type=int, default=5000, help="demo learners the stack seeds")
+    p.add_argument("--hot", type=int, default=1000, help="learner ids 1..N read by (a)-(d)")
+    p.add_argument("--exponent", type=float, default=1.1, help="Zipf exponent of (e)")
+    p.add_argument("--write-fraction", type=float, default=0.1, help="POST share of (e)")
+    p.add_argument("--timeout", type=float, default=10.0, help="wrk --timeout (s)")
+    p.add_argument("--sample-interval", type=float, default=1.0, help="seconds between scrapes")
+    p.add_argument("--no-plots", action="store_true", help="JSON and markdown only")
+    p.add_argument("--max-seconds", type=int, default=1500, help="abort (and clean up) after")
+    args = p.parse_args(argv)
+    with budget(args.max_seconds):
+        result = run(args)
+    out = record("suite", result, full_markdown)
+    out.with_suffix(".md").write_text(full_markdown(result) + "\n")
+    if not args.no_plots:
+        for path in plots.write_all(result, out.with_suffix("")):
+            print(f"plot: {path}")
+    return 0

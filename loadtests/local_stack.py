@@ -1,0 +1,149 @@
+"""The multi-replica local stack (`skillcoach stack up`) in a scratch root, for benchmarks.
+
+The benchmark drives the stack exactly as `make up` starts it (HAProxy -> N replicas ->
+PgBouncer, the replicas cached on a 6-node Redis Cluster, pool files from the sizing plan),
+but beside any stack the developer already runs: every port is a free one, and the role and
+database are the benchmark's own (`up` resets its role's password, so sharing "skillcoach"
+would lock the developer's PgBouncer out). `stop` runs `stack down` and drops both.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from loadtests.bench_model import _admin
+from skillcoach.stack import envfile
+from skillcoach.stack.processes import ApiReplica, free_port, log_tail
+from skillcoach.stack.redis_cluster import BUS_PORT_OFFSET, NODES
+
+__all__ = ["LocalStack", "start_stack", "stop_stack"]
+
+UP_TIMEOUT = 900.0
+DOWN_TIMEOUT = 120.0
+
+
+@dataclass
+class LocalStack:
+    root: Path
+    env: dict[str, str]  # the SKILLCOACH_STACK_* settings it was started with
+    replicas: int
+    values: dict[str, str] = field(default_factory=dict)  # ROOT/.stack/env once up
+    log: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return self.values["SKILLCOACH_URL"]
+
+    @property
+    def key(self) -> str:
+        return self.values["SKILLCOACH_API_KEY"]
+
+    @property
+    def direct_url(self) -> str:
+        return self.values["SKILLCOACH_DIRECT_DATABASE_URL"]
+
+    @property
+    def redis_url(self) -> str:
+        return self.values["SKILLCOACH_REDIS_URL"]
+
+    @property
+    def database(self) -> str:
+        return self.env["SKILLCOACH_STACK_DATABASE"]
+
+    def replica_urls(self) -> list[str]:
+        return self.values["SKILLCOACH_REPLICA_URLS"].split()
+
+    def replica_pids(self) -> dict[str, int | None]:
+        """Replica URL -> its pid (None when it is not running)."""
+        state = self.root / ".stack"
+        return {
+            url: ApiReplica(port=int(url.rsplit(":", 1)[1]), state_dir=state).pid()
+            for url in self.replica_urls()
+        }
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def _block(size: int, low: int, high: int, also: tuple[int, ...] = (0,)) -> int:
+    """A base port with base+i+o free for i < size and every offset o, below the ephemeral
+    range (so no client socket takes one of them between the check and the bind)."""
+    for _ in range(200):
+        base = random.randrange(low, high)
+        if all(_bindable(base + i + o) for o in also for i in range(size)):
+            return base
+    raise RuntimeError(f"no {size} free ports in [{low}, {high})")
+
+
+def stack_env(replicas: int, learners: int) -> dict[str, str]:
+    tag = uuid.uuid4().hex[:8]
+    return {
+        "SKILLCOACH_STACK_API_PORT": str(_block(replicas + 1, 23000, 25000)),
+        "SKILLCOACH_STACK_REDIS_CLUSTER_PORT": str(
+            _block(NODES, 20000, 22000, also=(0, BUS_PORT_OFFSET))
+        ),
+        "SKILLCOACH_STACK_PGBOUNCER_PORT": str(free_port()),
+        "SKILLCOACH_STACK_REDIS_PORT": str(free_port()),
+        "SKILLCOACH_STACK_HAPROXY_STATS_PORT": str(free_port()),
+        "SKILLCOACH_STACK_EXPORTER_PORT": str(free_port()),
+        "SKILLCOACH_STACK_APP_USER": f"bench_{tag}",
+        "SKILLCOACH_STACK_DATABASE": f"skillcoach_bench_{tag}",
+        "SKILLCOACH_DEMO_LEARNERS": str(learners),
+    }
+
+
+def _stack_cli(stack: LocalStack, action: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLCOACH_")} | stack.env
+    cmd = [sys.executable, "-m", "skillcoach.cli", "stack", action, "--root", str(stack.root)]
+    if action == "up":
+        cmd += ["--replicas", str(stack.replicas)]
+    return subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def start_stack(root: Path, *, replicas: int, learners: int) -> LocalStack:
+    """`skillcoach stack up --replicas N` in root; raises with its output if it fails."""
+    root.mkdir(parents=True, exist_ok=True)
+    stack = LocalStack(root=root, env=stack_env(replicas, learners), replicas=replicas)
+    stack.log = root / "stack-up.log"
+    proc = _stack_cli(stack, "up", UP_TIMEOUT)
+    stack.log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"stack up failed ({proc.returncode}):\n{log_tail(stack.log, 40)}")
+    stack.values = envfile.read_env(root / ".stack" / "env")
+    return stack
+
+
+def stop_stack(stack: LocalStack) -> None:
+    """`stack down`, then the benchmark's database and role go (each step even if one fails)."""
+    errors: list[str] = []
+    try:
+        proc = _stack_cli(stack, "down", DOWN_TIMEOUT)
+        if proc.returncode != 0:
+            errors.append(f"stack down exited {proc.returncode}: {proc.stderr[-500:]}")
+    except subprocess.TimeoutExpired:
+        errors.append("stack down timed out")
+    for sql in (
+        f'DROP DATABASE IF EXISTS "{stack.database}" WITH (FORCE)',
+        f'DROP ROLE IF EXISTS "{stack.env["SKILLCOACH_STACK_APP_USER"]}"',
+    ):
+        try:
+            _admin(sql)
+        except Exception as exc:
+            errors.append(f"{sql}: {exc!r}")
+    if errors:
+        raise RuntimeError("; ".join(errors))
