@@ -58,7 +58,16 @@ from loadtests.wrk import WrkError, run_wrk
 from skillcoach.stack.pgbouncer import PgBouncer
 from skillcoach.stack.processes import free_port
 
-__all__ = ["LEVELS", "TARGETS", "main", "markdown", "run"]
+__all__ = [
+    "LEVELS",
+    "TARGETS",
+    "full_markdown",
+    "main",
+    "markdown",
+    "parse_args",
+    "run",
+    "verdicts",
+]
 
 LEVELS = (1, 20, 50, 100, 1000)
 BARE, NAIVE, OFF, CACHED, STACK = "bare", "naive", "cache-off", "cached", "stack"
@@ -527,7 +536,7 @@ def full_markdown(result: dict[str, Any]) -> str:
     return f"{markdown(result)}\n\n{seed_table(result)}"
 
 
-def main(argv: list[str]) -> int:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m loadtests suite")
     p.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
     p.add_argument(
@@ -545,7 +554,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--sample-interval", type=float, default=1.0, help="seconds between scrapes")
     p.add_argument("--no-plots", action="store_true", help="JSON and markdown only")
     p.add_argument("--max-seconds", type=int, default=1500, help="abort (and clean up) after")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
     with budget(args.max_seconds):
         result = run(args)
     out = record("suite", result, full_markdown)

@@ -1,0 +1,157 @@
+"""`make bench` (python -m loadtests suite): its verdicts and tables on a synthetic result, and
+a CI smoke of the whole runner at two connection levels (the full run stays manual).
+
+The smoke is the clean-clone check of `make bench`: the multi-replica stack comes up in a
+scratch root beside anything else running, every target is driven, the sampler reads every
+skillcoach process, and the markdown and both plots are produced.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from loadtests.bench_suite import (
+    BARE,
+    CACHED,
+    NAIVE,
+    OFF,
+    STACK,
+    TARGETS,
+    full_markdown,
+    parse_args,
+    run,
+    verdicts,
+)
+
+from loadtests import plots
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _wrk(rps: float, mean: float, p99: float, *, non_2xx: int = 0, c: int = 50) -> dict[str, Any]:
+    return {
+        "connections": c,
+        "requests": int(rps * 8) + non_2xx,
+        "ok_rps": rps,
+        "statuses": {"200": int(rps * 8)},
+        "non_2xx": non_2xx,
+        "shed_503": non_2xx,
+        "socket_errors_total": 0,
+        "latency_ms": {"p50": mean, "p90": p99 / 2, "p99": p99, "mean": mean, "max": p99 * 2},
+        "window_s": [0.0, 8.0],
+    }
+
+
+def _result() -> dict[str, Any]:
+    runs = {
+        BARE: {"50": _wrk(20000, 2, 10)},
+        NAIVE: {"50": _wrk(1000, 60, 600)},
+        OFF: {"1": _wrk(500, 2, 3, c=1), "50": _wrk(800, 60, 150), "100": _wrk(800, 250, 400)},
+        CACHED: {"50": _wrk(12000, 4, 9)},
+        STACK: {"50": _wrk(900, 110, 620, non_2xx=90)},
+    }
+    samples = [
+        {
+            "t": float(t),
+            "phase": "cached c=50" if t < 3 else "idle",
+            "procs": {
+                CACHED: {
+                    "rss_mb": 110.0 + t,
+                    "metrics": {
+                        "skillcoach_db_pool_size": 16.0,
+                        "skillcoach_db_pool_capacity": 16.0,
+                        "skillcoach_db_pool_checked_out": float(t),
+                        "skillcoach_db_pool_waiters": 0.0,
+                        "skillcoach_cache_hits_total": 90.0 * t,
+                        "skillcoach_cache_misses_total": 10.0 * t,
+                    },
+                },
+                BARE: {"rss_mb": 90.0},
+            },
+        }
+        for t in range(5)
+    ]
+    result: dict[str, Any] = {
+        "at": "2026-11-27T08:00:00+00:00",
+        "machine": {"cores": 2, "cpu": "test cpu"},
+        "params": {"levels": [1, 50, 100]},
+        "runs": runs,
+        "pool": {CACHED: {"cached c=50": {"peak_utilization": 0.25, "peak_waiters": 0}}},
+        "hit_ratio": {CACHED: {"50": 0.9}, STACK: {"50": 0.7}},
+        "peak_rss_mb": {BARE: 90.0, CACHED: 114.0, "replica-1": 350.0},
+        "exited_early": {},
+        "timeline": samples,
+        "wall_s": 60.0,
+    }
+    result["verdicts"] = verdicts(result)
+    return result
+
+
+def test_verdicts_follow_the_seed_targets() -> None:
+    v = _result()["verdicts"]
+    assert v[OFF]["mean_under_50ms_at_1"] is True
+    assert v[OFF]["mean_under_500ms_at_50"] is True
+    assert v[OFF]["mean_under_200ms_at_100"] is False  # 250 ms mean at 100
+    assert v[STACK]["errors_under_1pct_at_50"] is False  # 90 of 7,290 not 2xx
+    assert v[CACHED]["hit_ratio_over_80pct"] is True
+    assert v[STACK]["hit_ratio_over_80pct"] is False
+    assert v["rss_under_300mb"] == {BARE: True, CACHED: True, "replica-1": False}
+
+
+def test_markdown_has_every_target_ratios_and_the_seed_table() -> None:
+    text = full_markdown(_result())
+    for name in TARGETS:
+        assert f"| {name} | 50 |" in text
+    assert "| 50 | 0.60 | 0.80x | 0.250 | 0.015 | 0.90x |" in text
+    assert "| 100 users < 200 ms (phase 2) | 250 ms (**not met**)" in text
+    assert "peak over every process 350.0 MB (**not met**)" in text
+
+
+def test_plots_are_written(tmp_path: Path) -> None:
+    paths = plots.write_all(_result(), tmp_path / "suite-x")
+    assert [p.name for p in paths] == ["suite-x-concurrency.png", "suite-x-timeline.png"]
+    for p in paths:
+        data = p.read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(420)
+def test_suite_smoke_every_target_measured_sampled_and_plotted(tmp_path: Path) -> None:
+    if shutil.which("wrk") is None:
+        pytest.fail("wrk is not installed: run `make services`")
+    args = parse_args(
+        ["--duration", "1", "--levels", "1,20", "--learners", "150", "--hot", "50",
+         "--sample-interval", "0.5", "--timeout", "5"]
+    )  # fmt: skip
+    result = run(args)
+    assert result["exited_early"] == {}
+    for name in TARGETS:
+        for c in ("1", "20"):
+            r = result["runs"][name][c]
+            assert "failed" not in r, f"{name} c={c}: {r.get('failed')}"
+            assert r["socket_errors_total"] == 0, (name, c, r["socket_errors"])
+            assert r["ok"] > 0, (name, c, r["statuses"])
+            if name != STACK:
+                assert r["non_2xx"] == 0, (name, c, r["statuses"])
+            else:  # reads (200) and attempt batches (201), nothing else
+                assert set(r["statuses"]) <= {"200", "201"}, r["statuses"]
+    writes = sum(r["statuses"].get("201", 0) for r in result["runs"][STACK].values())
+    assert writes > 0, "the Zipf workload wrote nothing"
+    # Warm: every hot learner was read once before, so (almost) every read is a hit.
+    for c, ratio in result["hit_ratio"][CACHED].items():
+        assert ratio is not None and ratio > 0.9, (c, ratio)
+    scraped = {
+        p for s in result["timeline"] for p, d in s["procs"].items() if d.get("metrics")
+    }  # fmt: skip
+    replicas = {p for p in scraped if p.startswith("replica-")}
+    assert {OFF, CACHED} <= scraped and len(replicas) == 2, scraped
+    assert set(result["peak_rss_mb"]) == {BARE, NAIVE, OFF, CACHED} | replicas
+    assert all(mb is not None and mb > 10 for mb in result["peak_rss_mb"].values())
+    text = full_markdown(result)
+    assert all(f"| {name} | 20 |" in text for name in TARGETS)
+    for p in plots.write_all(result, tmp_path / "suite"):
+        assert p.read_bytes().startswith(PNG)

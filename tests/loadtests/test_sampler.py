@@ -1,0 +1,81 @@
+"""The benchmark's time series: Prometheus text parsing, cache increments, and the sampler
+against a real `skillcoach serve` process."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from loadtests.sampler import Sampler, cache_increments, parse_metrics, peak_rss_mb, rss_mb
+
+TEXT = """\
+# HELP skillcoach_cache_hits_total Responses served from the cache
+# TYPE skillcoach_cache_hits_total counter
+skillcoach_cache_hits_total{kind="weaknesses"} 7.0
+skillcoach_cache_hits_total{kind="recommendations"} 3.0
+skillcoach_cache_hits_created{kind="weaknesses"} 1.7e9
+skillcoach_db_pool_size 16.0
+skillcoach_db_pool_checked_out 4.0
+skillcoach_http_request_duration_seconds_bucket{le="0.1"} 99.0
+skillcoach_db_pool_waiters NaN
+"""
+
+
+def test_parse_metrics_sums_label_sets_and_keeps_only_wanted_names() -> None:
+    m = parse_metrics(TEXT)
+    assert m["skillcoach_cache_hits_total"] == 10.0
+    assert m["skillcoach_db_pool_size"] == 16.0
+    assert m["skillcoach_db_pool_checked_out"] == 4.0
+    assert "skillcoach_cache_hits_created" not in m
+    assert not any(k.endswith("_bucket") for k in m)
+
+
+def _sample(t: float, phase: str, hits: float | None, misses: float = 0.0) -> dict[str, object]:
+    metrics = (
+        None
+        if hits is None
+        else {"skillcoach_cache_hits_total": hits, "skillcoach_cache_misses_total": misses}
+    )
+    return {"t": t, "phase": phase, "procs": {"cached": {"metrics": metrics}}}
+
+
+def test_cache_increments_merge_a_missed_scrape_into_the_next_interval() -> None:
+    samples = [
+        _sample(0, "idle", 0, 0),
+        _sample(1, "cached c=1", 8, 2),
+        _sample(2, "cached c=1", None),  # timed out
+        _sample(3, "cached c=1", 20, 4),
+    ]
+    inc = cache_increments(samples, "cached")  # type: ignore[arg-type]
+    assert inc == [(1, 8, 10, "cached c=1"), (3, 12, 14, "cached c=1")]
+    assert cache_increments(samples, "absent") == []  # type: ignore[arg-type]
+
+
+def test_rss_of_this_process() -> None:
+    now, peak = rss_mb(os.getpid()), peak_rss_mb(os.getpid())
+    assert now is not None and peak is not None
+    assert 1 < now <= peak
+    assert rss_mb(2**22 + 12345) is None  # no such pid
+
+
+@pytest.mark.integration
+def test_sampler_reads_a_real_replica_and_tags_phases(server: tuple[str, str]) -> None:
+    _base, metrics = server
+    sampler = Sampler({"api": metrics, "down": "http://127.0.0.1:9"}, {"me": os.getpid()},
+                      interval=0.2, timeout=1.0).start()  # fmt: skip
+    sampler.phase("api c=1")
+    time.sleep(0.7)
+    sampler.phase("idle")
+    time.sleep(0.3)
+    samples = sampler.stop()
+    assert 3 <= len(samples) <= 10
+    phases = {s["phase"] for s in samples}
+    assert {"api c=1", "idle"} <= phases
+    answered = [s["procs"]["api"]["metrics"] for s in samples if s["procs"]["api"]["metrics"]]
+    assert answered, "no scrape of the replica's /metrics answered"
+    assert all(m["skillcoach_db_pool_size"] > 0 for m in answered)
+    assert all(s["procs"]["down"]["metrics"] is None for s in samples)  # refused, not fatal
+    assert all(s["procs"]["me"]["rss_mb"] > 1 for s in samples)
+    ts = [s["t"] for s in samples]
+    assert ts == sorted(ts)
