@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPLICAS ?= 1
 
-.PHONY: help venv .venv up down status scale services test lint typecheck check bench bench-check
+.PHONY: help venv .venv up down status scale services test lint typecheck check bench bench-check bench-locust
 
 help:
 	@echo "make up [REPLICAS=N]  start PostgreSQL, PgBouncer, Redis and the API; print URL, key, curl"
@@ -21,7 +21,8 @@ help:
 	@echo "make scale REPLICAS=N change the replica count of the running stack (pools resized)"
 	@echo "make test             ensure services, run the test suite"
 	@echo "make check            lint, typecheck, test (what .ci/run does)"
-	@echo "make bench            seed/train/inference benchmark -> loadtests/results, docs/benchmarks.md"
+	@echo "make bench            every target at 1..1000 connections + plots, scale, model (~10 min)"
+	@echo "make bench-locust     locust scenarios of realistic use against the 'make up' stack"
 	@echo "make bench-check      throughput/p99 ratios vs loadtests/baseline.json (a few minutes)"
 
 $(STAMP): pyproject.toml
@@ -59,9 +60,21 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-# Seed, train and inference timings on a scratch database (about a minute).
-bench: $(STAMP)
+# The full benchmark (manual, about ten minutes): the side-by-side suite (bare, naive,
+# cache-off, warm-cached, the multi-replica stack; table, JSON and PNG plots), the history-length
+# scale scenario, and seed/train/inference timings. Results land in loadtests/results/.
+bench: services
+	$(PY) -m loadtests suite
+	$(PY) -m loadtests scale
 	$(PY) -m loadtests model
+
+# Realistic use (Zipf learners, reads, attempt batches, model-status polling) against the
+# stack `make up` started; USERS, SPAWN_RATE and DURATION (seconds) are configurable.
+USERS ?= 50
+SPAWN_RATE ?= 10
+DURATION ?= 60
+bench-locust: $(STAMP)
+	$(PY) -m loadtests locust --users $(USERS) --spawn-rate $(SPAWN_RATE) --duration $(DURATION)
 
 # Regression check: this run's ratios against loadtests/baseline.json (manual, ~2 minutes).
 bench-check: $(STAMP)

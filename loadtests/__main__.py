@@ -1,4 +1,4 @@
-"""`python -m loadtests {suite,model,concurrency,cache,scale,check} [...]`: benchmark runners."""
+"""`python -m loadtests {suite,locust,model,concurrency,cache,scale,check}`: benchmark runners."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 from loadtests.bench_cache import main as cache_main
 from loadtests.bench_check import main as check_main
 from loadtests.bench_concurrency import main as concurrency_main
+from loadtests.bench_locust import main as locust_main
 from loadtests.bench_model import main as model_main
 from loadtests.bench_scale import main as scale_main
 from loadtests.bench_suite import main as suite_main
@@ -17,6 +18,7 @@ COMMANDS = {
     "cache": cache_main,
     "scale": scale_main,
     "check": check_main,
+    "locust": locust_main,
     "suite": suite_main,
 }
 
