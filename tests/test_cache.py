@@ -129,6 +129,40 @@ def test_100_concurrent_misses_compute_once(redis_url: str) -> None:
     assert source.calls == 1
 
 
+class FailingFirst(Source):
+    """The first computation fails after a delay (its request ran out of time); later ones
+    succeed after a delay of their own."""
+
+    async def __call__(self) -> tuple[bytes, int] | None:
+        self.calls += 1
+        await anyio.sleep(self.delay)
+        if self.calls == 1:
+            raise TimeoutError("deadline")
+        return self.data, self.version
+
+
+def test_a_failed_flight_hands_over_to_one_new_computation(redis_url: str) -> None:
+    # Regression: two waiters of a failed flight both started a new one; the second
+    # registration replaced the first, and the finally of one raised KeyError (a 500).
+    learner, source = next(_learners), FailingFirst(delay=0.1)
+    results: list[object] = []
+
+    async def body(cache: Cache) -> None:
+        async def one() -> None:
+            try:
+                results.append(await get(cache, learner, source))
+            except Exception as exc:
+                results.append(type(exc).__name__)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(one)
+
+    with_cache(redis_url, body)
+    assert sorted(map(str, results)) == ["TimeoutError"] + ["b'{\"v\":1}'"] * 4, results
+    assert source.calls == 2  # the failed one, then one shared by the four waiters
+
+
 def test_unknown_learners_are_not_cached(redis_url: str) -> None:
     learner = next(_learners)
     source = Source()

@@ -45,6 +45,9 @@ log = logging.getLogger("skillcoach.cache")
 
 # What a failed (or skipped) Redis call returns: None is a legitimate reply (SET NX not set).
 FAILED: Any = object()
+# How many failed single-flight computations a waiting request sits through before it
+# computes on its own (see Cache._single_flight).
+FLIGHT_WAITS = 2
 
 # KEYS: version, entry. ARGV: data_version, body (empty: version only), ttl ms.
 # Raises the learner's version to ARGV[1] if newer; stores the entry unless it is older.
@@ -260,14 +263,21 @@ class Cache:
     ) -> bytes | None:
         # Concurrent misses of one key and version in this replica share one computation.
         flight_key = f"{ekey}@{seen!r}"
-        flight = self._inflight.get(flight_key)
-        if flight is not None:
+        # When the flight we waited for failed (its request ran out of time, say), the first
+        # waiter to wake starts the next one and the others wait for that; a second failure
+        # and each computes on its own, so a waiter never waits on failures without end.
+        for _ in range(FLIGHT_WAITS):
+            flight = self._inflight.get(flight_key)
+            if flight is None:
+                break
             self.metrics.lock_waits.labels(kind).inc()
             await flight.done.wait()
             if flight.ok:
                 return flight.body
         flight = _Flight()
-        self._inflight[flight_key] = flight
+        owner = flight_key not in self._inflight
+        if owner:
+            self._inflight[flight_key] = flight
         try:
             flight.body = await self._compute_once_across_replicas(
                 ekey, lkey, kind, seen, compute, redis_ok=redis_ok
@@ -275,7 +285,10 @@ class Cache:
             flight.ok = True
             return flight.body
         finally:
-            del self._inflight[flight_key]
+            # Only the registered flight leaves the table: a computation that ran beside it
+            # must not remove (or, before this, fail with KeyError on) someone else's entry.
+            if owner and self._inflight.get(flight_key) is flight:
+                del self._inflight[flight_key]
             flight.done.set()
 
     async def _compute_once_across_replicas(
