@@ -250,6 +250,24 @@ def _hit_ratios(runs: dict[str, dict[str, Any]], samples: list[dict[str, Any]]) 
     return out
 
 
+def _tracebacks(logs: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """Per process log: how many tracebacks it printed, and the last one's final lines. A
+    server error under load is a bug, whatever the status the client saw."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, path in logs.items():
+        text = path.read_text(errors="replace") if path.exists() else ""
+        count = text.count("Traceback (most recent call last)")
+        if count:
+            last = text[text.rindex("Traceback (most recent call last)") :].splitlines()
+            out[name] = {"count": count, "last": "\n".join(last[-12:])}
+    return out
+
+
+def _other_5xx(r: dict[str, Any]) -> int:
+    """5xx answers other than the 503s of load shedding: never expected."""
+    return sum(n for s, n in r["statuses"].items() if s.startswith("5") and s != "503")
+
+
 @contextlib.contextmanager
 def _cleanup() -> Iterator[list[Callable[[], object]]]:
     steps: list[Callable[[], object]] = []
@@ -341,6 +359,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             samples = sampler.stop()
         peak_rss = {n: peak_rss_mb(pid) for n, pid in pids.items() if pid is not None}
+        logs = {n: t.log for n, t in targets.items()} | {
+            f"replica-{p.stem.removeprefix('api-')}": p
+            for p in sorted((stack.root / ".stack" / "logs").glob("api-*.log"))
+        }
+        tracebacks = _tracebacks(logs)
         exited = {n: t.proc.poll() for n, t in targets.items() if t.proc.poll() is not None}
         exited |= {n: "gone" for n, pid in stack.replica_pids().items() if pid is None}
     result: dict[str, Any] = {
@@ -362,6 +385,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "hit_ratio": _hit_ratios(runs, samples),
         "peak_rss_mb": peak_rss,
         "exited_early": exited,
+        "tracebacks": tracebacks,
         "timeline": samples,
         "wall_s": round(time.monotonic() - started, 1),
     }
@@ -407,6 +431,9 @@ def verdicts(result: dict[str, Any]) -> dict[str, Any]:
         ratios = [x for x in result["hit_ratio"].get(name, {}).values() if x is not None]
         if ratios:
             v[name]["hit_ratio_over_80pct"] = min(ratios) > SEED_HIT_RATIO
+    v["no_server_errors"] = not result.get("tracebacks") and not any(
+        _other_5xx(r) for by_c in runs.values() for r in by_c.values() if _ok(r)
+    )
     v["rss_under_300mb"] = {n: (mb or 0) < RSS_LIMIT_MB for n, mb in result["peak_rss_mb"].items()}
     return v
 
@@ -428,7 +455,7 @@ def markdown(result: dict[str, Any]) -> str:
     runs, levels = result["runs"], [str(c) for c in result["params"]["levels"]]
     lines = [
         "| target | connections | 2xx req/s | mean | p50 / p90 / p99 / max (ms) |"
-        " non-2xx (503) | socket errors | hit ratio |",
+        " non-2xx (503; other 5xx) | socket errors | hit ratio |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name in TARGETS:
@@ -444,7 +471,7 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(
                 f"| {name} | {c} | {r['ok_rps']:,.0f} | {lat['mean']:,} | {lat['p50']:,} /"
                 f" {lat['p90']:,} / {lat['p99']:,} / {lat['max']:,} | {r['non_2xx']:,}"
-                f" ({r['shed_503']:,}) | {r['socket_errors_total']:,} |"
+                f" ({r['shed_503']:,}; {_other_5xx(r)}) | {r['socket_errors_total']:,} |"
                 f" {_fmt(hits, '.1%')} |"
             )
     lines += [
@@ -473,6 +500,9 @@ def markdown(result: dict[str, Any]) -> str:
         )
     rss = ", ".join(f"{k} {v} MB" for k, v in result["peak_rss_mb"].items())
     lines += ["", f"Peak RSS: {rss}."]
+    for name, tb in result.get("tracebacks", {}).items():
+        lines.append(f"**{name} logged {tb['count']} traceback(s)**; the last ends:")
+        lines += ["", "```", tb["last"], "```", ""]
     if result["exited_early"]:
         lines.append(f"Exited early: {result['exited_early']}.")
     lines.append(f"Wall time {result['wall_s']} s.")
@@ -523,6 +553,12 @@ def seed_table(result: dict[str, Any]) -> str:
     out.append(
         f"| cached requests < 100 ms | - | {cached50} at 50"
         f" ({mark[v[CACHED].get('cached_mean_under_100ms_at_50')]}) | - |"
+    )
+    other_5xx = sum(_other_5xx(r) for by_c in runs.values() for r in by_c.values() if _ok(r))
+    out.append(
+        f"| errors: no 500s (503 only when shedding), no tracebacks | {other_5xx} other 5xx,"
+        f" {sum(tb['count'] for tb in result.get('tracebacks', {}).values())} tracebacks"
+        f" ({mark[v['no_server_errors']]}) | | |"
     )
     peak = max((mb or 0) for mb in result["peak_rss_mb"].values())
     out.append(

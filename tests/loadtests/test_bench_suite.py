@@ -99,12 +99,25 @@ def test_verdicts_follow_the_seed_targets() -> None:
     assert v[CACHED]["hit_ratio_over_80pct"] is True
     assert v[STACK]["hit_ratio_over_80pct"] is False
     assert v["rss_under_300mb"] == {BARE: True, CACHED: True, "replica-1": False}
+    assert v["no_server_errors"] is True
+
+
+def test_a_500_or_a_logged_traceback_fails_the_run() -> None:
+    result = _result()
+    result["runs"][STACK]["50"]["statuses"]["500"] = 4
+    assert verdicts(result)["no_server_errors"] is False
+    assert "(90; 4)" in full_markdown(result)
+    result = _result()
+    result["tracebacks"] = {"replica-1": {"count": 2, "last": "KeyError: 'x'"}}
+    assert verdicts(result)["no_server_errors"] is False
+    assert "replica-1 logged 2 traceback(s)" in full_markdown(result)
 
 
 def test_markdown_has_every_target_ratios_and_the_seed_table() -> None:
     text = full_markdown(_result())
     for name in TARGETS:
         assert f"| {name} | 50 |" in text
+    assert "| stack | 50 | 900 | 110 | 110 / 310.0 / 620 / 1,240 | 90 (90; 0) | 0 | 70.0% |" in text
     assert "| 50 | 0.60 | 0.80x | 0.250 | 0.015 | 0.90x |" in text
     assert "| 100 users < 200 ms (phase 2) | 250 ms (**not met**)" in text
     assert "peak over every process 350.0 MB (**not met**)" in text
@@ -129,6 +142,8 @@ def test_suite_smoke_every_target_measured_sampled_and_plotted(tmp_path: Path) -
     )  # fmt: skip
     result = run(args)
     assert result["exited_early"] == {}
+    assert result["tracebacks"] == {}, result["tracebacks"]
+    assert result["verdicts"]["no_server_errors"] is True
     for name in TARGETS:
         for c in ("1", "20"):
             r = result["runs"][name][c]
