@@ -11,7 +11,7 @@ import anyio
 from anyio.abc import TaskGroup
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from skillcoach.admission import AdmissionMiddleware
@@ -42,6 +42,7 @@ __all__ = ["create_app"]
 log = logging.getLogger("skillcoach")
 
 LONG_HELD_SCAN_SECONDS = 1.0
+CLIENT_CLOSED_REQUEST = 499
 
 
 async def _refresh_model_forever(state: AppState, tg: TaskGroup) -> None:
@@ -98,6 +99,14 @@ async def _db_unavailable(request: Request, exc: Exception) -> Response:
         detail, retry_after = "database unavailable", 2
     problem = ServiceUnavailable(f"{detail}: {exc}", retry_after=retry_after)
     return problem_response(problem, request.url.path)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client hung up before its request body was read (a load generator stopping, a
+    # proxy timing out): nothing was processed and nobody is left to answer, so no
+    # traceback. 499 is nginx's "client closed request"; it only reaches the metrics.
+    log.debug("client disconnected on %s before its body was read", request.url.path)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -181,6 +190,7 @@ def create_app(settings: Settings) -> Starlette:
             Problem: _problem,
             HTTPException: _http_exception,
             DatabaseUnavailable: _db_unavailable,
+            ClientDisconnect: _client_gone,
             Exception: _unexpected,
         },
     )

@@ -274,3 +274,48 @@ def test_keys_and_scopes(client: TestClient, keys: Keys) -> None:
         client, learner, batch((exercise_id(1, 0), True)), Authorization=f"Bearer {keys.admin}"
     )
     assert admin.status_code == 201
+
+
+def test_a_client_gone_before_its_body_is_read_records_nothing_and_raises_nothing(
+    client: TestClient, keys: Keys
+) -> None:
+    # wrk stopping mid-run (or a proxy timing out) hangs up on POSTs whose bodies were never
+    # read: uvicorn then answers receive() with http.disconnect. That used to escape as an
+    # unhandled ClientDisconnect (a logged traceback and a 500 in the metrics).
+    learner = new_learner()
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": f"/v1/learners/{learner}/attempts",
+        "raw_path": f"/v1/learners/{learner}/attempts".encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"authorization", f"Bearer {keys.write}".encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"120"),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+
+    async def call() -> None:
+        await client.app(scope, receive, send)  # type: ignore[arg-type]
+
+    assert client.portal is not None
+    client.portal.call(call)  # raises if the disconnect escapes the app
+    assert sent[0]["type"] == "http.response.start"
+    assert sent[0]["status"] == 499
+    assert client.get(f"/v1/learners/{learner}/weaknesses").status_code == 404  # nothing kept
