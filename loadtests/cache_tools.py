@@ -185,8 +185,9 @@ def cache_counts(samples: dict[str, float] | str, kind: str = "weaknesses") -> d
         name: samples.get(f'skillcoach_cache_{name}_total{{kind="{kind}"}}', 0.0)
         for name in ("hits", "misses", "stale", "lock_waits", "computations")
     }
-    for name in ("errors", "skipped"):
-        out[name] = samples.get(f"skillcoach_cache_{name}_total", 0.0)
+    for name in ("errors", "skipped"):  # errors carry op and reason labels: summed
+        metric = f"skillcoach_cache_{name}_total"
+        out[name] = sum(v for k, v in samples.items() if k.partition("{")[0] == metric)
     return out
 
 

@@ -30,6 +30,9 @@ WANTED = (
     "skillcoach_db_pool_waiters",
     "skillcoach_cache_hits_total",
     "skillcoach_cache_misses_total",
+    "skillcoach_cache_errors_total",
+    "skillcoach_cache_skipped_total",
+    "skillcoach_cache_breaker_state",
     "skillcoach_http_requests_in_flight",
     "skillcoach_http_shed_total",
 )

@@ -185,12 +185,19 @@ def test_redis_down_serves_from_the_source_and_opens_the_breaker() -> None:
     source = Source()
 
     async def body(cache: Cache) -> None:
-        for _ in range(20):
+        for _ in range(10):
             assert await get(cache, 1, source) == b'{"v":1}'
-        assert cache.degraded
+        # Ten refusals in a few milliseconds: a burst, not yet an outage (breaker_min_span).
+        assert not cache.degraded
+        await anyio.sleep(0.3)
+        for _ in range(10):
+            assert await get(cache, 1, source) == b'{"v":1}'
+        assert cache.degraded  # still failing 0.3 s later: open
         assert not await cache.write_through(learner_id=1, version=3, entries=[])
 
-    cache = with_cache(f"redis://127.0.0.1:{free_port()}/0", body, breaker_cooldown=60)
+    cache = with_cache(
+        f"redis://127.0.0.1:{free_port()}/0", body, breaker_cooldown=60, breaker_min_span=0.25
+    )
     assert source.calls == 20
     assert cache.metrics.skipped._value.get() > 0  # type: ignore[attr-defined]
     assert cache.dirty == {1: 3}  # this replica now bypasses the cache for learner 1

@@ -36,7 +36,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from skillcoach.breaker import Breaker
-from skillcoach.cache_metrics import CacheMetrics
+from skillcoach.cache_metrics import CacheMetrics, error_reason
 from skillcoach.resp import PipelinedRedis
 
 __all__ = ["Cache", "CacheConfig", "connect_redis"]
@@ -48,6 +48,7 @@ FAILED: Any = object()
 # How many failed single-flight computations a waiting request sits through before it
 # computes on its own (see Cache._single_flight).
 FLIGHT_WAITS = 2
+LOG_EVERY_SECONDS = 60
 
 # KEYS: version, entry. ARGV: data_version, body (empty: version only), ttl ms.
 # Raises the learner's version to ARGV[1] if newer; stores the entry unless it is older.
@@ -71,6 +72,9 @@ class CacheConfig:
     health_check_interval: float = 0
     breaker_failures: int = 5
     breaker_cooldown: float = 2.0
+    # The failures that open the breaker must span this long (see Breaker): a burst from one
+    # event-loop stall is not an outage.
+    breaker_min_span: float = 0.5
     lock_seconds: float = 2.0
     lock_wait: float = 0.2
 
@@ -129,7 +133,11 @@ class Cache:
     ) -> None:
         self._client = client
         self._config = config
-        self.breaker = Breaker(config.breaker_failures, config.breaker_cooldown)
+        self.breaker = Breaker(
+            config.breaker_failures, config.breaker_cooldown, min_span=config.breaker_min_span
+        )
+        # (op, exception class) -> when it was last logged: one warning a minute per kind.
+        self._logged: dict[tuple[str, str], float] = {}
         self._fast = PipelinedRedis(timeout=config.socket_timeout)
         self.metrics = CacheMetrics(registry)
         self.metrics.breaker.set_function(lambda: self.breaker.state)
@@ -163,12 +171,24 @@ class Cache:
             result = await fn()
         except Exception as exc:
             self.breaker.failure()
-            self.metrics.errors.inc()
-            log.debug("redis %s failed: %r", op, exc)
+            self._failed(op, exc)
             return FAILED
         self.breaker.success()
         self.metrics.latency.labels(op).observe(time.perf_counter() - t0)
         return result
+
+    def _failed(self, op: str, exc: Exception) -> None:
+        """Count a failed Redis call; log its kind at most once a minute (the counter has the
+        rest), so a Redis outage does not turn into a log flood."""
+        self.metrics.errors.labels(op, error_reason(exc)).inc()
+        kind = (op, type(exc).__name__)
+        now = time.monotonic()
+        if now - self._logged.get(kind, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
+            self._logged[kind] = now
+            log.warning(
+                "redis %s failed: %r (further %s failures of %s within %d s are only counted)",
+                op, exc, kind[1], op, LOG_EVERY_SECONDS,
+            )  # fmt: skip
 
     async def lookup(self, *, learner_id: int, kind: str, variant: str) -> bytes | None:
         """The stored body if it is current, else None (the caller takes the full path).
@@ -354,9 +374,8 @@ class Cache:
             # Not under the breaker: a write must raise the version even while reads skip Redis.
             await self._client.eval(STORE, 2, vkey, f"{vkey}:none", version, b"", 0)
         except Exception as exc:  # any failure: see _call
-            self.metrics.errors.inc()
+            self._failed("version", exc)
             self.dirty[learner_id] = max(version, self.dirty.get(learner_id, version))
-            log.warning("cache version of learner %d not raised: %r", learner_id, exc)
             return False
         self.dirty.pop(learner_id, None)
         for kind, variant, body, computed_at in entries:

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-__all__ = ["CacheMetrics"]
+__all__ = ["CacheMetrics", "error_reason"]
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
+
+
+def error_reason(exc: BaseException) -> str:
+    """timeout, connection or other: a bounded label value for a failed Redis call."""
+    if isinstance(exc, TimeoutError | RedisTimeoutError):
+        return "timeout"
+    if isinstance(exc, OSError | RedisConnectionError):
+        return "connection"
+    return "other"
 
 
 class CacheMetrics:
@@ -17,8 +28,14 @@ class CacheMetrics:
         self.hits = counter("hits", "Responses served from the cache")
         self.misses = counter("misses", "Responses computed from PostgreSQL")
         self.stale = counter("stale", "Entries found but invalidated (older learner version)")
+        # op: the call (get, set, lock, unlock, ping, version); reason: timeout, connection or
+        # other (the class name goes to the debug log): a burst of timeouts on a saturated
+        # replica and a Redis that is gone look alike in a plain count.
         self.errors = Counter(
-            "skillcoach_cache_errors_total", "Failed Redis calls", registry=registry
+            "skillcoach_cache_errors_total",
+            "Failed Redis calls",
+            ["op", "reason"],
+            registry=registry,
         )
         self.skipped = Counter(
             "skillcoach_cache_skipped_total",
