@@ -138,6 +138,7 @@ def create_app(settings: Settings) -> Starlette:
                 url=settings.redis_url.get_secret_value(),
                 ttl_seconds=settings.cache_ttl_seconds,
                 socket_timeout=settings.cache_socket_timeout,
+                call_timeout=settings.cache_call_timeout,
                 max_connections=settings.cache_max_connections,
                 health_check_interval=settings.cache_health_check_interval,
             )

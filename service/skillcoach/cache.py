@@ -67,7 +67,13 @@ return current
 class CacheConfig:
     url: str
     ttl_seconds: float = 300.0
+    # The hit path's lean MGET (resp.py): a late reply just means the full path answers.
     socket_timeout: float = 0.05
+    # Every other call (redis-py: misses, stores, locks, version raises). Longer, because a
+    # timeout there is costly twice over: redis-py tears the connection down, and the next
+    # calls on it fail with leaked transport errors (redis-py #4287) until it reconnects. At
+    # 50 ms a saturated replica's own event-loop stalls timed calls out by the dozen.
+    call_timeout: float = 0.25
     max_connections: int = 64
     health_check_interval: float = 0
     breaker_failures: int = 5
@@ -84,8 +90,8 @@ def connect_redis(config: CacheConfig) -> Redis | RedisCluster:
     redis+cluster://host:port[,host:port...] (any node list works as startup nodes)."""
     retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=2)
     common: dict[str, Any] = {
-        "socket_timeout": config.socket_timeout,
-        "socket_connect_timeout": config.socket_timeout * 4,
+        "socket_timeout": config.call_timeout,
+        "socket_connect_timeout": config.call_timeout,
         "socket_keepalive": True,
         "health_check_interval": config.health_check_interval,
         "retry": retry,
@@ -105,7 +111,7 @@ def connect_redis(config: CacheConfig) -> Redis | RedisCluster:
     pool = BlockingConnectionPool.from_url(
         config.url,
         max_connections=config.max_connections,
-        timeout=config.socket_timeout * 4,
+        timeout=config.call_timeout,
         retry_on_timeout=True,
         **common,
     )

@@ -25,8 +25,12 @@ class Settings(BaseSettings):
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     cache_enabled: bool = False
     cache_ttl_seconds: float = Field(default=300.0, gt=0, le=86_400)
-    # Short enough that a dead Redis costs a request little before the breaker opens.
+    # The cache-hit MGET: short, since a late reply only sends the request down the full path.
     cache_socket_timeout: float = Field(default=0.05, gt=0, le=5)
+    # Every other Redis call (misses, stores, locks): long enough that a busy replica's own
+    # event-loop stalls do not time it out (see CacheConfig.call_timeout); a dead Redis still
+    # costs little, since the breaker opens once failures last 0.5 s.
+    cache_call_timeout: float = Field(default=0.25, gt=0, le=5)
     cache_max_connections: int = Field(default=64, ge=1, le=10_000)
     # redis-py's per-command health check costs ~5% of a hit (py-spy); the socket timeout and
     # the breaker already catch a dead connection. The seed's 30 s stays one setting away.
