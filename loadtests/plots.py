@@ -41,6 +41,20 @@ def _color(name: str) -> str:
     return COLORS.get(name, "#17becf")
 
 
+def _broken(points: list[tuple[float, float]], gap: float) -> tuple[list[float], list[float]]:
+    """x and y lists with a NaN wherever consecutive points are more than `gap` apart, so a
+    line does not bridge the time a process was not under load."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for t, y in points:
+        if xs and t - xs[-1] > gap:
+            xs.append(float("nan"))
+            ys.append(float("nan"))
+        xs.append(t)
+        ys.append(y)
+    return xs, ys
+
+
 def concurrency_plot(result: dict[str, Any], path: Path) -> Path:
     fig, (tput, p99) = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, by_c in result["runs"].items():
@@ -133,11 +147,21 @@ def timeline_plot(result: dict[str, Any], path: Path) -> Path:
     waiters.set_ylabel("waiters (thin lines)")
     pool.legend(fontsize=7, loc="upper left")
     pool.set_title("DB pool utilization (numbers on top: connections of the run)", fontsize=9)
+    gap = 3 * float(result.get("params", {}).get("sample_interval", 1.0))
     for p in scraped:
-        inc = [(t, h / n) for t, h, n, _ in cache_increments(samples, p) if n > 0]
+        inc = [(t, 100 * h / n) for t, h, n, _ in cache_increments(samples, p) if n > 0]
         if inc:
-            hits.plot([t for t, _ in inc], [100 * r for _, r in inc], ".-", color=_color(p),
-                      lw=0.8, ms=3, label=p)  # fmt: skip
+            xs, ys = _broken(inc, gap)
+            hits.plot(xs, ys, ".-", color=_color(p), lw=0.8, ms=3, label=p)
+        # Where the breaker was open (Redis skipped): marked at the bottom of the panel.
+        opened = [
+            s["t"]
+            for s in samples
+            if (s["procs"].get(p, {}).get("metrics") or {}).get("skillcoach_cache_breaker_state")
+        ]
+        if opened:
+            hits.plot(opened, [2] * len(opened), "x", color=_color(p), ms=5,
+                      label=f"{p}: breaker open")  # fmt: skip
     hits.axhline(80, color="k", lw=0.6, ls="--")
     hits.text(0.0, 80.5, " seed target 80%", fontsize=7, transform=hits.get_yaxis_transform())
     hits.set_ylabel("cache hit ratio per interval (%)")
