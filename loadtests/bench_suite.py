@@ -586,7 +586,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--hot", type=int, default=1000, help="learner ids 1..N read by (a)-(d)")
     p.add_argument("--exponent", type=float, default=1.1, help="Zipf exponent of (e)")
     p.add_argument("--write-fraction", type=float, default=0.1, help="POST share of (e)")
-    p.add_argument("--timeout", type=float, default=10.0, help="wrk --timeout (s)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=5.0,
+        help="wrk --timeout (s): a request unanswered this long counts as a timeout error",
+    )
     p.add_argument("--sample-interval", type=float, default=1.0, help="seconds between scrapes")
     p.add_argument("--no-plots", action="store_true", help="JSON and markdown only")
     p.add_argument("--max-seconds", type=int, default=1500, help="abort (and clean up) after")
