@@ -396,6 +396,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 # -- verdicts and the markdown ----------------------------------------------------------------
 
 
+def _own_target(proc: str) -> str:
+    """The target whose load a skillcoach process serves (the stack's replicas: stack)."""
+    return STACK if proc.startswith("replica-") else proc
+
+
+def _pool_at(result: dict[str, Any], proc_prefix: str, c: int) -> float | None:
+    """Peak pool utilization of the processes named proc_prefix* under their own load."""
+    peaks = [
+        phases[f"{_own_target(proc)} c={c}"]["peak_utilization"]
+        for proc, phases in result["pool"].items()
+        if proc.startswith(proc_prefix) and f"{_own_target(proc)} c={c}" in phases
+    ]
+    return max(peaks) if peaks else None
+
+
 def _ok(r: dict[str, Any] | None) -> bool:
     return bool(r) and "failed" not in r  # type: ignore[operator]
 
@@ -491,13 +506,20 @@ def markdown(result: dict[str, Any]) -> str:
             f" {_fmt(_ratio(row[CACHED], row[NAIVE], 'p99'), '.3f')} |"
             f" {_fmt(_ratio(row[STACK], row[NAIVE], 'ok_rps'), '.2f', 'x')} |"
         )
-    lines += ["", "| process | phase with the highest pool use | peak utilization | peak waiters |"]
-    lines.append("|---|---|---|---|")
+    lines += [
+        "",
+        "DB pool while its own target was driven: peak checked-out share of the pool / peak"
+        " waiters (sampled each second; - : no scrape answered in time):",
+        "",
+        "| process | " + " | ".join(f"c={c}" for c in levels) + " |",
+        "|---|" + "---|" * len(levels),
+    ]
     for proc, phases in result["pool"].items():
-        phase, row = max(phases.items(), key=lambda kv: (kv[1]["peak_utilization"], kv[0]))
-        lines.append(
-            f"| {proc} | {phase} | {row['peak_utilization']:.0%} | {row['peak_waiters']:g} |"
-        )
+        cells = []
+        for c in levels:
+            row = phases.get(f"{_own_target(proc)} c={c}")
+            cells.append(f"{row['peak_utilization']:.0%} / {row['peak_waiters']:g}" if row else "-")
+        lines.append(f"| {proc} | " + " | ".join(cells) + " |")
     rss = ", ".join(f"{k} {v} MB" for k, v in result["peak_rss_mb"].items())
     lines += ["", f"Peak RSS: {rss}."]
     for name, tb in result.get("tracebacks", {}).items():
@@ -559,6 +581,14 @@ def seed_table(result: dict[str, Any]) -> str:
         f"| errors: no 500s (503 only when shedding), no tracebacks | {other_5xx} other 5xx,"
         f" {sum(tb['count'] for tb in result.get('tracebacks', {}).values())} tracebacks"
         f" ({mark[v['no_server_errors']]}) | | |"
+    )
+    pools = [_pool_at(result, proc, 20) for proc in (OFF, CACHED, "replica-")]
+    out.append(
+        "| DB pool utilization < 50% (normal load: 20 connections) | "
+        + " | ".join(
+            "-" if u is None else f"peak {u:.0%} ({mark[u < SEED_POOL_UTILIZATION]})" for u in pools
+        )
+        + " |"
     )
     peak = max((mb or 0) for mb in result["peak_rss_mb"].values())
     out.append(
