@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import random
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections import Counter
@@ -22,7 +20,7 @@ import psycopg2
 import redis as redis_client
 
 from loadtests import wrk
-from skillcoach.stack.processes import free_port
+from skillcoach.stack.processes import free_port, free_port_block
 from skillcoach.stack.redis import RedisServer
 from skillcoach.stack.redis_cluster import BUS_PORT_OFFSET, NODES, RedisClusterNodes
 
@@ -44,15 +42,6 @@ PY_SPY = "/tmp/stv/bin/py-spy"
 PERMUTATION_SEED = 20261127  # rank -> learner id: the same permutation in every run
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
 def start_redis(tmp: Path) -> tuple[RedisServer, RedisClusterNodes]:
     """A standalone server and a 6-node cluster, as tests/fixtures_services.py starts them
     (cluster ports and their bus ports below the ephemeral range, a retry on a lost race)."""
@@ -63,9 +52,7 @@ def start_redis(tmp: Path) -> tuple[RedisServer, RedisClusterNodes]:
         server.stop()
         raise
     for attempt in range(3):
-        base = random.randrange(20000, 22000)
-        if not all(_bindable(base + i + o) for o in (0, BUS_PORT_OFFSET) for i in range(NODES)):
-            continue
+        base = free_port_block(NODES, low=20000, high=22000, offsets=(0, BUS_PORT_OFFSET))
         nodes = RedisClusterNodes(base_port=base, data_dir=tmp / f"cluster-{attempt}")
         try:
             nodes.start(timeout=30)

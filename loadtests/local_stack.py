@@ -10,8 +10,6 @@ would lock the developer's PgBouncer out). `stop` runs `stack down` and drops bo
 from __future__ import annotations
 
 import os
-import random
-import socket
 import subprocess
 import sys
 import uuid
@@ -20,7 +18,7 @@ from pathlib import Path
 
 from loadtests.bench_model import _admin
 from skillcoach.stack import envfile
-from skillcoach.stack.processes import ApiReplica, free_port, log_tail
+from skillcoach.stack.processes import ApiReplica, free_port, free_port_block, log_tail
 from skillcoach.stack.redis_cluster import BUS_PORT_OFFSET, NODES
 
 __all__ = ["LocalStack", "start_stack", "stop_stack"]
@@ -69,31 +67,13 @@ class LocalStack:
         }
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def _block(size: int, low: int, high: int, also: tuple[int, ...] = (0,)) -> int:
-    """A base port with base+i+o free for i < size and every offset o, below the ephemeral
-    range (so no client socket takes one of them between the check and the bind)."""
-    for _ in range(200):
-        base = random.randrange(low, high)
-        if all(_bindable(base + i + o) for o in also for i in range(size)):
-            return base
-    raise RuntimeError(f"no {size} free ports in [{low}, {high})")
-
-
 def stack_env(replicas: int, learners: int) -> dict[str, str]:
     tag = uuid.uuid4().hex[:8]
     return {
-        "SKILLCOACH_STACK_API_PORT": str(_block(replicas + 1, 23000, 25000)),
+        # Blocks below the ephemeral range: see free_port_block.
+        "SKILLCOACH_STACK_API_PORT": str(free_port_block(replicas + 1, low=23000, high=25000)),
         "SKILLCOACH_STACK_REDIS_CLUSTER_PORT": str(
-            _block(NODES, 20000, 22000, also=(0, BUS_PORT_OFFSET))
+            free_port_block(NODES, low=20000, high=22000, offsets=(0, BUS_PORT_OFFSET))
         ),
         "SKILLCOACH_STACK_PGBOUNCER_PORT": str(free_port()),
         "SKILLCOACH_STACK_REDIS_PORT": str(free_port()),

@@ -16,8 +16,6 @@ Every start waits with a deadline; every process is stopped at teardown.
 
 from __future__ import annotations
 
-import random
-import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -31,7 +29,7 @@ from skillcoach.stack.pgbouncer import (
     start_ephemeral,
     stop_ephemeral,
 )
-from skillcoach.stack.processes import free_port
+from skillcoach.stack.processes import free_port, free_port_block
 from skillcoach.stack.redis import RedisServer
 from skillcoach.stack.redis_cluster import BUS_PORT_OFFSET, NODES, RedisClusterNodes
 
@@ -129,27 +127,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     raise RuntimeError(f"redis-server did not start in {_START_ATTEMPTS} attempts: {last}")
 
 
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_cluster_base_port(*, low: int = 20000, high: int = 22000, attempts: int = 200) -> int:
-    """A base port B where B..B+5 and their bus ports B+10000.. are all free right now.
-
-    Even with the bus offset the block stays below the kernel's ephemeral range (32768..), so
-    no outgoing connection can be holding one of them; a race with another process is still
-    possible, which the fixture survives by trying again."""
-    for _ in range(attempts):
-        base = random.randrange(low, high)
-        ports = [base + i + off for off in (0, BUS_PORT_OFFSET) for i in range(NODES)]
-        if all(_bindable(port) for port in ports):
-            return base
-    raise RuntimeError(f"no free block of {NODES} ports (+ bus ports) in [{low}, {high})")
+def free_cluster_base_port() -> int:
+    """A base port B where B..B+5 and their bus ports B+10000.. are all free right now."""
+    return free_port_block(NODES, low=20000, high=22000, offsets=(0, BUS_PORT_OFFSET))
 
 
 @pytest.fixture(scope="session")

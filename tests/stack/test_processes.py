@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from skillcoach.stack.processes import (
     ApiReplica,
+    bindable,
     free_port,
+    free_port_block,
     http_status,
     known_replicas,
     pid_alive,
@@ -56,3 +61,18 @@ def test_nothing_listens_on_a_free_port() -> None:
     port = free_port()
     assert not port_open("127.0.0.1", port, timeout=0.5)
     assert http_status(f"http://127.0.0.1:{port}/healthz", timeout=0.5) is None
+
+
+def test_free_port_block_skips_blocks_with_a_taken_port() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        taken = held.getsockname()[1]
+        assert not bindable(taken)
+        # The only candidate bases in [taken - 1, taken + 1) all include the held port.
+        with pytest.raises(RuntimeError, match="no free block"):
+            free_port_block(2, low=taken - 1, high=taken + 1, attempts=20)
+        # With an offset, the held port also counts when it is base + offset.
+        with pytest.raises(RuntimeError):
+            free_port_block(1, low=taken - 5, high=taken - 4, offsets=(0, 5), attempts=5)
+    base = free_port_block(3, low=21000, high=22000, offsets=(0, 100))
+    assert all(bindable(base + i + o) for o in (0, 100) for i in range(3))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -25,7 +26,9 @@ from skillcoach.stack.errors import StackError
 
 __all__ = [
     "ApiReplica",
+    "bindable",
     "free_port",
+    "free_port_block",
     "http_status",
     "known_replicas",
     "log_tail",
@@ -143,6 +146,39 @@ def free_port(host: str = "127.0.0.1") -> int:
         s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def bindable(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether port can be bound on host right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port_block(
+    size: int,
+    *,
+    low: int,
+    high: int,
+    offsets: Sequence[int] = (0,),
+    attempts: int = 200,
+) -> int:
+    """A base port B in [low, high) with B+i+o bindable for every i < size and offset o.
+
+    For services that need consecutive ports (replicas after HAProxy's, a Redis Cluster and
+    its bus ports at +10000). Keep the range below the kernel's ephemeral range (32768..) so
+    no outgoing connection can be holding one of them; a race with another process stays
+    possible, so callers retry on a failed start."""
+    for _ in range(attempts):
+        base = random.randrange(low, high)
+        if all(bindable(base + i + o) for o in offsets for i in range(size)):
+            return base
+    raise RuntimeError(
+        f"no free block of {size} ports (offsets {list(offsets)}) in [{low}, {high})"
+    )
 
 
 def http_status(
