@@ -31,6 +31,7 @@ from typing import Any
 
 from loadtests.cache_tools import id_ranges
 from loadtests.recording import record
+from loadtests.sampler import Sampler, summarize
 from skillcoach.stack.envfile import read_env
 
 __all__ = ["main", "markdown", "run_locust"]
@@ -224,6 +225,22 @@ def markdown(result: dict[str, Any]) -> str:
     if result["exceptions"]:
         lines += ["", "Exceptions in the locustfile:"]
         lines += [f"- {x['count']:,} x {x['message']}" for x in result["exceptions"]]
+    if result.get("replicas"):
+        lines += [
+            "",
+            "| replica (its /metrics each second) | peak pool use | peak waiters | hit ratio |"
+            " cache errors |",
+            "|---|---|---|---|---|",
+        ]
+        for name, r in result["replicas"].items():
+            if not r["scrapes"]:
+                lines.append(f"| {name} | no scrape answered | | | |")
+                continue
+            hits = "-" if r["hit_ratio"] is None else f"{r['hit_ratio']:.1%}"
+            lines.append(
+                f"| {name} | {r['peak_pool_utilization']:.0%} | {r['peak_waiters']:g} | {hits} |"
+                f" {r['cache_errors']:g} |"
+            )
     return "\n".join([*lines, "", f"Wall time {result['wall_s']} s."])
 
 
@@ -293,7 +310,24 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    result = run_locust(
+    # The replicas' own view while locust drives them: pool use, waiters, cache hits.
+    replicas = {
+        f"replica-{url.rsplit(':', 1)[1]}": url
+        for url in stack.get("SKILLCOACH_REPLICA_URLS", "").split()
+        if not args.host or args.host == stack.get("SKILLCOACH_URL")
+    }
+    sampler = Sampler(replicas, {}, interval=1.0).start() if replicas else None
+    try:
+        result = _run(args, host, key, stack)
+    finally:
+        samples = sampler.stop() if sampler else []
+    result["replicas"] = summarize(samples)
+    record("locust", result, markdown)
+    return 0
+
+
+def _run(args: argparse.Namespace, host: str, key: str, stack: dict[str, str]) -> dict[str, Any]:
+    return run_locust(
         host.rstrip("/"),
         key,
         **_ranges(args, stack),
@@ -307,5 +341,3 @@ def main(argv: list[str]) -> int:
         poll_seconds=args.poll_seconds,
         seed=args.seed,
     )
-    record("locust", result, markdown)
-    return 0

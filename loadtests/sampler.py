@@ -20,7 +20,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Sampler", "cache_increments", "parse_metrics", "peak_rss_mb", "rss_mb"]
+__all__ = [
+    "Sampler",
+    "cache_increments",
+    "parse_metrics",
+    "peak_rss_mb",
+    "rss_mb",
+    "summarize",
+]
 
 # Gauges and counters worth a time series (label sets are summed per name).
 WANTED = (
@@ -159,4 +166,30 @@ def cache_increments(
             misses = m.get(MISSES, 0.0) - prev.get(MISSES, 0.0)
             out.append((s["t"], hits, hits + misses, s["phase"]))
         prev = m
+    return out
+
+
+def summarize(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per process over the whole series: peak pool utilization (checked out / capacity),
+    peak waiters, the hit ratio of all lookups, and how many scrapes answered."""
+    out: dict[str, dict[str, Any]] = {}
+    for proc in sorted({p for s in samples for p in s["procs"]}):
+        answered = [m for s in samples if (m := s["procs"].get(proc, {}).get("metrics"))]
+        if not answered:
+            out[proc] = {"scrapes": 0}
+            continue
+        utils = []
+        for m in answered:
+            cap = m.get("skillcoach_db_pool_capacity") or m.get("skillcoach_db_pool_size") or 0
+            utils.append(m.get("skillcoach_db_pool_checked_out", 0.0) / cap if cap else 0.0)
+        inc = cache_increments(samples, proc)
+        lookups = sum(n for _, _, n, _ in inc)
+        out[proc] = {
+            "scrapes": len(answered),
+            "peak_pool_utilization": round(max(utils), 3),
+            "peak_waiters": max(m.get("skillcoach_db_pool_waiters", 0.0) for m in answered),
+            "hit_ratio": round(sum(h for _, h, _, _ in inc) / lookups, 4) if lookups else None,
+            "cache_errors": answered[-1].get("skillcoach_cache_errors_total", 0.0)
+            - answered[0].get("skillcoach_cache_errors_total", 0.0),
+        }
     return out

@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import pytest
-from loadtests.sampler import Sampler, cache_increments, parse_metrics, peak_rss_mb, rss_mb
+from loadtests.sampler import (
+    Sampler,
+    cache_increments,
+    parse_metrics,
+    peak_rss_mb,
+    rss_mb,
+    summarize,
+)
 
 TEXT = """\
 # HELP skillcoach_cache_hits_total Responses served from the cache
@@ -79,3 +87,26 @@ def test_sampler_reads_a_real_replica_and_tags_phases(server: tuple[str, str]) -
     assert all(s["procs"]["me"]["rss_mb"] > 1 for s in samples)
     ts = [s["t"] for s in samples]
     assert ts == sorted(ts)
+
+
+def test_summarize_peaks_and_overall_hit_ratio() -> None:
+    def s(t: float, out: float, waiters: float, hits: float, misses: float) -> dict[str, Any]:
+        metrics = {
+            "skillcoach_db_pool_capacity": 16.0,
+            "skillcoach_db_pool_checked_out": out,
+            "skillcoach_db_pool_waiters": waiters,
+            "skillcoach_cache_hits_total": hits,
+            "skillcoach_cache_misses_total": misses,
+            "skillcoach_cache_errors_total": 1.0,
+        }
+        return {"t": t, "phase": "x", "procs": {"r": {"metrics": metrics}, "gone": {}}}
+
+    summary = summarize([s(0, 2, 0, 0, 0), s(1, 12, 3, 90, 10), s(2, 4, 1, 180, 20)])
+    assert summary["r"] == {
+        "scrapes": 3,
+        "peak_pool_utilization": 0.75,
+        "peak_waiters": 3.0,
+        "hit_ratio": 0.9,
+        "cache_errors": 0.0,
+    }
+    assert summary["gone"] == {"scrapes": 0}
