@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import AsyncIterator
 
 import anyio
 from anyio.abc import TaskGroup
+from prometheus_client import Counter
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -28,6 +30,7 @@ from skillcoach.db import (
 from skillcoach.db_metrics import PoolCollector
 from skillcoach.health import HealthProbe
 from skillcoach.hit_path import CacheHitPath
+from skillcoach.idempotency import prune_forever
 from skillcoach.live_model import LiveModel
 from skillcoach.metrics import HttpMetricsMiddleware, ModelCollector, new_registry
 from skillcoach.pool_watch import initial_pool, watch_pool_file
@@ -153,6 +156,11 @@ def create_app(settings: Settings) -> Starlette:
             cache=cache,
         )
         registry.register(PoolCollector(db.stats))
+        pruned = Counter(
+            "skillcoach_idempotency_keys_pruned_total",
+            "Idempotency keys deleted after the retention period",
+            registry=registry,
+        )
         registry.register(ModelCollector(state.live_model))
         app.state.skillcoach = state
         try:
@@ -166,6 +174,15 @@ def create_app(settings: Settings) -> Starlette:
                 tg.start_soon(_retry_invalidations_forever, cache)
                 tg.start_soon(_warm, state)
             tg.start_soon(_scan_long_held_forever, db)
+            tg.start_soon(
+                functools.partial(
+                    prune_forever,
+                    db,
+                    retention_seconds=settings.idempotency_retention_seconds,
+                    every_seconds=settings.idempotency_prune_seconds,
+                    pruned=pruned,
+                )
+            )
             if settings.pool_file is not None:
                 tg.start_soon(
                     watch_pool_file, db, settings.pool_file, settings.pool_file_poll_seconds
