@@ -134,6 +134,17 @@ def test_200_clients_get_an_answer_or_a_fast_503(slow_server: tuple[str, Keys]) 
     assert status["checked_out"] == 0 and status["waiters"] == 0
     metrics = httpx.get(f"{base}/metrics").text
     assert "skillcoach_http_shed_total" in metrics
+    samples = {
+        name: float(value)
+        for name, _, value in (line.rpartition(" ") for line in metrics.splitlines())
+        if name.startswith(("skillcoach_http_shed_total", "skillcoach_http_requests_total{"))
+    }
+    shed = samples["skillcoach_http_shed_total"]
+    labelled = samples.get(
+        'skillcoach_http_requests_total{method="GET",route="shed",status="503"}', 0.0
+    )
+    assert shed > 0 and labelled == shed, f"shed {shed}, under route=shed {labelled}"
+    assert not any('route="unmatched"' in name for name in samples)
 
 
 def test_1000_requests_failing_after_checkout_return_every_connection(

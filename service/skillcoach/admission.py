@@ -17,9 +17,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from skillcoach.problems import ServiceUnavailable, problem_response
 from skillcoach.request_context import request_deadline, request_scope
 
-__all__ = ["UNSHED_PATHS", "AdmissionMiddleware"]
+__all__ = ["SHED_SCOPE_KEY", "UNSHED_PATHS", "AdmissionMiddleware"]
 
 UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# Set in the ASGI scope of a request this middleware refused.
+SHED_SCOPE_KEY = "skillcoach.shed"
 
 
 class AdmissionMiddleware:
@@ -57,6 +59,8 @@ class AdmissionMiddleware:
             return
         if self._in_flight >= self._limit():
             self.shed.inc()
+            # Shed before routing: the HTTP metrics label it route="shed", not "unmatched".
+            scope[SHED_SCOPE_KEY] = True
             problem = ServiceUnavailable(
                 "this replica is at its concurrency limit; retry shortly", retry_after=1
             )

@@ -10,6 +10,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from skillcoach.admission import SHED_SCOPE_KEY
 from skillcoach.live_model import LiveModel
 
 __all__ = ["HttpMetricsMiddleware", "ModelCollector", "new_registry"]
@@ -71,7 +72,9 @@ class HttpMetricsMiddleware:
         finally:
             route = scope.get("route")
             # The template, never the raw path: label cardinality stays bounded.
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(route, "path", None) or (
+                "shed" if scope.get(SHED_SCOPE_KEY) else "unmatched"
+            )
             method = scope["method"]
             self.requests.labels(method, template, str(status)).inc()
             self.duration.labels(method, template).observe(time.perf_counter() - start)
