@@ -17,12 +17,10 @@ from pathlib import Path
 
 from skillcoach.stack.errors import StackError
 from skillcoach.stack.processes import (
+    ensure_port_free,
     log_tail,
-    pid_alive,
-    port_open,
-    process_cmdline,
-    read_pidfile,
-    terminate,
+    owned_pid,
+    stop_owned,
     wait_until,
 )
 
@@ -52,10 +50,7 @@ class ExporterProcess:
         return f"http://{self.host}:{self.port}/metrics"
 
     def pid(self) -> int | None:
-        pid = read_pidfile(self.pidfile)
-        if pid is None or not pid_alive(pid) or "pgbouncer-exporter" not in process_cmdline(pid):
-            return None
-        return pid
+        return owned_pid(self.pidfile, "pgbouncer-exporter")
 
     def _fingerprint(self, admin_url: str) -> str:
         return hashlib.sha256(f"{self.host}:{self.port}\n{admin_url}".encode()).hexdigest()
@@ -92,11 +87,12 @@ class ExporterProcess:
                 return f"reused on {self.url}"
             self.stop()
             restarted = " (restarted: its settings changed)"
-        if port_open(self.host, self.port):
-            raise StackError(
-                f"pgbouncer-exporter: port {self.port} is already in use by another process"
-                " (set SKILLCOACH_STACK_EXPORTER_PORT to move it)"
-            )
+        ensure_port_free(
+            self.host,
+            self.port,
+            who="pgbouncer-exporter",
+            hint="set SKILLCOACH_STACK_EXPORTER_PORT to move it",
+        )
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
             sys.executable, "-m", "skillcoach.cli", "pgbouncer-exporter",
@@ -132,9 +128,6 @@ class ExporterProcess:
         return f"started on {self.url} (pid {proc.pid}){restarted}"
 
     def stop(self, *, timeout: float = 10.0) -> bool:
-        pid = self.pid()
-        if pid is not None:
-            terminate(pid, timeout=timeout)
-        self.pidfile.unlink(missing_ok=True)
-        self.fingerprint_file.unlink(missing_ok=True)
-        return pid is not None
+        return stop_owned(
+            self.pidfile, "pgbouncer-exporter", timeout=timeout, forget=[self.fingerprint_file]
+        )

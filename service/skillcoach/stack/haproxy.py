@@ -29,13 +29,13 @@ from pathlib import Path
 from string import Template
 
 from skillcoach.stack.errors import StackError
-from skillcoach.stack.packages import find_binary
+from skillcoach.stack.packages import require_binary
 from skillcoach.stack.processes import (
+    ensure_port_free,
     log_tail,
+    owned_pid,
     pid_alive,
-    port_open,
     process_cmdline,
-    read_pidfile,
     run_bounded,
     terminate,
     wait_until,
@@ -198,10 +198,7 @@ class HAProxy:
         return f"http://{self.config.listen_addr}:{self.config.stats_port}/metrics"
 
     def pid(self) -> int | None:
-        pid = read_pidfile(self.pidfile)
-        if pid is None or not pid_alive(pid) or "haproxy" not in process_cmdline(pid):
-            return None
-        return pid
+        return owned_pid(self.pidfile, "haproxy")
 
     def is_running(self) -> bool:
         return self.pid() is not None
@@ -241,10 +238,7 @@ class HAProxy:
         return render_config(template, self.config)
 
     def _binary(self) -> str:
-        binary = find_binary("haproxy")
-        if binary is None:
-            raise StackError("haproxy is not installed (apt-get install haproxy)")
-        return binary
+        return require_binary("haproxy", package="haproxy")
 
     def _install_config(self, text: str, *, timeout: float) -> None:
         """Validate the new config with `haproxy -c` before it replaces the current one, so a
@@ -315,16 +309,19 @@ class HAProxy:
             self._install_config(text, timeout=timeout)
             self._spawn(["-sf", str(pid)], timeout=timeout)
             return "reloaded", pid
-        if port_open(self.config.listen_addr, self.config.listen_port):
-            raise StackError(
-                f"haproxy: port {self.config.listen_port} is already in use by another process"
-                " (set SKILLCOACH_STACK_API_PORT to move the stack)"
-            )
-        if port_open(self.config.listen_addr, self.config.stats_port):
-            raise StackError(
-                f"haproxy: stats port {self.config.stats_port} is already in use by another"
-                " process (set SKILLCOACH_STACK_HAPROXY_STATS_PORT to move it)"
-            )
+        host = self.config.listen_addr
+        ensure_port_free(
+            host,
+            self.config.listen_port,
+            who="haproxy",
+            hint="set SKILLCOACH_STACK_API_PORT to move the stack",
+        )
+        ensure_port_free(
+            host,
+            self.config.stats_port,
+            who="haproxy (stats)",
+            hint="set SKILLCOACH_STACK_HAPROXY_STATS_PORT to move it",
+        )
         self._install_config(text, timeout=timeout)
         self.pidfile.unlink(missing_ok=True)
         self.instance_file.unlink(missing_ok=True)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from skillcoach.stack.errors import StackError
 from skillcoach.stack.processes import run_bounded
 
-__all__ = ["REQUIRED", "ensure_packages", "find_binary", "missing_packages"]
+__all__ = ["REQUIRED", "ensure_packages", "find_binary", "missing_packages", "require_binary"]
 
 # (binary, Debian package providing it)
 REQUIRED: tuple[tuple[str, str], ...] = (
@@ -30,6 +30,14 @@ _EXTRA_PATH = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 def find_binary(name: str) -> str | None:
     path = os.pathsep.join([os.environ.get("PATH", ""), *_EXTRA_PATH])
     return shutil.which(name, path=path)
+
+
+def require_binary(name: str, *, package: str) -> str:
+    """The path of an installed binary, or a StackError naming the Debian package to install."""
+    binary = find_binary(name)
+    if binary is None:
+        raise StackError(f"{name} is not installed (apt-get install {package})")
+    return binary
 
 
 def missing_packages(required: Sequence[tuple[str, str]] = REQUIRED) -> list[str]:

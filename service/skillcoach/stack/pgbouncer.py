@@ -23,17 +23,14 @@ import psycopg2
 import psycopg2.extras
 
 from skillcoach.stack.errors import StackError
-from skillcoach.stack.packages import find_binary
+from skillcoach.stack.packages import require_binary
 from skillcoach.stack.processes import (
+    ensure_port_free,
     free_port,
-    log_tail,
-    pid_alive,
-    port_open,
-    process_cmdline,
-    read_pidfile,
+    owned_pid,
     run_bounded,
-    terminate,
-    wait_until,
+    stop_owned,
+    wait_healthy,
 )
 
 __all__ = [
@@ -163,10 +160,7 @@ class PgBouncer:
         return self.url(self.config.admin_user, "pgbouncer", driver="postgresql")
 
     def pid(self) -> int | None:
-        pid = read_pidfile(self.pidfile)
-        if pid is None or not pid_alive(pid) or "pgbouncer" not in process_cmdline(pid):
-            return None
-        return pid
+        return owned_pid(self.pidfile, "pgbouncer")
 
     def is_running(self) -> bool:
         return self.pid() is not None
@@ -211,13 +205,8 @@ class PgBouncer:
             if changed:
                 os.kill(pid, signal.SIGHUP)  # re-reads ini and userlist, keeps connections
             return
-        if port_open(self.config.listen_addr, self.config.listen_port):
-            raise StackError(
-                f"pgbouncer: port {self.config.listen_port} is already in use by another process"
-            )
-        binary = find_binary("pgbouncer")
-        if binary is None:
-            raise StackError("pgbouncer is not installed (apt-get install pgbouncer)")
+        ensure_port_free(self.config.listen_addr, self.config.listen_port, who="pgbouncer")
+        binary = require_binary("pgbouncer", package="pgbouncer")
         self.pidfile.unlink(missing_ok=True)
         cmd = [binary, "-d", str(self.ini_path)]
         run_as = _run_as_user()
@@ -225,19 +214,16 @@ class PgBouncer:
             cmd = ["runuser", "-u", run_as.pw_name, "--", *cmd]
         # -d: it forks into the background once listening, so this returns quickly.
         run_bounded(cmd, what="pgbouncer", timeout=timeout, log=self.logfile)
-        if not wait_until(self.healthy, timeout, interval=0.1):
-            raise StackError(
-                f"pgbouncer on port {self.config.listen_port} did not answer within"
-                f" {timeout:g}s; log {self.logfile}:\n{log_tail(self.logfile)}"
-            )
+        wait_healthy(
+            self.healthy,
+            timeout,
+            what=f"pgbouncer on port {self.config.listen_port} did not answer",
+            logfile=self.logfile,
+        )
 
     def stop(self, *, timeout: float = 10.0) -> bool:
         """Stop the daemon if it runs (SIGTERM: immediate shutdown); True if it ran."""
-        pid = self.pid()
-        if pid is not None:
-            terminate(pid, timeout=timeout)
-        self.pidfile.unlink(missing_ok=True)
-        return pid is not None
+        return stop_owned(self.pidfile, "pgbouncer", timeout=timeout)
 
 
 def _run_as_user() -> pwd.struct_passwd | None:

@@ -27,17 +27,21 @@ from skillcoach.stack.errors import StackError
 __all__ = [
     "ApiReplica",
     "bindable",
+    "ensure_port_free",
     "free_port",
     "free_port_block",
     "http_status",
     "known_replicas",
     "log_tail",
+    "owned_pid",
     "pid_alive",
     "port_open",
     "process_cmdline",
     "read_pidfile",
     "run_bounded",
+    "stop_owned",
     "terminate",
+    "wait_healthy",
     "wait_until",
 ]
 
@@ -148,6 +152,51 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+# -- daemons with pid files: what redis, pgbouncer, haproxy, the exporter and the replicas share
+
+
+def owned_pid(pidfile: Path, marker: str) -> int | None:
+    """The pid in pidfile if that process is alive and its command line contains marker: a
+    recycled pid (another program now) is never taken for ours, nor signalled."""
+    pid = read_pidfile(pidfile)
+    if pid is None or not pid_alive(pid) or marker not in process_cmdline(pid):
+        return None
+    return pid
+
+
+def stop_owned(pidfile: Path, marker: str, *, timeout: float, forget: Sequence[Path] = ()) -> bool:
+    """SIGTERM (then SIGKILL after timeout) the process of pidfile if it is ours; remove the
+    pid file and the `forget` files either way. True if it ran."""
+    pid = owned_pid(pidfile, marker)
+    if pid is not None:
+        terminate(pid, timeout=timeout)
+    for path in (pidfile, *forget):
+        path.unlink(missing_ok=True)
+    return pid is not None
+
+
+def ensure_port_free(host: str, port: int, *, who: str, hint: str = "") -> None:
+    """Raise before starting `who` if something else already listens on port."""
+    if port_open(host, port):
+        raise StackError(
+            f"{who}: port {port} is already in use by another process"
+            + (f" ({hint})" if hint else "")
+        )
+
+
+def wait_healthy(
+    healthy: Callable[[], bool],
+    timeout: float,
+    *,
+    what: str,
+    logfile: Path,
+    interval: float = 0.1,
+) -> None:
+    """Wait until healthy(); else raise naming `what` with the tail of its log."""
+    if not wait_until(healthy, timeout, interval=interval):
+        raise StackError(f"{what} within {timeout:g}s; log {logfile}:\n{log_tail(logfile)}")
+
+
 def bindable(port: int, host: str = "127.0.0.1") -> bool:
     """Whether port can be bound on host right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -225,11 +274,7 @@ class ApiReplica:
         return f"http://{self.host}:{self.port}"
 
     def pid(self) -> int | None:
-        pid = read_pidfile(self.pidfile)
-        # The command line check stops us signalling a recycled pid.
-        if pid is None or not pid_alive(pid) or "skillcoach" not in process_cmdline(pid):
-            return None
-        return pid
+        return owned_pid(self.pidfile, "skillcoach")
 
     @property
     def fingerprint_file(self) -> Path:
@@ -256,11 +301,9 @@ class ApiReplica:
     ) -> int:
         """Start `skillcoach serve` with env; settings (the stack-chosen part of env) are
         fingerprinted so a later `up` can tell whether this replica is still configured right."""
-        if port_open(self.host, self.port):
-            raise StackError(
-                f"api: port {self.port} is already in use by another process"
-                " (set SKILLCOACH_STACK_API_PORT to move the stack)"
-            )
+        ensure_port_free(
+            self.host, self.port, who="api", hint="set SKILLCOACH_STACK_API_PORT to move the stack"
+        )
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         with self.logfile.open("ab") as log:
             # A new session: the replica outlives this command and ignores its terminal's ^C.
@@ -295,12 +338,9 @@ class ApiReplica:
 
     def stop(self, timeout: float = 15.0) -> bool:
         """Stop it if it runs; True if something was stopped."""
-        pid = self.pid()
-        if pid is not None:
-            terminate(pid, timeout=timeout)
-        self.pidfile.unlink(missing_ok=True)
-        self.fingerprint_file.unlink(missing_ok=True)
-        return pid is not None
+        return stop_owned(
+            self.pidfile, "skillcoach", timeout=timeout, forget=[self.fingerprint_file]
+        )
 
 
 def known_replicas(state_dir: Path) -> list[ApiReplica]:

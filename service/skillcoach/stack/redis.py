@@ -12,15 +12,13 @@ from pathlib import Path
 import redis as redis_client
 
 from skillcoach.stack.errors import StackError
-from skillcoach.stack.packages import find_binary
+from skillcoach.stack.packages import require_binary
 from skillcoach.stack.processes import (
-    log_tail,
-    pid_alive,
-    port_open,
-    process_cmdline,
-    read_pidfile,
+    ensure_port_free,
+    owned_pid,
     run_bounded,
-    terminate,
+    stop_owned,
+    wait_healthy,
     wait_until,
 )
 
@@ -75,10 +73,7 @@ class RedisServer:
         return f"redis://{self.host}:{self.port}/0"
 
     def pid(self) -> int | None:
-        pid = read_pidfile(self.pidfile)
-        if pid is None or not pid_alive(pid) or "redis-server" not in process_cmdline(pid):
-            return None
-        return pid
+        return owned_pid(self.pidfile, "redis-server")
 
     def is_running(self) -> bool:
         return self.pid() is not None
@@ -92,14 +87,10 @@ class RedisServer:
             if not wait_until(self.healthy, timeout):
                 raise StackError(f"redis (pid {self.pid()}) runs but does not answer PING")
             return
-        if port_open(self.host, self.port):
-            raise StackError(
-                f"redis: port {self.port} is already in use by another process"
-                " (set SKILLCOACH_STACK_REDIS_PORT to move it)"
-            )
-        binary = find_binary("redis-server")
-        if binary is None:
-            raise StackError("redis-server is not installed (apt-get install redis-server)")
+        ensure_port_free(
+            self.host, self.port, who="redis", hint="set SKILLCOACH_STACK_REDIS_PORT to move it"
+        )
+        binary = require_binary("redis-server", package="redis-server")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.pidfile.unlink(missing_ok=True)
         args = server_args(
@@ -110,16 +101,13 @@ class RedisServer:
             host=self.host,
         )
         run_bounded([binary, *args], what="redis-server", timeout=timeout, log=self.logfile)
-        if not wait_until(self.healthy, timeout):
-            raise StackError(
-                f"redis on port {self.port} did not answer PING within {timeout:g}s;"
-                f" log {self.logfile}:\n{log_tail(self.logfile)}"
-            )
+        wait_healthy(
+            self.healthy,
+            timeout,
+            what=f"redis on port {self.port} did not answer PING",
+            logfile=self.logfile,
+        )
 
     def stop(self, *, timeout: float = 10.0) -> bool:
         """SIGTERM (redis shuts down cleanly; with no persistence it saves nothing)."""
-        pid = self.pid()
-        if pid is not None:
-            terminate(pid, timeout=timeout)
-        self.pidfile.unlink(missing_ok=True)
-        return pid is not None
+        return stop_owned(self.pidfile, "redis-server", timeout=timeout)
