@@ -21,7 +21,7 @@ help:
 	@echo "make scale REPLICAS=N change the replica count of the running stack (pools resized)"
 	@echo "make test             ensure services, run the test suite"
 	@echo "make check            lint, typecheck, test (what .ci/run does)"
-	@echo "make bench            every target at 1..1000 connections + plots, scale, model (~10 min)"
+	@echo "make bench            every target at 1..1000 connections + plots, scale, model (~7 min)"
 	@echo "make bench-locust     locust scenarios of realistic use against the 'make up' stack"
 	@echo "make bench-check      throughput/p99 ratios vs loadtests/baseline.json (a few minutes)"
 
@@ -60,7 +60,7 @@ typecheck: $(STAMP)
 
 check: lint typecheck test
 
-# The full benchmark (manual, about ten minutes): the side-by-side suite (bare, naive,
+# The full benchmark (manual, about seven minutes): the side-by-side suite (bare, naive,
 # cache-off, warm-cached, the multi-replica stack; table, JSON and PNG plots), the history-length
 # scale scenario, and seed/train/inference timings. Results land in loadtests/results/.
 bench: services
