@@ -16,13 +16,12 @@ import argparse
 from typing import Any
 
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from skillcoach.server import SERVER_OPTIONS
+from skillcoach.server import run_app
 
 __all__ = ["create_app", "main", "payload"]
 
@@ -73,13 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
     # skillcoach's own server settings: one process, no access log.
-    uvicorn.run(
-        create_app(args.skills),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        **SERVER_OPTIONS,  # type: ignore[arg-type]
-    )
+    run_app(create_app(args.skills), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

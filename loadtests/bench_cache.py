@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import platform
 import shutil
@@ -53,7 +52,7 @@ from loadtests.bench_concurrency import (
     _wait_ready,
 )
 from loadtests.bench_model import _admin
-from loadtests.recording import budget, record
+from loadtests.recording import budget, record, run_all
 from skillcoach.auth import Scope, create_api_key
 from skillcoach.db import create_sync_engine
 from skillcoach.stack.pgbouncer import PgBouncer
@@ -215,14 +214,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             targets.append(_spawn(name, cmd, sc_env, port, tmp))
         for t in targets:
             _wait_ready(t, "/readyz")
-        # The bare body gets as many entries as a real answer of the hot learners has.
-        off = targets[-1]
-        sizes = [len(json.loads(tools.body(off.port, i, key))["skills"]) for i in range(1, 51)]
-        skills = max(1, round(sum(sizes) / len(sizes)))
-        port = free_port()
-        bare_cmd = [sys.executable, "-m", "loadtests.bare_app", "--port", str(port)]
-        targets.insert(0, _spawn(BARE, [*bare_cmd, "--skills", str(skills)], env, port, tmp))
-        _wait_ready(targets[0], "/healthz")
+        bare, skills = tools.start_bare(BARE, targets[-1], key, env, tmp)
+        targets.insert(0, bare)
         setup |= {"bare_skills": skills, "ids": ids, "ready_s": round(time.monotonic() - started)}
         print(f"ready after {setup['ready_s']} s; (a) throughput at c={args.connections}")
         throughput, body_bytes = _throughput(targets, args, key)
@@ -248,11 +241,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cleanup.append(functools.partial(proxy.stop_pgbouncer, bouncer))
         cleanup += [x.stop for x in (nodes, server) if x is not None]
         cleanup.append(lambda: _admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        for step in cleanup:  # each step runs even if an earlier one failed
-            try:
-                step()
-            except Exception as exc:
-                print(f"cleanup step failed: {exc!r}", file=sys.stderr)
+        run_all(cleanup)
         shutil.rmtree(tmp, ignore_errors=True)
     return {
         "kind": "cache",

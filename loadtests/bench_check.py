@@ -55,7 +55,7 @@ from loadtests.bench_concurrency import (
     _wait_ready,
 )
 from loadtests.bench_model import _admin
-from loadtests.recording import budget, record
+from loadtests.recording import budget, record, run_all
 from loadtests.wrk import run_wrk
 from skillcoach.stack.processes import free_port
 
@@ -115,16 +115,10 @@ def _stack(args: argparse.Namespace, *, cache: bool) -> Iterator[Stack]:
         for t in targets:
             _wait_ready(t, "/healthz" if t.name == NAIVE else "/readyz")
         if cache:
-            # The bare body gets as many entries as a real answer of the hot learners has.
-            off = targets[0]
-            sizes = [len(json.loads(tools.body(off.port, i, key))["skills"]) for i in range(1, 51)]
-            skills = max(1, round(sum(sizes) / len(sizes)))
-            port = free_port()
-            bare = [sys.executable, "-m", "loadtests.bare_app", "--port", str(port)]
-            bare += ["--skills", str(skills)]
-            targets.append(_spawn(bench_cache.BARE, bare, env, port, tmp))
-            _wait_ready(targets[-1], "/healthz")
-            setup["bare_skills"] = skills
+            bare, setup["bare_skills"] = tools.start_bare(
+                bench_cache.BARE, targets[0], key, env, tmp
+            )
+            targets.append(bare)
         setup["ready_s"] = round(time.monotonic() - started, 1)
         yield Stack(key, {t.name: t for t in targets}, setup)
         crashed = {t.name: t.proc.poll() for t in targets if t.proc.poll() is not None}
@@ -136,11 +130,7 @@ def _stack(args: argparse.Namespace, *, cache: bool) -> Iterator[Stack]:
             steps.append(lambda: proxy.stop_pgbouncer(bouncer))
         steps += [x.stop for x in (nodes, server) if x is not None]
         steps.append(lambda: _admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        for step in steps:  # each step runs even if an earlier one failed
-            try:
-                step()
-            except Exception as exc:
-                print(f"cleanup step failed: {exc!r}", file=sys.stderr)
+        run_all(steps)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -316,28 +316,25 @@ def main(argv: list[str]) -> int:
         for url in stack.get("SKILLCOACH_REPLICA_URLS", "").split()
         if not args.host or args.host == stack.get("SKILLCOACH_URL")
     }
+    ranges = _ranges(args, stack)
     sampler = Sampler(replicas, {}, interval=1.0).start() if replicas else None
     try:
-        result = _run(args, host, key, stack)
+        result = run_locust(
+            host.rstrip("/"),
+            key,
+            **ranges,
+            users=args.users,
+            spawn_rate=args.spawn_rate,
+            duration=args.duration,
+            zipf_exponent=args.zipf_exponent,
+            think_min=args.think_min,
+            think_max=args.think_max,
+            dashboards=args.dashboards,
+            poll_seconds=args.poll_seconds,
+            seed=args.seed,
+        )
     finally:
         samples = sampler.stop() if sampler else []
     result["replicas"] = summarize(samples)
     record("locust", result, markdown)
     return 0
-
-
-def _run(args: argparse.Namespace, host: str, key: str, stack: dict[str, str]) -> dict[str, Any]:
-    return run_locust(
-        host.rstrip("/"),
-        key,
-        **_ranges(args, stack),
-        users=args.users,
-        spawn_rate=args.spawn_rate,
-        duration=args.duration,
-        zipf_exponent=args.zipf_exponent,
-        think_min=args.think_min,
-        think_max=args.think_max,
-        dashboards=args.dashboards,
-        poll_seconds=args.poll_seconds,
-        seed=args.seed,
-    )

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -52,8 +51,8 @@ from loadtests.bench_concurrency import (
     wait_quiet,
 )
 from loadtests.local_stack import LocalStack, start_stack, stop_stack
-from loadtests.recording import budget, record
-from loadtests.sampler import Sampler, cache_increments, peak_rss_mb
+from loadtests.recording import budget, record, run_all
+from loadtests.sampler import Sampler, cache_increments, peak_rss_mb, pool_utilization
 from loadtests.wrk import WrkError, run_wrk
 from skillcoach.stack.pgbouncer import PgBouncer
 from skillcoach.stack.processes import free_port
@@ -126,16 +125,7 @@ def _start_targets(stack: LocalStack, bouncer: PgBouncer, tmp: Path, hot: int) -
     for t in (off, cached):
         _wait_ready(t, "/readyz")
     _wait_ready(naive, "/healthz")
-    # The bare body gets as many entries as a real answer of the hot learners has.
-    sizes = [
-        len(json.loads(tools.body(off.port, i, stack.key))["skills"])
-        for i in range(1, min(hot, 50) + 1)
-    ]
-    skills = max(1, round(sum(sizes) / len(sizes)))
-    port = free_port()
-    bare_cmd = [sys.executable, "-m", "loadtests.bare_app", "--port", str(port)]
-    bare = _spawn(BARE, [*bare_cmd, "--skills", str(skills)], env, port, tmp)
-    _wait_ready(bare, "/healthz")
+    bare, _ = tools.start_bare(BARE, off, stack.key, env, tmp, learners=min(hot, 50))
     return {BARE: bare, NAIVE: naive, OFF: off, CACHED: cached}
 
 
@@ -221,8 +211,7 @@ def _pool_peaks(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             m = data.get("metrics")
             if not m or s["phase"] == "idle":
                 continue
-            cap = m.get("skillcoach_db_pool_capacity") or m.get("skillcoach_db_pool_size") or 0
-            util = m.get("skillcoach_db_pool_checked_out", 0.0) / cap if cap else 0.0
+            util = pool_utilization(m)
             phase = s["phase"].removesuffix(" settling")
             row = out.setdefault(proc, {}).setdefault(
                 phase, {"peak_utilization": 0.0, "peak_waiters": 0.0, "samples": 0}
@@ -270,15 +259,12 @@ def _other_5xx(r: dict[str, Any]) -> int:
 
 @contextlib.contextmanager
 def _cleanup() -> Iterator[list[Callable[[], object]]]:
+    """Steps registered as resources are made; undone last-made first (see run_all)."""
     steps: list[Callable[[], object]] = []
     try:
         yield steps
     finally:
-        for step in reversed(steps):  # each step runs even if an earlier one failed
-            try:
-                step()
-            except Exception as exc:
-                print(f"cleanup step failed: {exc!r}", file=sys.stderr)
+        run_all(reversed(steps))
 
 
 def _versions() -> dict[str, str]:

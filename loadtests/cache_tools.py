@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections import Counter
 from collections.abc import Callable
@@ -20,9 +21,10 @@ import psycopg2
 import redis as redis_client
 
 from loadtests import wrk
-from skillcoach.stack.processes import free_port, free_port_block
+from loadtests.bench_concurrency import Target, _spawn, _wait_ready
+from skillcoach.stack.processes import free_port
 from skillcoach.stack.redis import RedisServer
-from skillcoach.stack.redis_cluster import BUS_PORT_OFFSET, NODES, RedisClusterNodes
+from skillcoach.stack.redis_cluster import RedisClusterNodes, free_base_port
 
 __all__ = [
     "PY_SPY",
@@ -34,6 +36,7 @@ __all__ = [
     "py_spy_top",
     "read_each",
     "run_zipf",
+    "start_bare",
     "start_redis",
 ]
 
@@ -52,7 +55,7 @@ def start_redis(tmp: Path) -> tuple[RedisServer, RedisClusterNodes]:
         server.stop()
         raise
     for attempt in range(3):
-        base = free_port_block(NODES, low=20000, high=22000, offsets=(0, BUS_PORT_OFFSET))
+        base = free_base_port()
         nodes = RedisClusterNodes(base_port=base, data_dir=tmp / f"cluster-{attempt}")
         try:
             nodes.start(timeout=30)
@@ -103,6 +106,21 @@ def body(port: int, learner: int, token: str) -> bytes:
         return _get(conn, learner, token)[1]
     finally:
         conn.close()
+
+
+def start_bare(
+    name: str, sized_by: Target, key: str, env: dict[str, str], logdir: Path, learners: int = 50
+) -> tuple[Target, int]:
+    """The bare endpoint (loadtests/bare_app.py), its body given as many skill entries as the
+    real answers of learners 1..`learners` have on average on `sized_by`; started and ready.
+    Returns it and that entry count."""
+    sizes = [len(json.loads(body(sized_by.port, i, key))["skills"]) for i in range(1, learners + 1)]
+    skills = max(1, round(sum(sizes) / len(sizes)))
+    port = free_port()
+    cmd = [sys.executable, "-m", "loadtests.bare_app", "--port", str(port), "--skills", str(skills)]
+    bare = _spawn(name, cmd, env, port, logdir)
+    _wait_ready(bare, "/healthz")
+    return bare, skills
 
 
 def read_each(port: int, ids: list[int], token: str, workers: int = 8) -> dict[str, int]:

@@ -19,7 +19,7 @@ from pathlib import Path
 from loadtests.bench_model import _admin
 from skillcoach.stack import envfile
 from skillcoach.stack.processes import ApiReplica, free_port, free_port_block, log_tail
-from skillcoach.stack.redis_cluster import BUS_PORT_OFFSET, NODES
+from skillcoach.stack.redis_cluster import free_base_port
 
 __all__ = ["LocalStack", "start_stack", "stop_stack"]
 
@@ -72,9 +72,7 @@ def stack_env(replicas: int, learners: int) -> dict[str, str]:
     return {
         # Blocks below the ephemeral range: see free_port_block.
         "SKILLCOACH_STACK_API_PORT": str(free_port_block(replicas + 1, low=23000, high=25000)),
-        "SKILLCOACH_STACK_REDIS_CLUSTER_PORT": str(
-            free_port_block(NODES, low=20000, high=22000, offsets=(0, BUS_PORT_OFFSET))
-        ),
+        "SKILLCOACH_STACK_REDIS_CLUSTER_PORT": str(free_base_port()),
         "SKILLCOACH_STACK_PGBOUNCER_PORT": str(free_port()),
         "SKILLCOACH_STACK_REDIS_PORT": str(free_port()),
         "SKILLCOACH_STACK_HAPROXY_STATS_PORT": str(free_port()),

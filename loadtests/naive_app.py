@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-import uvicorn
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
@@ -34,7 +33,7 @@ from skillcoach.analysis import SkillEvidence, rank_weaknesses
 from skillcoach.answers import weaknesses_body
 from skillcoach.model import BestLR
 from skillcoach.registry import fetch_promoted
-from skillcoach.server import SERVER_OPTIONS
+from skillcoach.server import run_app
 
 __all__ = ["create_app", "main"]
 
@@ -117,13 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
     # skillcoach's own server settings: one process, no access log.
-    uvicorn.run(
-        create_app(args.database_url),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        **SERVER_OPTIONS,  # type: ignore[arg-type]
-    )
+    run_app(create_app(args.database_url), host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
 from matplotlib.patches import Patch
 
-from loadtests.sampler import cache_increments
+from loadtests.sampler import cache_increments, pool_utilization
 
 __all__ = ["concurrency_plot", "timeline_plot", "write_all"]
 
@@ -135,9 +135,8 @@ def timeline_plot(result: dict[str, Any], path: Path) -> Path:
             m = s["procs"].get(p, {}).get("metrics")
             if not m:
                 continue
-            cap = m.get("skillcoach_db_pool_capacity") or m.get("skillcoach_db_pool_size") or 0
             ts.append(s["t"])
-            util.append(100 * m.get("skillcoach_db_pool_checked_out", 0.0) / cap if cap else 0)
+            util.append(100 * pool_utilization(m))
             wait.append(m.get("skillcoach_db_pool_waiters", 0.0))
         style = "-" if not p.startswith("replica-") else REPLICA_STYLES[replicas.index(p) % 3]
         pool.plot(ts, util, style, color=_color(p), lw=1.2, label=p)

@@ -1,18 +1,20 @@
-"""What every benchmark runner does around its run: a time budget, and the result written to
-loadtests/results/<kind>-<UTC stamp>.json with its markdown summary printed."""
+"""What every benchmark runner does around its run: a time budget, cleanup that runs every
+step, and the result written to loadtests/results/<kind>-<UTC stamp>.json with its markdown
+summary printed."""
 
 from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Callable, Iterator
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-__all__ = ["RESULTS", "budget", "record"]
+__all__ = ["RESULTS", "budget", "record", "run_all"]
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -38,3 +40,13 @@ def record(kind: str, result: dict[str, Any], markdown: Callable[[dict[str, Any]
     out.write_text(json.dumps(result, indent=2, default=str))
     print(f"{markdown(result)}\n\nwritten to {out}")
     return out
+
+
+def run_all(steps: Iterable[Callable[[], object]]) -> None:
+    """Cleanup: each step runs even if an earlier one failed (a failure is printed, not
+    raised, so it cannot hide the run's own error or lose its result)."""
+    for step in steps:
+        try:
+            step()
+        except Exception as exc:
+            print(f"cleanup step failed: {exc!r}", file=sys.stderr)

@@ -25,6 +25,7 @@ __all__ = [
     "cache_increments",
     "parse_metrics",
     "peak_rss_mb",
+    "pool_utilization",
     "rss_mb",
     "summarize",
 ]
@@ -150,6 +151,13 @@ class Sampler:
         return list(self._samples)
 
 
+def pool_utilization(metrics: dict[str, float]) -> float:
+    """Checked-out connections as a share of the pool's capacity (size + overflow) in one
+    scrape; 0 when the scrape has no pool."""
+    cap = metrics.get("skillcoach_db_pool_capacity") or metrics.get("skillcoach_db_pool_size")
+    return metrics.get("skillcoach_db_pool_checked_out", 0.0) / cap if cap else 0.0
+
+
 def cache_increments(
     samples: list[dict[str, Any]], proc: str
 ) -> list[tuple[float, float, float, str]]:
@@ -178,10 +186,7 @@ def summarize(samples: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if not answered:
             out[proc] = {"scrapes": 0}
             continue
-        utils = []
-        for m in answered:
-            cap = m.get("skillcoach_db_pool_capacity") or m.get("skillcoach_db_pool_size") or 0
-            utils.append(m.get("skillcoach_db_pool_checked_out", 0.0) / cap if cap else 0.0)
+        utils = [pool_utilization(m) for m in answered]
         inc = cache_increments(samples, proc)
         lookups = sum(n for _, _, n, _ in inc)
         out[proc] = {

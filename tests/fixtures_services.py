@@ -29,9 +29,9 @@ from skillcoach.stack.pgbouncer import (
     start_ephemeral,
     stop_ephemeral,
 )
-from skillcoach.stack.processes import free_port, free_port_block
+from skillcoach.stack.processes import free_port
 from skillcoach.stack.redis import RedisServer
-from skillcoach.stack.redis_cluster import BUS_PORT_OFFSET, NODES, RedisClusterNodes
+from skillcoach.stack.redis_cluster import RedisClusterNodes, free_base_port
 
 __all__ = [
     "make_pgbouncer",
@@ -127,11 +127,6 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     raise RuntimeError(f"redis-server did not start in {_START_ATTEMPTS} attempts: {last}")
 
 
-def free_cluster_base_port() -> int:
-    """A base port B where B..B+5 and their bus ports B+10000.. are all free right now."""
-    return free_port_block(NODES, low=20000, high=22000, offsets=(0, BUS_PORT_OFFSET))
-
-
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
     _require("redis-server")
@@ -139,7 +134,7 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     last: StackError | None = None
     for _ in range(_START_ATTEMPTS):
         nodes = RedisClusterNodes(
-            base_port=free_cluster_base_port(), data_dir=tmp_path_factory.mktemp("redis-cluster")
+            base_port=free_base_port(), data_dir=tmp_path_factory.mktemp("redis-cluster")
         )
         try:
             nodes.start(timeout=30)

@@ -6,11 +6,12 @@ import logging
 
 import uvicorn
 from prometheus_client import start_http_server
+from starlette.types import ASGIApp
 
 from skillcoach.app import create_app
 from skillcoach.settings import Settings
 
-__all__ = ["SERVER_OPTIONS", "serve"]
+__all__ = ["SERVER_OPTIONS", "run_app", "serve"]
 
 # Every replica, and the benchmarks' reference apps, run with exactly these settings.
 SERVER_OPTIONS: dict[str, object] = {
@@ -19,6 +20,11 @@ SERVER_OPTIONS: dict[str, object] = {
     "lifespan": "on",
     "timeout_graceful_shutdown": 10,
 }
+
+
+def run_app(app: ASGIApp, *, host: str, port: int, log_level: str) -> None:
+    """uvicorn with SERVER_OPTIONS: every replica, and the benchmarks' reference apps."""
+    uvicorn.run(app, host=host, port=port, log_level=log_level, **SERVER_OPTIONS)  # type: ignore[arg-type]
 
 
 def serve(settings: Settings) -> None:
@@ -30,10 +36,4 @@ def serve(settings: Settings) -> None:
     if settings.metrics_port:
         # A thread of its own: scrapes keep answering even if the event loop is saturated.
         start_http_server(settings.metrics_port, settings.host, app.state.metrics_registry)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        **SERVER_OPTIONS,  # type: ignore[arg-type]
-    )
+    run_app(app, host=settings.host, port=settings.port, log_level=settings.log_level)

@@ -26,6 +26,7 @@ import redis as redis_client
 from skillcoach.stack.errors import StackError
 from skillcoach.stack.packages import find_binary
 from skillcoach.stack.processes import (
+    free_port_block,
     log_tail,
     pid_alive,
     port_open,
@@ -35,7 +36,14 @@ from skillcoach.stack.processes import (
     wait_until,
 )
 
-__all__ = ["ClusterNode", "RedisClusterNodes", "cluster_url", "node_args", "parse_nodes"]
+__all__ = [
+    "ClusterNode",
+    "RedisClusterNodes",
+    "cluster_url",
+    "free_base_port",
+    "node_args",
+    "parse_nodes",
+]
 
 NODES = 6
 REPLICAS_PER_MASTER = 1
@@ -49,6 +57,12 @@ BUS_PORT_OFFSET = 10000
 NODE_TIMEOUT_MS = 2000
 CLUSTER_URL_SCHEME = "redis+cluster://"
 _FAILED_FLAGS = frozenset({"fail", "fail?", "handshake", "noaddr"})
+
+
+def free_base_port(*, low: int = 20000, high: int = 22000) -> int:
+    """A base port for a scratch cluster (tests, benchmarks): its six nodes and their bus
+    ports are all free right now, and all below the ephemeral range (see free_port_block)."""
+    return free_port_block(NODES, low=low, high=high, offsets=(0, BUS_PORT_OFFSET))
 
 
 def cluster_url(host: str, ports: Iterable[int]) -> str:
