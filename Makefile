@@ -25,9 +25,10 @@ help:
 	@echo "make bench-locust     locust scenarios of realistic use against the 'make up' stack"
 	@echo "make bench-check      throughput/p99 ratios vs loadtests/baseline.json (a few minutes)"
 
-$(STAMP): pyproject.toml
+# The service with its dev tools, the local stack (devstack/) and the operator, all editable.
+$(STAMP): pyproject.toml devstack/pyproject.toml operator/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e ./devstack -e ./operator
 	touch $(STAMP)
 
 venv .venv: $(STAMP)
@@ -46,7 +47,7 @@ scale: $(STAMP)
 
 # PostgreSQL up, Debian packages pgbouncer + redis-server present, system Redis on 6379 up.
 services: $(STAMP)
-	$(PY) -m skillcoach.stack.ensure
+	$(PY) -m skillcoach_devstack.ensure
 
 test: services
 	$(VENV)/bin/pytest -q

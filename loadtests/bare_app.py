@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from skillcoach.server import run_app
+from skillcoach.api.server import run_app
 
 __all__ = ["create_app", "main", "payload"]
 

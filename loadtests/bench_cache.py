@@ -53,12 +53,12 @@ from loadtests.bench_concurrency import (
 )
 from loadtests.bench_model import _admin
 from loadtests.recording import budget, record, run_all
-from skillcoach.auth import Scope, create_api_key
-from skillcoach.db import create_sync_engine
-from skillcoach.stack.pgbouncer import PgBouncer
-from skillcoach.stack.processes import free_port
-from skillcoach.stack.redis import RedisServer
-from skillcoach.stack.redis_cluster import RedisClusterNodes
+from skillcoach.api.auth import Scope, create_api_key
+from skillcoach.data.database import create_sync_engine
+from skillcoach_devstack.pgbouncer import PgBouncer
+from skillcoach_devstack.processes import free_port
+from skillcoach_devstack.redis import RedisServer
+from skillcoach_devstack.redis_cluster import RedisClusterNodes
 
 BARE, REDIS, CLUSTER, OFF = "bare", "cached-redis", "cached-cluster", "cache-off"
 THROUGHPUT_TARGET, HIT_TARGET = 0.5, 0.95

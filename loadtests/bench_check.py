@@ -57,7 +57,7 @@ from loadtests.bench_concurrency import (
 from loadtests.bench_model import _admin
 from loadtests.recording import budget, record, run_all
 from loadtests.wrk import run_wrk
-from skillcoach.stack.processes import free_port
+from skillcoach_devstack.processes import free_port
 
 BASELINE = Path(__file__).with_name("baseline.json")
 NAIVE, SKILLCOACH = "naive", "skillcoach"

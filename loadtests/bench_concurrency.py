@@ -36,15 +36,15 @@ from loadtests import proxy
 from loadtests.bench_model import _admin
 from loadtests.recording import budget, record
 from loadtests.wrk import run_wrk, shed_probe
-from skillcoach.auth import Scope, create_api_key
-from skillcoach.db import create_sync_engine
-from skillcoach.migrate import upgrade
-from skillcoach.registry import promote
-from skillcoach.seeding import seed_database
-from skillcoach.simulator import SimulationParams
-from skillcoach.stack.pgbouncer import PgBouncer
-from skillcoach.stack.processes import free_port, log_tail, terminate, wait_until
-from skillcoach.training import train_and_store
+from skillcoach.api.auth import Scope, create_api_key
+from skillcoach.data.database import create_sync_engine
+from skillcoach.data.migrate import upgrade
+from skillcoach.data.model_registry import promote
+from skillcoach.ml.seeding import seed_database
+from skillcoach.ml.simulator import SimulationParams
+from skillcoach.ml.training import train_and_store
+from skillcoach_devstack.pgbouncer import PgBouncer
+from skillcoach_devstack.processes import free_port, log_tail, terminate, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (20, 50, 100)

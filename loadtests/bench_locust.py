@@ -32,7 +32,7 @@ from typing import Any
 from loadtests.cache_tools import id_ranges
 from loadtests.recording import record
 from loadtests.sampler import Sampler, summarize
-from skillcoach.stack.envfile import read_env
+from skillcoach_devstack.envfile import read_env
 
 __all__ = ["main", "markdown", "run_locust"]
 

@@ -19,17 +19,17 @@ import numpy as np
 import psycopg2
 
 from loadtests.recording import record
-from skillcoach.analysis import focus_skills, rank_weaknesses, recommend
-from skillcoach.catalog import load_catalog
-from skillcoach.db import create_sync_engine
-from skillcoach.learners import fetch_exercise_history, fetch_skill_evidence
-from skillcoach.live_model import ServedModel
-from skillcoach.migrate import upgrade
-from skillcoach.model import BestLR
-from skillcoach.registry import fetch_promoted, promote
-from skillcoach.seeding import seed_database
-from skillcoach.simulator import SimulationParams
-from skillcoach.training import train_and_store
+from skillcoach.data.catalog_reads import load_catalog
+from skillcoach.data.database import create_sync_engine
+from skillcoach.data.learner_reads import fetch_exercise_history, fetch_skill_evidence
+from skillcoach.data.migrate import upgrade
+from skillcoach.data.model_registry import fetch_promoted, promote
+from skillcoach.ml.analysis import focus_skills, rank_weaknesses, recommend
+from skillcoach.ml.live_model import ServedModel
+from skillcoach.ml.model import BestLR
+from skillcoach.ml.seeding import seed_database
+from skillcoach.ml.simulator import SimulationParams
+from skillcoach.ml.training import train_and_store
 
 ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
 

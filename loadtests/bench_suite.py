@@ -54,8 +54,8 @@ from loadtests.local_stack import LocalStack, start_stack, stop_stack
 from loadtests.recording import budget, record, run_all
 from loadtests.sampler import Sampler, cache_increments, peak_rss_mb, pool_utilization
 from loadtests.wrk import WrkError, run_wrk
-from skillcoach.stack.pgbouncer import PgBouncer
-from skillcoach.stack.processes import free_port
+from skillcoach_devstack.pgbouncer import PgBouncer
+from skillcoach_devstack.processes import free_port
 
 __all__ = [
     "LEVELS",

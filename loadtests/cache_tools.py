@@ -22,9 +22,9 @@ import redis as redis_client
 
 from loadtests import wrk
 from loadtests.bench_concurrency import Target, _spawn, _wait_ready
-from skillcoach.stack.processes import free_port
-from skillcoach.stack.redis import RedisServer
-from skillcoach.stack.redis_cluster import RedisClusterNodes, free_base_port
+from skillcoach_devstack.processes import free_port
+from skillcoach_devstack.redis import RedisServer
+from skillcoach_devstack.redis_cluster import RedisClusterNodes, free_base_port
 
 __all__ = [
     "PY_SPY",

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtests.bench_model import _admin
-from skillcoach.stack import envfile
-from skillcoach.stack.processes import ApiReplica, free_port, free_port_block, log_tail
-from skillcoach.stack.redis_cluster import free_base_port
+from skillcoach_devstack import envfile
+from skillcoach_devstack.processes import ApiReplica, free_port, free_port_block, log_tail
+from skillcoach_devstack.redis_cluster import free_base_port
 
 __all__ = ["LocalStack", "start_stack", "stop_stack"]
 

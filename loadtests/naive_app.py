@@ -29,11 +29,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from skillcoach.analysis import SkillEvidence, rank_weaknesses
-from skillcoach.answers import weaknesses_body
-from skillcoach.model import BestLR
-from skillcoach.registry import fetch_promoted
-from skillcoach.server import run_app
+from skillcoach.answers.compute import weaknesses_body
+from skillcoach.api.server import run_app
+from skillcoach.data.model_registry import fetch_promoted
+from skillcoach.ml.analysis import SkillEvidence, rank_weaknesses
+from skillcoach.ml.model import BestLR
 
 __all__ = ["create_app", "main"]
 

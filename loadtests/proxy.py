@@ -1,7 +1,7 @@
 """The proxies of the concurrency benchmark: PgBouncer in front of the scratch database, and
 HAProxy in front of the skillcoach replica, as in every deployment.
 
-Both use the stack's own classes and templates (skillcoach.stack.pgbouncer, .haproxy) on free
+Both use the stack's own classes and templates (skillcoach_devstack.pgbouncer, .haproxy) on free
 ports, with their runtime files in scratch directories removed on stop. HAProxy has one
 server, the replica, whose maxconn is the replica's own in-flight limit: HAProxy answers the
 requests beyond it with its own 503 problem+json (after at most `timeout queue`), so the
@@ -24,14 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.wrk import latency_summary
-from skillcoach.stack.errors import StackError
-from skillcoach.stack.haproxy import BACKEND, HAProxy, HAProxyConfig, Server
-from skillcoach.stack.pgbouncer import (
+from skillcoach_devstack.errors import StackError
+from skillcoach_devstack.haproxy import BACKEND, HAProxy, HAProxyConfig, Server
+from skillcoach_devstack.haproxy import default_template_path as haproxy_template
+from skillcoach_devstack.pgbouncer import (
     PgBouncer,
     start_ephemeral,
     stop_ephemeral,
 )
-from skillcoach.stack.processes import free_port, log_tail
+from skillcoach_devstack.processes import free_port, log_tail
 
 __all__ = [
     "haproxy_in_front",
@@ -45,7 +46,6 @@ __all__ = [
     "stop_pgbouncer",
 ]
 
-ROOT = Path(__file__).resolve().parents[1]
 # Columns of HAProxy's stats CSV worth keeping: current/peak queue, current/peak/limit of
 # concurrent requests to the replica, requests by status class, the check status.
 STATS = ("qcur", "qmax", "scur", "smax", "slim", "stot", "hrsp_2xx", "hrsp_5xx", "status")
@@ -57,7 +57,7 @@ _OWN_503 = re.compile(r" \S+/<NOSRV> -?\d+/-?\d+/-?\d+/-?\d+/(\d+) 503 \d+ \S+ \
 def start_pgbouncer(database: str) -> PgBouncer:
     """A throw-away PgBouncer in front of the local server's `database`."""
     server = f"postgresql://postgres@127.0.0.1:5432/{database}"
-    return start_ephemeral(server, template=ROOT / "deploy" / "pgbouncer" / "pgbouncer.ini.tmpl")
+    return start_ephemeral(server)
 
 
 stop_pgbouncer = stop_ephemeral
@@ -82,7 +82,7 @@ def start_haproxy(backend_port: int, *, maxconn: int, timeout_queue: str | None)
             config=config,
             runtime_dir=workdir / "run",
             logfile=workdir / "haproxy.log",
-            template_path=ROOT / "deploy" / "haproxy" / "haproxy.cfg.tmpl",
+            template_path=haproxy_template(),
         )
         try:
             lb.apply(timeout=15)

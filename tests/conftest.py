@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import psycopg2
 import pytest
 
-from skillcoach.migrate import upgrade
+from skillcoach.data.migrate import upgrade
 
 pytest_plugins = ["tests.fixtures_services", "tests.fixtures_api"]
 

@@ -23,14 +23,14 @@ from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
 
-from skillcoach.app import create_app
-from skillcoach.auth import Scope, create_api_key
-from skillcoach.db import create_sync_engine
-from skillcoach.model import BestLR
-from skillcoach.registry import promote, store_model
+from skillcoach.api.app import create_app
+from skillcoach.api.auth import Scope, create_api_key
+from skillcoach.data.database import create_sync_engine
+from skillcoach.data.model_registry import promote, store_model
+from skillcoach.ml.model import BestLR
 from skillcoach.settings import load_settings
-from skillcoach.stack.pgbouncer import PgBouncer
-from skillcoach.stack.processes import free_port
+from skillcoach_devstack.pgbouncer import PgBouncer
+from skillcoach_devstack.processes import free_port
 from tests.conftest import drop_database, fresh_database
 from tests.fixtures_services import pgbouncer_db_url
 

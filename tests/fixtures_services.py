@@ -17,21 +17,20 @@ Every start waits with a deadline; every process is stopped at teardown.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import make_url
 
-from skillcoach.stack.errors import StackError
-from skillcoach.stack.packages import find_binary
-from skillcoach.stack.pgbouncer import (
+from skillcoach_devstack.errors import StackError
+from skillcoach_devstack.packages import find_binary
+from skillcoach_devstack.pgbouncer import (
     PgBouncer,
     start_ephemeral,
     stop_ephemeral,
 )
-from skillcoach.stack.processes import free_port
-from skillcoach.stack.redis import RedisServer
-from skillcoach.stack.redis_cluster import RedisClusterNodes, free_base_port
+from skillcoach_devstack.processes import free_port
+from skillcoach_devstack.redis import RedisServer
+from skillcoach_devstack.redis_cluster import RedisClusterNodes, free_base_port
 
 __all__ = [
     "make_pgbouncer",
@@ -42,7 +41,6 @@ __all__ = [
     "redis_url",
 ]
 
-_ROOT = Path(__file__).resolve().parents[1]
 _START_ATTEMPTS = 3  # a free port can be taken between choosing it and binding it
 
 
@@ -50,7 +48,7 @@ def _require(binary: str) -> None:
     if find_binary(binary) is None:
         pytest.fail(
             f"{binary} is not installed: run `make test` (or .venv/bin/python -m"
-            " skillcoach.stack.ensure) to install the Debian packages the tests need",
+            " skillcoach_devstack.ensure) to install the Debian packages the tests need",
             pytrace=False,
         )
 
@@ -58,8 +56,7 @@ def _require(binary: str) -> None:
 def start_pgbouncer(pg_url: str, **overrides: int | float) -> PgBouncer:
     """A running PgBouncer in front of pg_url's server, on a free port."""
     _require("pgbouncer")
-    template = _ROOT / "deploy" / "pgbouncer" / "pgbouncer.ini.tmpl"
-    return start_ephemeral(pg_url, template=template, attempts=_START_ATTEMPTS, **overrides)
+    return start_ephemeral(pg_url, attempts=_START_ATTEMPTS, **overrides)
 
 
 stop_pgbouncer = stop_ephemeral

@@ -15,9 +15,9 @@ import psycopg2
 import pytest
 from sqlalchemy.engine import make_url
 
-from skillcoach.auth import Scope, create_api_key
-from skillcoach.db import create_sync_engine
-from skillcoach.stack.pgbouncer import PgBouncer
+from skillcoach.api.auth import Scope, create_api_key
+from skillcoach.data.database import create_sync_engine
+from skillcoach_devstack.pgbouncer import PgBouncer
 from tests.conftest import drop_database, fresh_database
 from tests.fixtures_api import exercise_id, run_server, seed_catalog, store_hand_model
 from tests.fixtures_services import pgbouncer_db_url

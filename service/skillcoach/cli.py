@@ -1,12 +1,13 @@
-"""The `skillcoach` command line: migrate, seed, train, promote, models, apikey, serve, stack,
-pgbouncer-exporter."""
+"""The `skillcoach` command line: migrate, seed, train, promote, models, apikey, serve,
+pgbouncer-exporter, and the subcommands of installed plugins (the `skillcoach.cli` entry-point
+group; a development install adds `stack`)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
+from importlib.metadata import entry_points
 
 from skillcoach.settings import Settings, SettingsError, load_settings
 
@@ -22,7 +23,7 @@ def _settings() -> Settings:
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from skillcoach.migrate import upgrade
+    from skillcoach.data.migrate import upgrade
 
     upgrade(_settings().sqlalchemy_url, args.revision)
     print(f"migrated to {args.revision}")
@@ -30,9 +31,9 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_seed(args: argparse.Namespace) -> int:
-    from skillcoach.db import create_sync_engine
-    from skillcoach.seeding import seed_database
-    from skillcoach.simulator import SimulationParams
+    from skillcoach.data.database import create_sync_engine
+    from skillcoach.ml.seeding import seed_database
+    from skillcoach.ml.simulator import SimulationParams
 
     params = SimulationParams(
         learners=args.learners,
@@ -51,14 +52,14 @@ def _cmd_seed(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from skillcoach.db import create_sync_engine
-    from skillcoach.training import train_and_store
+    from skillcoach.data.database import create_sync_engine
+    from skillcoach.ml.training import train_and_store
 
     engine = create_sync_engine(_settings().sqlalchemy_url)
     try:
         report = train_and_store(engine, seed=args.seed, test_fraction=args.test_fraction)
         if args.promote:
-            from skillcoach.registry import promote
+            from skillcoach.data.model_registry import promote
 
             with engine.begin() as conn:
                 promote(conn, version=report.version)
@@ -71,8 +72,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
-    from skillcoach.db import create_sync_engine
-    from skillcoach.registry import UnknownModelVersion, promote
+    from skillcoach.data.database import create_sync_engine
+    from skillcoach.data.model_registry import UnknownModelVersion, promote
 
     engine = create_sync_engine(_settings().sqlalchemy_url)
     try:
@@ -88,8 +89,8 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from skillcoach.db import create_sync_engine
-    from skillcoach.registry import list_models
+    from skillcoach.data.database import create_sync_engine
+    from skillcoach.data.model_registry import list_models
 
     engine = create_sync_engine(_settings().sqlalchemy_url)
     try:
@@ -105,8 +106,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_apikey(args: argparse.Namespace) -> int:
-    from skillcoach.auth import Scope, create_api_key
-    from skillcoach.db import create_sync_engine
+    from skillcoach.api.auth import Scope, create_api_key
+    from skillcoach.data.database import create_sync_engine
 
     try:
         scopes = Scope.parse_list(args.scope)
@@ -125,26 +126,16 @@ def _cmd_apikey(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from skillcoach.server import serve
+    from skillcoach.api.server import serve
 
     serve(_settings())
     return 0
 
 
-def _cmd_stack(args: argparse.Namespace) -> int:
-    from skillcoach.stack import run_stack_command
-
-    if args.count is not None and args.replicas is not None and args.count != args.replicas:
-        print("skillcoach stack: the count and --replicas disagree", file=sys.stderr)
-        return 2
-    replicas = args.count if args.count is not None else args.replicas
-    return run_stack_command(args.action, root=Path(args.root).resolve(), replicas=replicas)
-
-
 def _cmd_pgbouncer_exporter(args: argparse.Namespace) -> int:
     import os
 
-    from skillcoach.pgbouncer_exporter import serve
+    from skillcoach.pgbouncer.exporter import serve
 
     admin_url = args.admin_url or os.environ.get("SKILLCOACH_PGBOUNCER_ADMIN_URL", "")
     if not admin_url:
@@ -199,20 +190,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser(
-        "stack",
-        help="the local stack: PostgreSQL, PgBouncer, Redis, API replicas behind HAProxy",
-        description="up [--replicas N] starts everything (N API replicas, default 1, behind"
-        " HAProxy on one port); scale N (or scale --replicas N) changes the number of"
-        " replicas of a running stack and resizes every replica's pool; down stops it;"
-        " status shows each component.",
-    )
-    p.add_argument("action", choices=["up", "down", "status", "scale"])
-    p.add_argument("count", nargs="?", type=int, help="scale (or up): the number of replicas")
-    p.add_argument("--replicas", type=int, default=None, help="the number of API replicas")
-    p.add_argument("--root", default=".", help="project checkout (state goes to ROOT/.stack)")
-    p.set_defaults(func=_cmd_stack)
-
-    p = sub.add_parser(
         "pgbouncer-exporter",
         help="serve PgBouncer's SHOW POOLS / SHOW STATS as Prometheus metrics",
     )
@@ -225,7 +202,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9127)
     p.set_defaults(func=_cmd_pgbouncer_exporter)
+    _add_plugins(sub)
     return parser
+
+
+PLUGIN_GROUP = "skillcoach.cli"
+
+
+def _add_plugins(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Subcommands of other installed distributions: each entry point of PLUGIN_GROUP names a
+    `register(subparsers)` that adds its parser with a `func` default. The service never
+    imports them; a broken plugin costs its own subcommand, not the CLI."""
+    for entry in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        try:
+            register = entry.load()
+            register(sub)
+        except Exception as exc:  # any failure of third-party code: report and go on
+            print(f"skillcoach: plugin {entry.name!r} not loaded: {exc}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -242,8 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _expected_errors() -> tuple[type[BaseException], ...]:
     from sqlalchemy.exc import OperationalError
 
-    from skillcoach.seeding import SeedConflict
-    from skillcoach.training import TrainingError
+    from skillcoach.ml.seeding import SeedConflict
+    from skillcoach.ml.training import TrainingError
 
     return (SeedConflict, TrainingError, ValueError, OperationalError)
 

@@ -68,7 +68,7 @@ class Settings(BaseSettings):
     pool_file_poll_seconds: float = Field(default=1.0, gt=0, le=300)
 
     model_refresh_seconds: float = Field(default=30.0, gt=0, le=86_400)
-    # Idempotency keys answer retries for this long, then are deleted (skillcoach.idempotency).
+    # Idempotency keys answer retries for this long, then are deleted (skillcoach.data.idempotency).
     idempotency_retention_seconds: float = Field(default=86_400.0, ge=60, le=365 * 86_400)
     idempotency_prune_seconds: float = Field(default=300.0, gt=0, le=86_400)
     insufficient_data_attempts: int = Field(default=5, ge=1, le=1000)

@@ -1,0 +1,228 @@
+"""The application factory: `create_app(settings)`, resources opened in the lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import random
+from collections.abc import AsyncIterator
+
+import anyio
+from anyio.abc import TaskGroup
+from prometheus_client import Counter
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+
+from skillcoach.answers.warming import warm_cache
+from skillcoach.api.admission import AdmissionMiddleware
+from skillcoach.api.auth import KeyCache
+from skillcoach.api.hit_path import CacheHitPath
+from skillcoach.api.http_metrics import HttpMetricsMiddleware, ModelCollector, new_registry
+from skillcoach.api.problems import Problem, ServiceUnavailable, problem_response
+from skillcoach.api.routes import catalog, learners, ops
+from skillcoach.api.state import AppState
+from skillcoach.cache.store import Cache, CacheConfig, connect_redis
+from skillcoach.data.database import (
+    Database,
+    DatabaseUnavailable,
+    DeadlineExceeded,
+    PoolConfig,
+    PoolExhausted,
+    QueryTimeout,
+)
+from skillcoach.data.idempotency import prune_forever
+from skillcoach.data.pool_metrics import PoolCollector
+from skillcoach.data.pool_watch import initial_pool, watch_pool_file
+from skillcoach.data.readiness import HealthProbe
+from skillcoach.ml.live_model import LiveModel
+from skillcoach.settings import Settings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("skillcoach")
+
+LONG_HELD_SCAN_SECONDS = 1.0
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def _refresh_model_forever(state: AppState, tg: TaskGroup) -> None:
+    interval = state.settings.model_refresh_seconds
+    while True:
+        # Jitter: replicas started together must not poll the registry in lockstep.
+        await anyio.sleep(interval * random.uniform(0.8, 1.2))
+        try:
+            if await state.live_model.refresh(state.db):
+                tg.start_soon(_warm, state)
+        except DatabaseUnavailable as exc:
+            log.warning("model refresh skipped: %s", exc)
+
+
+async def _warm(state: AppState) -> None:
+    try:
+        await warm_cache(state)
+    except DatabaseUnavailable as exc:
+        log.warning("cache warming stopped: %s", exc)
+
+
+async def _retry_invalidations_forever(cache: Cache) -> None:
+    while True:
+        await anyio.sleep(1.0)
+        await cache.retry_invalidations()
+
+
+async def _scan_long_held_forever(db: Database) -> None:
+    # A connection stuck in a slow transaction is reported while it is still held.
+    while True:
+        await anyio.sleep(LONG_HELD_SCAN_SECONDS)
+        db.check_long_held()
+
+
+async def _problem(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Problem)
+    return problem_response(exc, request.url.path)
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    problem = Problem(exc.detail or "")
+    problem.status, problem.title = exc.status_code, exc.detail
+    problem.headers = dict(exc.headers or {})
+    return problem_response(problem, request.url.path)
+
+
+async def _db_unavailable(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, PoolExhausted | DeadlineExceeded):
+        detail, retry_after = "database busy", 1
+    elif isinstance(exc, QueryTimeout):
+        detail, retry_after = "database too slow", 2
+    else:
+        detail, retry_after = "database unavailable", 2
+    problem = ServiceUnavailable(f"{detail}: {exc}", retry_after=retry_after)
+    return problem_response(problem, request.url.path)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client hung up before its request body was read (a load generator stopping, a
+    # proxy timing out): nothing was processed and nobody is left to answer, so no
+    # traceback. 499 is nginx's "client closed request"; it only reaches the metrics.
+    log.debug("client disconnected on %s before its body was read", request.url.path)
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path)
+    return problem_response(Problem("internal error; it has been logged"), request.url.path)
+
+
+def create_app(settings: Settings) -> Starlette:
+    registry = new_registry()
+    holder: dict[str, Database] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool, generation = initial_pool(settings.pool_file, PoolConfig.from_settings(settings))
+        db = Database(
+            settings.sqlalchemy_url,
+            pool,
+            statement_timeout_ms=settings.statement_timeout_ms,
+            request_timeout=settings.request_timeout,
+            long_checkout_seconds=settings.long_checkout_seconds,
+            registry=registry,
+        )
+        db.generation = generation
+        holder["db"] = db
+        probe = HealthProbe(settings.sqlalchemy_url)
+        cache = None
+        if settings.cache_enabled:
+            config = CacheConfig(
+                url=settings.redis_url.get_secret_value(),
+                ttl_seconds=settings.cache_ttl_seconds,
+                socket_timeout=settings.cache_socket_timeout,
+                call_timeout=settings.cache_call_timeout,
+                max_connections=settings.cache_max_connections,
+                health_check_interval=settings.cache_health_check_interval,
+            )
+            cache = Cache(connect_redis(config), config, registry)
+        state = AppState(
+            settings=settings,
+            db=db,
+            probe=probe,
+            live_model=LiveModel(),
+            keys=KeyCache(settings.api_key_cache_seconds),
+            registry=registry,
+            cache=cache,
+        )
+        registry.register(PoolCollector(db.stats))
+        pruned = Counter(
+            "skillcoach_idempotency_keys_pruned_total",
+            "Idempotency keys deleted after the retention period",
+            registry=registry,
+        )
+        registry.register(ModelCollector(state.live_model))
+        app.state.skillcoach = state
+        try:
+            await state.live_model.refresh(db)
+        except DatabaseUnavailable as exc:
+            # Start anyway (liveness stays green); readiness reports the missing model.
+            log.warning("no model at start-up: %s", exc)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_refresh_model_forever, state, tg)
+            if cache is not None:
+                tg.start_soon(_retry_invalidations_forever, cache)
+                tg.start_soon(_warm, state)
+            tg.start_soon(_scan_long_held_forever, db)
+            tg.start_soon(
+                functools.partial(
+                    prune_forever,
+                    db,
+                    retention_seconds=settings.idempotency_retention_seconds,
+                    every_seconds=settings.idempotency_prune_seconds,
+                    pruned=pruned,
+                )
+            )
+            if settings.pool_file is not None:
+                tg.start_soon(
+                    watch_pool_file, db, settings.pool_file, settings.pool_file_poll_seconds
+                )
+            try:
+                yield
+            finally:
+                tg.cancel_scope.cancel()
+        probe.dispose()
+        if cache is not None:
+            await cache.aclose()
+        db.dispose()
+
+    def in_flight_limit() -> int:
+        db = holder.get("db")
+        capacity = db.pool_config.capacity if db else settings.pool_size + settings.max_overflow
+        return capacity + settings.queue_allowance
+
+    app = Starlette(
+        routes=[*ops.routes, *learners.routes, *catalog.routes],
+        lifespan=lifespan,
+        exception_handlers={
+            Problem: _problem,
+            HTTPException: _http_exception,
+            DatabaseUnavailable: _db_unavailable,
+            ClientDisconnect: _client_gone,
+            Exception: _unexpected,
+        },
+    )
+    # Added last = outermost: shed requests are counted by the HTTP metrics too.
+    app.add_middleware(
+        AdmissionMiddleware,
+        limit=in_flight_limit,
+        request_timeout=settings.request_timeout,
+        registry=registry,
+    )
+    app.add_middleware(HttpMetricsMiddleware, registry=registry)
+    # Outermost: a cache hit skips everything above (see hit_path).
+    app.add_middleware(
+        CacheHitPath, state=lambda: getattr(app.state, "skillcoach", None), registry=registry
+    )
+    app.state.metrics_registry = registry
+    return app

@@ -1,0 +1,74 @@
+"""Parsing of path and query parameters and of JSON bodies into clear 4xx problems."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+import orjson
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+
+from skillcoach.api.problems import (
+    BadRequest,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+    ValidationFailed,
+)
+
+__all__ = ["MAX_BODY_BYTES", "int_param", "path_id", "read_json"]
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_BIGINT = 2**63 - 1
+M = TypeVar("M", bound=BaseModel)
+
+
+def path_id(request: Request, name: str) -> int:
+    raw = request.path_params[name]
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_BIGINT:
+        raise BadRequest(f"{name} must be a positive integer below 2^63, got {raw!r}", param=name)
+    return int(raw)
+
+
+def int_param(request: Request, name: str, *, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be an integer, got {raw!r}", param=name) from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}, got {value}", param=name)
+    return value
+
+
+async def read_json(request: Request, model: type[M], *, limit: int = MAX_BODY_BYTES) -> M:
+    ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise UnsupportedMediaType(f"send application/json, not {ctype!r}")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"body over {limit} bytes", limit=limit)
+    chunks: list[bytes] = []
+    size = 0
+    # Counted while streaming: a chunked body without Content-Length is bounded too.
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body over {limit} bytes", limit=limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed JSON: {exc}") from None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        first = errors[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise ValidationFailed(
+            f"{where}: {first['msg']}" + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""),
+            errors=errors[:50],
+        ) from None

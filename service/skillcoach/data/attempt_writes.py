@@ -1,0 +1,177 @@
+"""The write path: one attempt batch, committed atomically with its statistics."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection
+
+from skillcoach.api.problems import Conflict, ValidationFailed
+from skillcoach.api.schemas import AttemptIn
+
+__all__ = ["IDEMPOTENCY_KEY_MAX", "batch_fingerprint", "normalize", "record_attempts"]
+
+IDEMPOTENCY_KEY_MAX = 200
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+def normalize(attempts: list[AttemptIn], *, now: datetime) -> list[AttemptIn]:
+    """Naive timestamps are UTC; a timestamp from the future is refused."""
+    out = []
+    for i, a in enumerate(attempts):
+        ts = a.answered_at if a.answered_at.tzinfo else a.answered_at.replace(tzinfo=UTC)
+        if ts > now + CLOCK_SKEW:
+            raise ValidationFailed(
+                f"attempts[{i}].answered_at is in the future ({ts.isoformat()})",
+                errors=[{"loc": ["attempts", i, "answered_at"], "msg": "in the future"}],
+            )
+        out.append(a.model_copy(update={"answered_at": ts}))
+    return out
+
+
+def batch_fingerprint(learner_id: int, attempts: list[AttemptIn]) -> str:
+    payload = [learner_id] + [
+        [a.exercise_id, a.correct, a.answered_at.isoformat()] for a in attempts
+    ]
+    return hashlib.sha256(orjson.dumps(payload)).hexdigest()
+
+
+def record_attempts(
+    conn: Connection,
+    *,
+    learner_id: int,
+    attempts: list[AttemptIn],
+    idempotency_key: str | None,
+    fingerprint: str,
+) -> dict[str, Any]:
+    """Insert the batch and update the learner's statistics in the caller's transaction.
+
+    Raises before anything is written if an exercise is unknown, so nothing partial is ever
+    committed. A retried key is claimed (and so serialized) before the learner row is locked.
+    """
+    conn.exec_driver_sql(
+        "INSERT INTO learners (id) VALUES (%(id)s) ON CONFLICT (id) DO NOTHING", {"id": learner_id}
+    )
+
+    if idempotency_key is not None:
+        claimed = conn.exec_driver_sql(
+            "INSERT INTO idempotency_keys (learner_id, key, request_sha256, response)"
+            " VALUES (%(l)s, %(k)s, %(h)s, '{}'::jsonb) ON CONFLICT DO NOTHING RETURNING 1",
+            {"l": learner_id, "k": idempotency_key, "h": fingerprint},
+        ).first()
+        if claimed is None:
+            return _replay(
+                conn, learner_id=learner_id, key=idempotency_key, fingerprint=fingerprint
+            )
+
+    # Locks the learner row: concurrent batches of one learner apply one after the other.
+    version = conn.exec_driver_sql(
+        "UPDATE learners SET data_version = data_version + 1 WHERE id = %(id)s"
+        " RETURNING data_version",
+        {"id": learner_id},
+    ).scalar_one()
+
+    exercise_ids = sorted({a.exercise_id for a in attempts})
+    skill_of = {
+        int(r.id): int(r.skill_id)
+        for r in conn.exec_driver_sql(
+            "SELECT id, skill_id FROM exercises WHERE id = ANY(%(ids)s)", {"ids": exercise_ids}
+        )
+    }
+    unknown = [e for e in exercise_ids if e not in skill_of]
+    if unknown:
+        # The caller's transaction rolls back: the learner bump and key claim vanish too.
+        raise ValidationFailed(
+            f"unknown exercise id(s): {', '.join(map(str, unknown))}",
+            unknown_exercise_ids=unknown,
+        )
+
+    conn.exec_driver_sql(
+        "INSERT INTO attempts (learner_id, exercise_id, correct, answered_at)"
+        " SELECT %(l)s, e, c, t FROM unnest(%(e)s::int[], %(c)s::bool[], %(t)s::timestamptz[])"
+        " AS u(e, c, t)",
+        {
+            "l": learner_id,
+            "e": [a.exercise_id for a in attempts],
+            "c": [a.correct for a in attempts],
+            "t": [a.answered_at for a in attempts],
+        },
+    )
+
+    per_skill: dict[int, list[Any]] = defaultdict(lambda: [0, 0, datetime.min.replace(tzinfo=UTC)])
+    per_exercise: dict[int, list[Any]] = defaultdict(lambda: [0, datetime.min.replace(tzinfo=UTC)])
+    for a in attempts:
+        s = per_skill[skill_of[a.exercise_id]]
+        s[0 if a.correct else 1] += 1
+        s[2] = max(s[2], a.answered_at)
+        e = per_exercise[a.exercise_id]
+        e[0] += 1
+        e[1] = max(e[1], a.answered_at)
+    skills = sorted(per_skill)
+    conn.exec_driver_sql(
+        "INSERT INTO learner_skill_stats"
+        " (learner_id, skill_id, n_correct, n_incorrect, last_answered_at)"
+        " SELECT %(l)s, s, c, i, t"
+        " FROM unnest(%(s)s::int[], %(c)s::int[], %(i)s::int[], %(t)s::timestamptz[])"
+        " AS u(s, c, i, t)"
+        " ON CONFLICT (learner_id, skill_id) DO UPDATE SET"
+        "  n_correct = learner_skill_stats.n_correct + excluded.n_correct,"
+        "  n_incorrect = learner_skill_stats.n_incorrect + excluded.n_incorrect,"
+        "  last_answered_at = greatest(learner_skill_stats.last_answered_at,"
+        "                              excluded.last_answered_at)",
+        {
+            "l": learner_id,
+            "s": skills,
+            "c": [per_skill[s][0] for s in skills],
+            "i": [per_skill[s][1] for s in skills],
+            "t": [per_skill[s][2] for s in skills],
+        },
+    )
+    exercises = sorted(per_exercise)
+    conn.exec_driver_sql(
+        "INSERT INTO learner_exercise_stats (learner_id, exercise_id, n_attempts, last_answered_at)"
+        " SELECT %(l)s, e, n, t FROM unnest(%(e)s::int[], %(n)s::int[], %(t)s::timestamptz[])"
+        " AS u(e, n, t)"
+        " ON CONFLICT (learner_id, exercise_id) DO UPDATE SET"
+        "  n_attempts = learner_exercise_stats.n_attempts + excluded.n_attempts,"
+        "  last_answered_at = greatest(learner_exercise_stats.last_answered_at,"
+        "                              excluded.last_answered_at)",
+        {
+            "l": learner_id,
+            "e": exercises,
+            "n": [per_exercise[e][0] for e in exercises],
+            "t": [per_exercise[e][1] for e in exercises],
+        },
+    )
+
+    response = {
+        "learner_id": learner_id,
+        "accepted": len(attempts),
+        "data_version": int(version),
+        "skills_updated": skills,
+        "replayed": False,
+    }
+    if idempotency_key is not None:
+        conn.exec_driver_sql(
+            "UPDATE idempotency_keys SET response = %(r)s WHERE learner_id = %(l)s AND key = %(k)s",
+            {"r": orjson.dumps(response).decode(), "l": learner_id, "k": idempotency_key},
+        )
+    return response
+
+
+def _replay(conn: Connection, *, learner_id: int, key: str, fingerprint: str) -> dict[str, Any]:
+    row = conn.exec_driver_sql(
+        "SELECT request_sha256, response FROM idempotency_keys"
+        " WHERE learner_id = %(l)s AND key = %(k)s",
+        {"l": learner_id, "k": key},
+    ).one()
+    if row.request_sha256 != fingerprint:
+        raise Conflict(
+            "this Idempotency-Key was already used for a different batch",
+            idempotency_key=key,
+        )
+    return {**row.response, "replayed": True}

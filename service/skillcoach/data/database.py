@@ -1,0 +1,357 @@
+"""The one way to the database.
+
+Every DB call of the API goes through `Database.run`: it checks a connection out of the
+SQLAlchemy pool inside a context manager, runs the (synchronous, psycopg2) work in a thread
+pool bounded to the pool's capacity, and returns the connection on every path. Cancellation
+cannot leak a connection: the worker thread is never abandoned, it finishes its transaction
+and checks the connection back in, whatever happened to the awaiting request.
+
+Everything that waits has the request's deadline: the wait for a slot (cancelled at the
+deadline), the query (`SET LOCAL statement_timeout` capped by the time left) and the retries
+of idempotent reads. Everything is PgBouncer-safe (transaction pooling): no session state, no
+server-side prepared statements, per-transaction settings only through SET LOCAL.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+import psycopg2
+from prometheus_client import CollectorRegistry
+from sqlalchemy import Connection, Engine, create_engine, exc
+
+from skillcoach.data.deadline import current_route, remaining
+from skillcoach.data.pool_metrics import DbMetrics, PoolStats
+from skillcoach.settings import Settings
+
+__all__ = [
+    "ConnectionLost",
+    "Database",
+    "DatabaseUnavailable",
+    "DeadlineExceeded",
+    "PoolConfig",
+    "PoolExhausted",
+    "PoolStats",
+    "QueryTimeout",
+    "create_sync_engine",
+]
+
+T = TypeVar("T")
+log = logging.getLogger("skillcoach.data.database")
+
+RETRY_BASE = 0.05
+QUERY_CANCELED = "57014"  # statement_timeout
+RETRY_CAP = 1.0
+RETRY_ATTEMPTS = 50  # the deadline ends retries long before this; it only bounds the loop
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database cannot serve this request now; answer 503 and let the client retry."""
+
+
+class ConnectionLost(DatabaseUnavailable):
+    """PgBouncer or PostgreSQL could not be reached (or dropped us): transient, retryable."""
+
+
+class QueryTimeout(DatabaseUnavailable):
+    """statement_timeout cancelled the transaction: the database is too slow right now."""
+
+
+class PoolExhausted(DatabaseUnavailable):
+    """No pooled connection became free within pool_timeout."""
+
+
+class DeadlineExceeded(DatabaseUnavailable):
+    """The request's deadline passed before the database work could start or finish."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    pool_size: int
+    max_overflow: int
+    pool_timeout: float
+    pool_recycle: int
+    pool_pre_ping: bool = True
+
+    @property
+    def capacity(self) -> int:
+        return self.pool_size + self.max_overflow
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> PoolConfig:
+        return cls(
+            pool_size=settings.pool_size,
+            max_overflow=settings.max_overflow,
+            pool_timeout=settings.pool_timeout,
+            pool_recycle=settings.pool_recycle,
+            pool_pre_ping=settings.pool_pre_ping,
+        )
+
+
+def create_sync_engine(
+    url: str,
+    pool: PoolConfig | None = None,
+    *,
+    name: str = "skillcoach",
+    explicit_transactions: bool = False,
+) -> Engine:
+    """An engine for `url`. With explicit_transactions the driver runs in autocommit and the
+    caller sends BEGIN/COMMIT itself (see Database): fewer round trips per request."""
+    kwargs: dict[str, object] = {}
+    if pool is not None:
+        kwargs.update(
+            pool_size=pool.pool_size,
+            max_overflow=pool.max_overflow,
+            pool_timeout=pool.pool_timeout,
+            pool_recycle=pool.pool_recycle,
+            # Database's first statement doubles as the ping (with a reconnect); SQLAlchemy's
+            # own pre-ping would cost one more round trip per request.
+            pool_pre_ping=pool.pool_pre_ping and not explicit_transactions,
+        )
+    if explicit_transactions:
+        kwargs["isolation_level"] = "AUTOCOMMIT"
+    return create_engine(
+        url,
+        pool_logging_name=name,
+        # Through PgBouncer a reset must not rely on session state; rollback is enough.
+        pool_reset_on_return="rollback",
+        connect_args={"connect_timeout": 3, "application_name": name},
+        **kwargs,
+    )
+
+
+@dataclass(slots=True)
+class _Checkout:
+    started: float
+    route: str
+    reported: bool = False
+
+
+class Database:
+    def __init__(
+        self,
+        url: str,
+        pool: PoolConfig,
+        *,
+        statement_timeout_ms: int,
+        request_timeout: float = 5.0,
+        long_checkout_seconds: float = 5.0,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._url = url
+        self.pool_config = pool
+        self.engine = create_sync_engine(url, pool, explicit_transactions=True)
+        self.generation = 0
+        self._retiring: list[Engine] = []
+        self._statement_timeout_ms = int(statement_timeout_ms)
+        self._request_timeout = request_timeout
+        self._long_checkout = long_checkout_seconds
+        # Threads beyond the pool's capacity would only queue inside the pool, each holding
+        # a worker; AnyIO's default of 40 threads against 15 connections is the seed's failure.
+        self.limiter = anyio.CapacityLimiter(pool.capacity)
+        self.metrics = DbMetrics(registry)
+        self._held: dict[int, _Checkout] = {}
+        self._held_lock = threading.Lock()
+        self._tokens = itertools.count()
+
+    # -- the transaction, on a worker thread ------------------------------------------------
+    def _transaction(
+        self,
+        fn: Callable[..., T],
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+        asked_at: float,
+        deadline: float,
+    ) -> T:
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            self.metrics.checkout_timeouts.inc()
+            raise DeadlineExceeded("request deadline passed while waiting for a connection")
+        token = next(self._tokens)
+        engine = self.engine  # a resize swaps the attribute; this transaction keeps its pool
+        timeout = max(1, min(self._statement_timeout_ms, left_ms))
+        try:
+            for attempt in range(2):
+                with engine.connect() as conn:
+                    if attempt == 0:
+                        self.metrics.checkout_wait.observe(time.monotonic() - asked_at)
+                        with self._held_lock:
+                            self._held[token] = _Checkout(time.monotonic(), current_route())
+                    # One round trip opens the transaction, sets its timeout and proves the
+                    # pooled connection alive. Nothing has run yet if it fails, so a stale
+                    # connection (PgBouncer restarted) is replaced once, for writes too.
+                    try:
+                        _driver_execute(conn, f"BEGIN; SET LOCAL statement_timeout = {timeout}")
+                    except psycopg2.Error:
+                        conn.invalidate()
+                        if attempt == 1:
+                            raise
+                        continue
+                    return _run_in_transaction(conn, fn, args, kwargs)
+            raise AssertionError("unreachable")  # pragma: no cover
+        except exc.TimeoutError as e:
+            self.metrics.checkout_timeouts.inc()
+            raise PoolExhausted(
+                f"no database connection free within {self.pool_config.pool_timeout:g}s"
+            ) from e
+        except (exc.DBAPIError, psycopg2.Error) as e:
+            orig = getattr(e, "orig", e)
+            if getattr(orig, "pgcode", None) == QUERY_CANCELED:
+                self.metrics.query_timeouts.inc()
+                raise QueryTimeout(f"query cancelled after {timeout} ms") from e
+            if isinstance(orig, psycopg2.OperationalError | psycopg2.InterfaceError) or (
+                isinstance(e, exc.DBAPIError) and e.connection_invalidated
+            ):
+                self.metrics.connection_errors.inc()
+                raise ConnectionLost(_first_line(e)) from e
+            raise
+        finally:
+            with self._held_lock:
+                held = self._held.pop(token, None)
+            if held is not None:
+                self._report_if_long(held, time.monotonic() - held.started)
+
+    # -- the async entry point --------------------------------------------------------------
+    async def run(
+        self, fn: Callable[..., T], /, *args: object, retry: bool = False, **kwargs: object
+    ) -> T:
+        """Run fn(conn, *args, **kwargs) in one transaction on a worker thread, within the
+        current request's deadline. `retry=True` (idempotent reads only) retries connection
+        errors with jittered exponential backoff until the deadline."""
+        deadline = time.monotonic() + remaining(self._request_timeout)
+        for attempt in range(RETRY_ATTEMPTS):
+            try:
+                return await self._run_once(fn, args, kwargs, deadline)
+            except ConnectionLost:
+                left = deadline - time.monotonic()
+                if not retry or attempt == RETRY_ATTEMPTS - 1 or left <= 0:
+                    raise
+                self.metrics.retries.inc()
+                backoff = random.uniform(RETRY_BASE / 2, min(RETRY_CAP, RETRY_BASE * 2**attempt))
+                await anyio.sleep(min(backoff, left))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run_once(
+        self,
+        fn: Callable[..., T],
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+        deadline: float,
+    ) -> T:
+        asked_at = time.monotonic()
+        with anyio.move_on_after(deadline - asked_at) as scope:
+            # Cancellable only while waiting for a slot; once the thread runs, it finishes
+            # (bounded by statement_timeout) and returns its connection.
+            return await anyio.to_thread.run_sync(
+                self._transaction, fn, args, kwargs, asked_at, deadline, limiter=self.limiter
+            )
+        assert scope.cancelled_caught
+        self.metrics.checkout_timeouts.inc()
+        raise DeadlineExceeded("no database connection free before the request deadline")
+
+    def run_sync(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> T:
+        now = time.monotonic()
+        return self._transaction(fn, args, kwargs, now, now + self._request_timeout)
+
+    # -- long-held checkouts ----------------------------------------------------------------
+    def _report_if_long(self, held: _Checkout, age: float) -> None:
+        if age >= self._long_checkout and not held.reported:
+            held.reported = True
+            self.metrics.long_checkouts.labels(held.route).inc()
+            log.warning("connection held %.1fs by %s", age, held.route)
+
+    def check_long_held(self) -> int:
+        """Report (once each) checkouts held past the threshold; returns how many are."""
+        now = time.monotonic()
+        with self._held_lock:
+            snapshot = list(self._held.values())
+        long_held = [h for h in snapshot if now - h.started >= self._long_checkout]
+        for h in long_held:
+            self._report_if_long(h, now - h.started)
+        return len(long_held)
+
+    # -- live resize ------------------------------------------------------------------------
+    def resize(self, pool: PoolConfig, *, generation: int) -> None:
+        """New checkouts use a new pool at once; the old one is disposed when its connections
+        have come back (see `dispose_retired`), so no in-flight request fails."""
+        old = self.engine
+        self.engine = create_sync_engine(self._url, pool, explicit_transactions=True)
+        self.pool_config = pool
+        self.generation = generation
+        # Growing wakes waiters at once; shrinking lets current holders finish first.
+        self.limiter.total_tokens = pool.capacity
+        self._retiring.append(old)
+        self.metrics.resizes.inc()
+        self.dispose_retired()
+
+    def dispose_retired(self) -> None:
+        still = []
+        for engine in self._retiring:
+            if engine.pool.checkedout() == 0:  # type: ignore[attr-defined]
+                engine.dispose()
+            else:
+                still.append(engine)
+        self._retiring = still
+
+    # -- state ------------------------------------------------------------------------------
+    def stats(self) -> PoolStats:
+        pool = self.engine.pool
+        retiring_out = sum(e.pool.checkedout() for e in self._retiring)  # type: ignore[attr-defined]
+        return PoolStats(
+            size=int(pool.size()),  # type: ignore[attr-defined]
+            checked_out=int(pool.checkedout()) + int(retiring_out),  # type: ignore[attr-defined]
+            idle=int(pool.checkedin()),  # type: ignore[attr-defined]
+            overflow=max(0, int(pool.overflow())),  # type: ignore[attr-defined]
+            capacity=self.pool_config.capacity,
+            waiters=int(self.limiter.statistics().tasks_waiting),
+            long_held=self.check_long_held(),
+            generation=self.generation,
+            retiring_pools=len(self._retiring),
+        )
+
+    def dispose(self) -> None:
+        for engine in [*self._retiring, self.engine]:
+            engine.dispose()
+        self._retiring = []
+
+
+def _driver_execute(conn: Connection, sql: str) -> None:
+    """Straight to psycopg2: transaction control needs no SQLAlchemy statement machinery."""
+    with conn.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
+        cur.execute(sql)
+
+
+def _run_in_transaction(
+    conn: Connection, fn: Callable[..., T], args: tuple[object, ...], kwargs: dict[str, object]
+) -> T:
+    try:
+        result = fn(conn, *args, **kwargs)
+    except BaseException:
+        if not conn.invalidated:  # a disconnect already invalidated it: nothing to roll back
+            try:
+                _driver_execute(conn, "ROLLBACK")
+            except Exception:
+                # Unknown server state: this connection must never be handed out again.
+                # The error that matters is the one being re-raised.
+                conn.invalidate()
+        raise
+    try:
+        _driver_execute(conn, "COMMIT")
+    except psycopg2.Error:
+        conn.invalidate()
+        raise
+    return result
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "orig", None) or e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,54 @@
+"""Reads of one learner's evidence: O(skills) statistics rows, never the attempt history."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import Connection
+
+from skillcoach.ml.analysis import ExerciseHistory, SkillEvidence
+
+__all__ = ["fetch_exercise_history", "fetch_skill_evidence", "learner_exists"]
+
+
+def fetch_skill_evidence(conn: Connection, *, learner_id: int) -> SkillEvidence | None:
+    """The learner's per-skill statistics, or None if no such learner exists."""
+    rows = conn.exec_driver_sql(
+        "SELECT l.id, l.data_version, s.skill_id, s.n_correct, s.n_incorrect, s.last_answered_at"
+        " FROM learners l LEFT JOIN learner_skill_stats s ON s.learner_id = l.id"
+        " WHERE l.id = %(id)s",
+        {"id": learner_id},
+    ).all()
+    if not rows:
+        return None
+    version = int(rows[0].data_version)
+    rows = [r for r in rows if r.skill_id is not None]
+    return SkillEvidence(
+        skill_ids=np.array([r.skill_id for r in rows], dtype=np.int64),
+        n_correct=np.array([r.n_correct for r in rows], dtype=np.int64),
+        n_incorrect=np.array([r.n_incorrect for r in rows], dtype=np.int64),
+        last_answered_at=[r.last_answered_at for r in rows],
+        data_version=version,
+    )
+
+
+def fetch_exercise_history(
+    conn: Connection, *, learner_id: int, exercise_ids: npt.NDArray[np.int64]
+) -> ExerciseHistory:
+    rows = conn.exec_driver_sql(
+        "SELECT exercise_id, n_attempts, last_answered_at FROM learner_exercise_stats"
+        " WHERE learner_id = %(id)s AND exercise_id = ANY(%(ids)s)",
+        {"id": learner_id, "ids": exercise_ids.tolist()},
+    ).all()
+    return ExerciseHistory(
+        exercise_ids=np.array([r.exercise_id for r in rows], dtype=np.int64),
+        n_attempts=np.array([r.n_attempts for r in rows], dtype=np.int64),
+        last_answered_at=[r.last_answered_at for r in rows],
+    )
+
+
+def learner_exists(conn: Connection, *, learner_id: int) -> bool:
+    return (
+        conn.exec_driver_sql("SELECT 1 FROM learners WHERE id = %(id)s", {"id": learner_id}).first()
+        is not None
+    )

@@ -1,0 +1,213 @@
+"""Weakness ranking and practice recommendations: pure decisions over a learner's evidence.
+
+Nothing here does I/O; the routes fetch the evidence (O(skills) statistics rows) and the
+catalog, then call these functions once per request with whole arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import numpy.typing as npt
+from scipy.special import betaincinv
+
+from skillcoach.ml.model import BestLR
+
+__all__ = [
+    "ExerciseHistory",
+    "Recommendation",
+    "SkillEvidence",
+    "SkillWeakness",
+    "mastery_interval",
+    "rank_weaknesses",
+    "recommend",
+]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+# Pseudo-observations behind the model's estimate when forming an interval: the model pools
+# what the whole population says about a skill, worth a few attempts of this learner's own.
+PRIOR_STRENGTH = 4.0
+INTERVAL = 0.80
+
+
+@dataclass(frozen=True, slots=True)
+class SkillEvidence:
+    """A learner's per-skill statistics (rows of learner_skill_stats)."""
+
+    skill_ids: IntArray
+    n_correct: IntArray
+    n_incorrect: IntArray
+    last_answered_at: list[datetime]
+    # learners.data_version in the same snapshot: the version of these statistics.
+    data_version: int = 0
+
+    @classmethod
+    def empty(cls) -> SkillEvidence:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), [])
+
+    @property
+    def totals(self) -> tuple[int, int]:
+        return int(self.n_correct.sum()), int(self.n_incorrect.sum())
+
+    def __len__(self) -> int:
+        return len(self.skill_ids)
+
+
+@dataclass(frozen=True, slots=True)
+class SkillWeakness:
+    skill_id: int
+    mastery: float
+    low: float
+    high: float
+    attempts: int
+    correct: int
+    insufficient_data: bool
+    last_practised_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ExerciseHistory:
+    """The learner's past attempts on candidate exercises (rows of learner_exercise_stats)."""
+
+    exercise_ids: IntArray
+    n_attempts: IntArray
+    last_answered_at: list[datetime]
+
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    exercise_id: int
+    skill_id: int
+    predicted_success: float
+    skill_mastery: float
+    seen_count: int
+    last_seen_at: datetime | None
+
+
+def mastery_interval(
+    mastery: FloatArray, attempts: FloatArray, *, level: float = INTERVAL
+) -> tuple[FloatArray, FloatArray]:
+    """Central `level` interval of a Beta around each estimate, as wide as the evidence is thin."""
+    strength = attempts + PRIOR_STRENGTH
+    p = np.clip(mastery, 1e-6, 1 - 1e-6)
+    a, b = p * strength, (1 - p) * strength
+    tail = (1 - level) / 2
+    low: FloatArray = betaincinv(a, b, tail)
+    high: FloatArray = betaincinv(a, b, 1 - tail)
+    return low, high
+
+
+def rank_weaknesses(
+    model: BestLR, evidence: SkillEvidence, *, min_attempts: int, limit: int | None = None
+) -> list[SkillWeakness]:
+    """Every practised skill, weakest first, with an interval and an insufficient-data flag."""
+    if len(evidence) == 0:
+        return []
+    total_c, total_i = evidence.totals
+    mastery = model.skill_mastery(
+        evidence.skill_ids,
+        evidence.n_correct,
+        evidence.n_incorrect,
+        total_correct=total_c,
+        total_incorrect=total_i,
+    )
+    attempts = (evidence.n_correct + evidence.n_incorrect).astype(np.float64)
+    low, high = mastery_interval(mastery, attempts)
+    # Weakest first; among equals the better-evidenced skill first, then by id for stable output.
+    order = np.lexsort((evidence.skill_ids, -attempts, mastery))
+    if limit is not None:
+        order = order[:limit]
+    return [
+        SkillWeakness(
+            skill_id=int(evidence.skill_ids[i]),
+            mastery=float(mastery[i]),
+            low=float(low[i]),
+            high=float(high[i]),
+            attempts=int(attempts[i]),
+            correct=int(evidence.n_correct[i]),
+            insufficient_data=bool(attempts[i] < min_attempts),
+            last_practised_at=evidence.last_answered_at[i],
+        )
+        for i in order
+    ]
+
+
+def focus_skills(
+    model: BestLR, evidence: SkillEvidence, *, count: int
+) -> tuple[IntArray, FloatArray]:
+    """The skills to practise and their mastery: the weakest practised ones, or for a learner
+    with no history yet, every skill the model knows (the target then picks the exercises)."""
+    total_c, total_i = evidence.totals
+    if len(evidence) == 0:
+        skills = model.skill_ids
+        zeros = np.zeros(len(skills))
+        mastery = model.skill_mastery(skills, zeros, zeros, total_correct=0, total_incorrect=0)
+        return skills, mastery
+    mastery = model.skill_mastery(
+        evidence.skill_ids,
+        evidence.n_correct,
+        evidence.n_incorrect,
+        total_correct=total_c,
+        total_incorrect=total_i,
+    )
+    order = np.lexsort((evidence.skill_ids, mastery))[:count]
+    return evidence.skill_ids[order], mastery[order]
+
+
+def recommend(
+    model: BestLR,
+    evidence: SkillEvidence,
+    *,
+    skills: IntArray,
+    skill_mastery: FloatArray,
+    candidate_ids: IntArray,
+    candidate_skill_ids: IntArray,
+    history: ExerciseHistory,
+    target: float,
+    limit: int,
+) -> list[Recommendation]:
+    """Unseen exercises first, then the least recently seen; within each, predicted success
+    closest to `target` (hard enough to teach, easy enough to keep going)."""
+    if len(candidate_ids) == 0:
+        return []
+    skill_pos = {int(s): i for i, s in enumerate(skills)}
+    ev_pos = {int(s): i for i, s in enumerate(evidence.skill_ids)}
+    ev_rows = np.array([ev_pos.get(int(s), -1) for s in candidate_skill_ids], dtype=np.int64)
+    n_c = np.append(evidence.n_correct, 0)[ev_rows]  # -1 (never practised) reads the sentinel
+    n_i = np.append(evidence.n_incorrect, 0)[ev_rows]
+    total_c, total_i = evidence.totals
+    p = model.exercise_success(
+        candidate_ids,
+        candidate_skill_ids,
+        n_c,
+        n_i,
+        total_correct=total_c,
+        total_incorrect=total_i,
+    )
+    seen_pos = {int(e): i for i, e in enumerate(history.exercise_ids)}
+    seen_idx = np.array([seen_pos.get(int(e), -1) for e in candidate_ids], dtype=np.int64)
+    # A sentinel 0 after the real counts, so unseen exercises (-1) index it without a guard.
+    counts = np.append(history.n_attempts, 0)
+    seen_count = counts[seen_idx]
+    last_seen: list[datetime | None] = [
+        history.last_answered_at[i] if i >= 0 else None for i in seen_idx
+    ]
+    # Rank of last-seen time among seen exercises (older = lower); unseen rank below all.
+    stamps = np.array([ts.timestamp() if ts is not None else -np.inf for ts in last_seen])
+    distance = np.abs(p - target)
+    order = np.lexsort((candidate_ids, distance, stamps))
+    return [
+        Recommendation(
+            exercise_id=int(candidate_ids[i]),
+            skill_id=int(candidate_skill_ids[i]),
+            predicted_success=float(p[i]),
+            skill_mastery=float(skill_mastery[skill_pos[int(candidate_skill_ids[i])]]),
+            seen_count=int(seen_count[i]),
+            last_seen_at=last_seen[i],
+        )
+        for i in order[:limit]
+    ]

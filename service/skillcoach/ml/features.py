@@ -1,0 +1,162 @@
+"""Best-LR features from an attempt log, vectorized with numpy and scipy.sparse.
+
+Columns: one-hot skill, one-hot exercise, then log1p of the learner's PRIOR counts in the
+order of `skillcoach.ml.model.COUNT_FEATURES`. "Prior" means strictly earlier attempts of the
+same learner, ordered by answered_at then attempt id, so no attempt ever sees its own label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from scipy import sparse
+
+from skillcoach.ml.model import COUNT_FEATURES
+
+__all__ = ["AttemptLog", "CountFeatures", "feature_matrix", "feature_names", "prior_counts"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptLog:
+    """Attempts sorted by (learner_id, answered_at, id)."""
+
+    attempt_ids: IntArray
+    learner_ids: IntArray
+    exercise_ids: IntArray
+    skill_ids: IntArray
+    correct: BoolArray
+    answered_at: IntArray  # any monotone integer clock; only its order matters here
+
+    @classmethod
+    def from_unsorted(
+        cls,
+        *,
+        attempt_ids: IntArray,
+        learner_ids: IntArray,
+        exercise_ids: IntArray,
+        skill_ids: IntArray,
+        correct: BoolArray,
+        answered_at: IntArray,
+    ) -> AttemptLog:
+        order = np.lexsort((attempt_ids, answered_at, learner_ids))
+        return cls(
+            attempt_ids=attempt_ids[order],
+            learner_ids=learner_ids[order],
+            exercise_ids=exercise_ids[order],
+            skill_ids=skill_ids[order],
+            correct=correct[order],
+            answered_at=answered_at[order],
+        )
+
+    def __len__(self) -> int:
+        return len(self.attempt_ids)
+
+    def subset(self, mask: BoolArray) -> AttemptLog:
+        """The attempts where mask holds; a mask by learner keeps the sort order valid."""
+        return AttemptLog(
+            attempt_ids=self.attempt_ids[mask],
+            learner_ids=self.learner_ids[mask],
+            exercise_ids=self.exercise_ids[mask],
+            skill_ids=self.skill_ids[mask],
+            correct=self.correct[mask],
+            answered_at=self.answered_at[mask],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CountFeatures:
+    """Raw prior counts per attempt, columns in the order of COUNT_FEATURES."""
+
+    skill_correct: IntArray
+    skill_incorrect: IntArray
+    total_correct: IntArray
+    total_incorrect: IntArray
+
+    def subset(self, mask: BoolArray) -> CountFeatures:
+        return CountFeatures(
+            self.skill_correct[mask],
+            self.skill_incorrect[mask],
+            self.total_correct[mask],
+            self.total_incorrect[mask],
+        )
+
+    def matrix(self) -> IntArray:
+        return np.column_stack(
+            [self.skill_correct, self.skill_incorrect, self.total_correct, self.total_incorrect]
+        )
+
+
+def _exclusive_group_cumsum(values: IntArray, group_start: BoolArray) -> IntArray:
+    """Running sum of values before each element, restarting at every group start."""
+    inclusive = np.cumsum(values)
+    exclusive = inclusive - values
+    start_positions = np.flatnonzero(group_start)
+    group_of = np.cumsum(group_start) - 1
+    out: IntArray = exclusive - exclusive[start_positions][group_of]
+    return out
+
+
+def _starts(*keys: IntArray) -> BoolArray:
+    n = len(keys[0])
+    start = np.zeros(n, dtype=bool)
+    if n:
+        start[0] = True
+        for key in keys:
+            start[1:] |= key[1:] != key[:-1]
+    return start
+
+
+def prior_counts(log: AttemptLog) -> CountFeatures:
+    correct = log.correct.astype(np.int64)
+    incorrect = 1 - correct
+    learner_start = _starts(log.learner_ids)
+    total_correct = _exclusive_group_cumsum(correct, learner_start)
+    total_incorrect = _exclusive_group_cumsum(incorrect, learner_start)
+    # Regroup by (learner, skill) keeping time order inside each group: a stable sort on
+    # skill within the already time-ordered learner blocks.
+    order = np.lexsort((np.arange(len(log)), log.skill_ids, log.learner_ids))
+    skill_start = _starts(log.learner_ids[order], log.skill_ids[order])
+    skill_correct = np.empty_like(correct)
+    skill_incorrect = np.empty_like(correct)
+    skill_correct[order] = _exclusive_group_cumsum(correct[order], skill_start)
+    skill_incorrect[order] = _exclusive_group_cumsum(incorrect[order], skill_start)
+    return CountFeatures(skill_correct, skill_incorrect, total_correct, total_incorrect)
+
+
+def feature_names(skill_ids: IntArray, exercise_ids: IntArray) -> list[str]:
+    return (
+        [f"skill:{int(s)}" for s in skill_ids]
+        + [f"exercise:{int(e)}" for e in exercise_ids]
+        + [f"log1p({name})" for name in COUNT_FEATURES]
+    )
+
+
+def feature_matrix(
+    skill_rows: IntArray,
+    exercise_rows: IntArray,
+    counts: CountFeatures,
+    *,
+    n_skills: int,
+    n_exercises: int,
+) -> sparse.csr_matrix:
+    """CSR matrix with n_skills + n_exercises + 4 columns; rows index catalog positions."""
+    n = len(skill_rows)
+    n_counts = len(COUNT_FEATURES)
+    width = 2 + n_counts
+    cols = np.empty((n, width), dtype=np.int64)
+    vals = np.empty((n, width), dtype=np.float64)
+    cols[:, 0], vals[:, 0] = skill_rows, 1.0
+    cols[:, 1], vals[:, 1] = n_skills + exercise_rows, 1.0
+    cols[:, 2:] = n_skills + n_exercises + np.arange(n_counts)
+    vals[:, 2:] = np.log1p(counts.matrix())
+    # Explicit zeros (no prior attempts) are kept: every row then has the same layout.
+    indptr = np.arange(0, n * width + 1, width, dtype=np.int64)
+    return sparse.csr_matrix(
+        (vals.ravel(), cols.ravel(), indptr), shape=(n, n_skills + n_exercises + n_counts)
+    )

@@ -1,0 +1,94 @@
+"""The model a replica serves, with the catalog it was loaded against, hot-swapped on promotion."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection
+
+from skillcoach.data.catalog_reads import Catalog, load_catalog
+from skillcoach.data.database import Database
+from skillcoach.data.model_registry import fetch_promoted, promoted_fingerprint
+from skillcoach.ml.model import ArtifactError, BestLR
+
+__all__ = ["LiveModel", "ServedModel"]
+
+log = logging.getLogger("skillcoach.ml.model")
+
+
+@dataclass(frozen=True, slots=True)
+class ServedModel:
+    version: int
+    sha256: str
+    trained_at: datetime
+    loaded_at: datetime
+    metrics: dict[str, Any]
+    model: BestLR
+    catalog: Catalog
+
+
+def _load(conn: Connection, known: tuple[int, str] | None) -> tuple[Any, Catalog] | None:
+    fingerprint = promoted_fingerprint(conn)
+    if fingerprint is None or fingerprint == known:
+        return None
+    record = fetch_promoted(conn)
+    if record is None:  # demoted between the two reads; the next poll sees the new state
+        return None
+    return record, load_catalog(conn)
+
+
+class LiveModel:
+    """Holds the served model; `current` is replaced atomically, readers never see a mix."""
+
+    def __init__(self) -> None:
+        self.current: ServedModel | None = None
+        self.last_error: str | None = None
+
+    async def refresh(self, db: Database) -> bool:
+        """Load the promoted model if it differs from the served one; True if it changed."""
+        served = self.current
+        known = None if served is None else (served.version, served.sha256)
+        loaded = await db.run(_load, known, retry=True)
+        if loaded is None:
+            return False
+        record, catalog = loaded
+        try:
+            model = BestLR.from_artifact(record.artifact, sha256=record.sha256)
+        except ArtifactError as exc:
+            # Keep serving the previous model; a broken artifact must not take replicas down.
+            self.last_error = f"model v{record.version}: {exc}"
+            log.error("refusing promoted model: %s", self.last_error)
+            return False
+        _warm_up(model, catalog)
+        self.current = ServedModel(
+            version=record.version,
+            sha256=record.sha256,
+            trained_at=record.trained_at,
+            loaded_at=datetime.now(UTC),
+            metrics=record.metrics,
+            model=model,
+            catalog=catalog,
+        )
+        self.last_error = None
+        log.info("serving model v%d (%d exercises)", record.version, len(catalog))
+        return True
+
+
+def _warm_up(model: BestLR, catalog: Catalog) -> None:
+    """One inference of each kind before the model is served, so the first request pays no
+    first-call costs (numpy/scipy dispatch set-up)."""
+    from skillcoach.ml.analysis import mastery_interval
+
+    skills = model.skill_ids[:8]
+    zeros = np.zeros(len(skills))
+    p = model.skill_mastery(skills, zeros, zeros, total_correct=0, total_incorrect=0)
+    mastery_interval(p, zeros)
+    ex = catalog.exercise_ids[:8]
+    z = np.zeros(len(ex))
+    model.exercise_success(
+        ex, catalog.exercise_skill_ids[:8], z, z, total_correct=0, total_incorrect=0
+    )
