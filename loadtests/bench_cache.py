@@ -53,7 +53,7 @@ from loadtests.bench_concurrency import (
 )
 from loadtests.bench_model import _admin
 from loadtests.recording import budget, record, run_all
-from skillcoach.api.auth import Scope, create_api_key
+from skillcoach.data.api_keys import Scope, create_api_key
 from skillcoach.data.database import create_sync_engine
 from skillcoach_devstack.pgbouncer import PgBouncer
 from skillcoach_devstack.processes import free_port

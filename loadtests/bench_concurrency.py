@@ -36,7 +36,7 @@ from loadtests import proxy
 from loadtests.bench_model import _admin
 from loadtests.recording import budget, record
 from loadtests.wrk import run_wrk, shed_probe
-from skillcoach.api.auth import Scope, create_api_key
+from skillcoach.data.api_keys import Scope, create_api_key
 from skillcoach.data.database import create_sync_engine
 from skillcoach.data.migrate import upgrade
 from skillcoach.data.model_registry import promote

@@ -34,7 +34,7 @@ from loadtests import proxy
 from loadtests.bench_concurrency import Target, _peak_rss_mb, _spawn, _stop, _wait_ready
 from loadtests.bench_model import _admin
 from loadtests.recording import budget, record
-from skillcoach.api.auth import Scope, create_api_key
+from skillcoach.data.api_keys import Scope, create_api_key
 from skillcoach.data.database import create_sync_engine
 from skillcoach.data.migrate import upgrade
 from skillcoach.data.model_registry import promote

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from skillcoach.answers.compute import weaknesses_body
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
@@ -29,10 +30,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from skillcoach.answers.compute import weaknesses_body
 from skillcoach.api.server import run_app
 from skillcoach.data.model_registry import fetch_promoted
-from skillcoach.ml.analysis import SkillEvidence, rank_weaknesses
+from skillcoach.data.records import SkillEvidence
+from skillcoach.ml.analysis import rank_weaknesses
 from skillcoach.ml.model import BestLR
 
 __all__ = ["create_app", "main"]

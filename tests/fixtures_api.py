@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
 
 from skillcoach.api.app import create_app
-from skillcoach.api.auth import Scope, create_api_key
+from skillcoach.data.api_keys import Scope, create_api_key
 from skillcoach.data.database import create_sync_engine
 from skillcoach.data.model_registry import promote, store_model
 from skillcoach.ml.model import BestLR

@@ -15,7 +15,7 @@ import psycopg2
 import pytest
 from sqlalchemy.engine import make_url
 
-from skillcoach.api.auth import Scope, create_api_key
+from skillcoach.data.api_keys import Scope, create_api_key
 from skillcoach.data.database import create_sync_engine
 from skillcoach_devstack.pgbouncer import PgBouncer
 from tests.conftest import drop_database, fresh_database

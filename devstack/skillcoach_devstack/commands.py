@@ -30,8 +30,10 @@ from typing import Annotated
 import psycopg2
 from pydantic import TypeAdapter, ValidationError
 
+from skillcoach import limits
 from skillcoach.data.pool_file import PoolFile
 from skillcoach.data.pool_sizing import Budget, PoolPlan, plan_pools
+from skillcoach.pgbouncer.admin import admin_query
 from skillcoach.settings import Settings
 from skillcoach_devstack import envfile, packages, postgres
 from skillcoach_devstack.config import Secrets, StackConfig, load_or_create_secrets
@@ -43,7 +45,6 @@ from skillcoach_devstack.pgbouncer import (
     ADMIN_USER,
     PgBouncer,
     PgBouncerConfig,
-    admin_query,
     default_template_path,
     runtime_dir_for,
 )
@@ -133,9 +134,9 @@ def queue_allowance(env: Mapping[str, str] | None = None) -> int:
 
 
 def in_flight_limit(plan: PoolPlan, env: Mapping[str, str] | None = None) -> int:
-    """What one replica admits at once (skillcoach.api.admission): its pool capacity under the
-    plan plus the queue allowance; HAProxy's maxconn for each replica."""
-    return plan.per_pod + queue_allowance(env)
+    """What one replica admits at once: its pool capacity under the plan plus the queue
+    allowance; HAProxy's maxconn for each replica."""
+    return limits.in_flight_limit(pool_capacity=plan.per_pod, queue_allowance=queue_allowance(env))
 
 
 def make_haproxy(

@@ -24,10 +24,12 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
+from skillcoach.limits import in_flight_limit
+from skillcoach.settings import Settings
 from skillcoach_devstack.errors import StackError
 from skillcoach_devstack.packages import require_binary
 from skillcoach_devstack.processes import (
@@ -43,7 +45,6 @@ from skillcoach_devstack.processes import (
 
 __all__ = [
     "BACKEND",
-    "DEFAULT_SERVER_MAXCONN",
     "HAProxy",
     "HAProxyConfig",
     "Server",
@@ -66,9 +67,12 @@ def server_name(port: int) -> str:
     return f"api-{port}"
 
 
-# A replica's in-flight limit with the default settings: pool capacity (pool_size 16 +
-# max_overflow 0) + queue_allowance 200 (skillcoach.settings, skillcoach.api.admission).
-DEFAULT_SERVER_MAXCONN = 16 + 200
+def _default_server_maxconn() -> int:
+    """A replica's in-flight limit under the service's default settings."""
+    defaults = Settings.model_fields
+    capacity = int(defaults["pool_size"].default) + int(defaults["max_overflow"].default)
+    allowance = int(defaults["queue_allowance"].default)
+    return in_flight_limit(pool_capacity=capacity, queue_allowance=allowance)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +101,7 @@ class HAProxyConfig:
     # Beyond it the replica would only answer 503 itself, from its one Python event loop, at a
     # cost in CPU that starves the requests it admitted (the 1,000-connection benchmark:
     # p99 of those 503s ~140 ms, 2xx throughput collapsing); HAProxy refuses them in C instead.
-    server_maxconn: int = DEFAULT_SERVER_MAXCONN
+    server_maxconn: int = field(default_factory=_default_server_maxconn)
     # HAProxy time format: how long a request beyond every replica's maxconn may wait in
     # HAProxy's queue for a slot before HAProxy answers its own 503. Short: the replica already
     # queues up to its allowance behind its pool, so a request beyond that should be refused at

@@ -20,8 +20,8 @@ from typing import Any
 from urllib.parse import quote
 
 import psycopg2
-import psycopg2.extras
 
+from skillcoach.pgbouncer.admin import admin_query
 from skillcoach_devstack.errors import StackError
 from skillcoach_devstack.packages import require_binary
 from skillcoach_devstack.processes import (
@@ -37,7 +37,6 @@ __all__ = [
     "ADMIN_USER",
     "PgBouncer",
     "PgBouncerConfig",
-    "admin_query",
     "default_template_path",
     "render_config",
     "render_userlist",
@@ -110,20 +109,6 @@ def render_userlist(users: Mapping[str, str]) -> str:
         return '"' + s.replace('"', '""') + '"'
 
     return "".join(f"{q(user)} {q(password)}\n" for user, password in users.items())
-
-
-def admin_query(admin_url: str, sql: str, *, timeout: int = 3) -> list[dict[str, Any]]:
-    """Run one admin-console command (SHOW POOLS, SHOW STATS...) and return its rows."""
-    conn = psycopg2.connect(admin_url, connect_timeout=timeout)
-    try:
-        # The console speaks the simple protocol only: no BEGIN around commands.
-        conn.autocommit = True
-        with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-            cur.execute(sql)
-            rows = cur.fetchall() if cur.description else []
-        return [dict(row) for row in rows]
-    finally:
-        conn.close()
 
 
 @dataclass

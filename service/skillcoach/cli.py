@@ -106,7 +106,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_apikey(args: argparse.Namespace) -> int:
-    from skillcoach.api.auth import Scope, create_api_key
+    from skillcoach.data.api_keys import Scope, create_api_key
     from skillcoach.data.database import create_sync_engine
 
     try:

@@ -32,7 +32,7 @@ LEARNERS = 40
 
 @pytest.fixture(scope="module")
 def slow_db(pgbouncer: PgBouncer, pg_url: str) -> Iterator[tuple[str, Keys]]:
-    from skillcoach.api.auth import Scope, create_api_key
+    from skillcoach.data.api_keys import Scope, create_api_key
 
     name, direct = fresh_database("skillcoach_slow")
     engine = create_sync_engine(direct)

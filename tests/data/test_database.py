@@ -17,7 +17,7 @@ from skillcoach.data.database import (
     PoolConfig,
     QueryTimeout,
 )
-from skillcoach.data.deadline import request_deadline
+from skillcoach.data.deadline import work_scope
 from skillcoach_devstack.pgbouncer import PgBouncer
 from tests.fixtures_services import pgbouncer_db_url
 
@@ -113,13 +113,12 @@ def test_deadline_cuts_the_wait_for_a_slot(db: Database) -> None:
             for _ in range(3):  # the whole pool, for a second
                 tg.start_soon(db.run, sleep, 1.0)
             await anyio.sleep(0.1)
-            token = request_deadline.set(time.monotonic() + 0.3)
             t0 = time.monotonic()
-            try:
-                with pytest.raises(DeadlineExceeded):
-                    await db.run(sleep, 0)
-            finally:
-                request_deadline.reset(token)
+            with (
+                work_scope(deadline=t0 + 0.3, name=lambda: "test"),
+                pytest.raises(DeadlineExceeded),
+            ):
+                await db.run(sleep, 0)
             outcome["waited"] = time.monotonic() - t0
 
     anyio.run(main)
@@ -129,13 +128,9 @@ def test_deadline_cuts_the_wait_for_a_slot(db: Database) -> None:
 
 def test_statement_timeout_is_capped_by_the_deadline(db: Database) -> None:
     async def main() -> float:
-        token = request_deadline.set(time.monotonic() + 0.4)
         t0 = time.monotonic()
-        try:
-            with pytest.raises(QueryTimeout):
-                await db.run(sleep, 5)
-        finally:
-            request_deadline.reset(token)
+        with work_scope(deadline=t0 + 0.4, name=lambda: "test"), pytest.raises(QueryTimeout):
+            await db.run(sleep, 5)
         return time.monotonic() - t0
 
     took = anyio.run(main)

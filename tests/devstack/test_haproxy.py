@@ -22,7 +22,6 @@ from skillcoach_devstack.commands import in_flight_limit, make_haproxy, queue_al
 from skillcoach_devstack.config import StackConfig
 from skillcoach_devstack.errors import StackError
 from skillcoach_devstack.haproxy import (
-    DEFAULT_SERVER_MAXCONN,
     HAProxy,
     HAProxyConfig,
     Server,
@@ -109,7 +108,10 @@ def test_the_stack_gives_each_replica_its_in_flight_limit(
     monkeypatch.delenv("SKILLCOACH_QUEUE_ALLOWANCE", raising=False)
     assert queue_allowance() == Settings().queue_allowance == 200
     # Without a plan (status, stop): the default settings' limit.
-    assert make_haproxy(cfg, (8001,)).config.server_maxconn == DEFAULT_SERVER_MAXCONN == 216
+    defaults = Settings()
+    assert make_haproxy(cfg, (8001,)).config.server_maxconn == (
+        defaults.pool_size + defaults.max_overflow + defaults.queue_allowance
+    )
     lb = make_haproxy(cfg, (8001, 8002), plan=plan)
     assert lb.config.server_maxconn == 12 + 3 + 200
     assert "server api-8002 127.0.0.1:8002 maxconn 215" in _directives(lb.render())

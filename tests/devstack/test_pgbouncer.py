@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy import create_engine, pool, text
 from sqlalchemy.engine import make_url
 
+from skillcoach.pgbouncer.admin import admin_query
 from skillcoach_devstack.pgbouncer import (
     ADMIN_USER,
     PgBouncer,
     PgBouncerConfig,
-    admin_query,
     default_template_path,
     render_config,
     render_userlist,

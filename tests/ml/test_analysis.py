@@ -5,9 +5,8 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
+from skillcoach.data.records import ExerciseHistory, SkillEvidence
 from skillcoach.ml.analysis import (
-    ExerciseHistory,
-    SkillEvidence,
     focus_skills,
     mastery_interval,
     rank_weaknesses,

@@ -3,7 +3,7 @@
 A replica admits at most (pool capacity + queue allowance) requests at once; beyond that it
 answers 503 with Retry-After at once instead of queueing (the seed's 30 s waits). Probes and
 metrics are never shed and get no deadline. Every admitted request gets a deadline that the DB
-layer honours (see request_context).
+layer honours (skillcoach.data.deadline), named by its route template.
 """
 
 from __future__ import annotations
@@ -15,13 +15,23 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from skillcoach.api.problems import ServiceUnavailable, problem_response
-from skillcoach.data.deadline import request_deadline, request_scope
+from skillcoach.data.deadline import work_scope
 
-__all__ = ["SHED_SCOPE_KEY", "UNSHED_PATHS", "AdmissionMiddleware"]
+__all__ = ["SHED_SCOPE_KEY", "UNSHED_PATHS", "AdmissionMiddleware", "route_label"]
 
 UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # Set in the ASGI scope of a request this middleware refused.
 SHED_SCOPE_KEY = "skillcoach.shed"
+
+
+def route_label(scope: Scope) -> str:
+    """The matched route template (the router sets it), never the raw path: bounded label
+    cardinality for metrics and logs."""
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    if template:
+        return str(template)
+    return "shed" if scope.get(SHED_SCOPE_KEY) else "unmatched"
 
 
 class AdmissionMiddleware:
@@ -67,11 +77,9 @@ class AdmissionMiddleware:
             await problem_response(problem, scope["path"])(scope, receive, send)
             return
         self._in_flight += 1
-        deadline_token = request_deadline.set(time.monotonic() + self._timeout)
-        scope_token = request_scope.set(scope)
+        deadline = time.monotonic() + self._timeout
         try:
-            await self.app(scope, receive, send)
+            with work_scope(deadline=deadline, name=lambda: route_label(scope)):
+                await self.app(scope, receive, send)
         finally:
-            request_scope.reset(scope_token)
-            request_deadline.reset(deadline_token)
             self._in_flight -= 1

@@ -12,32 +12,25 @@ import anyio
 from anyio.abc import TaskGroup
 from prometheus_client import Counter
 from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
 
+from skillcoach.answers.learner_answers import AnswerConfig, LearnerAnswers
 from skillcoach.answers.warming import warm_cache
 from skillcoach.api.admission import AdmissionMiddleware
 from skillcoach.api.auth import KeyCache
+from skillcoach.api.error_handlers import exception_handlers
 from skillcoach.api.hit_path import CacheHitPath
-from skillcoach.api.http_metrics import HttpMetricsMiddleware, ModelCollector, new_registry
-from skillcoach.api.problems import Problem, ServiceUnavailable, problem_response
+from skillcoach.api.http_metrics import HttpMetricsMiddleware, new_registry
 from skillcoach.api.routes import catalog, learners, ops
 from skillcoach.api.state import AppState
 from skillcoach.cache.store import Cache, CacheConfig, connect_redis
-from skillcoach.data.database import (
-    Database,
-    DatabaseUnavailable,
-    DeadlineExceeded,
-    PoolConfig,
-    PoolExhausted,
-    QueryTimeout,
-)
+from skillcoach.data.database import Database, PoolConfig
 from skillcoach.data.idempotency import prune_forever
 from skillcoach.data.pool_metrics import PoolCollector
 from skillcoach.data.pool_watch import initial_pool, watch_pool_file
 from skillcoach.data.readiness import HealthProbe
-from skillcoach.ml.live_model import LiveModel
+from skillcoach.errors import DatabaseUnavailable
+from skillcoach.limits import in_flight_limit
+from skillcoach.ml.live_model import LiveModel, ModelCollector
 from skillcoach.settings import Settings
 
 __all__ = ["create_app"]
@@ -45,7 +38,6 @@ __all__ = ["create_app"]
 log = logging.getLogger("skillcoach")
 
 LONG_HELD_SCAN_SECONDS = 1.0
-CLIENT_CLOSED_REQUEST = 499
 
 
 async def _refresh_model_forever(state: AppState, tg: TaskGroup) -> None:
@@ -61,8 +53,14 @@ async def _refresh_model_forever(state: AppState, tg: TaskGroup) -> None:
 
 
 async def _warm(state: AppState) -> None:
+    settings = state.settings
     try:
-        await warm_cache(state)
+        await warm_cache(
+            state.answers,
+            state.live_model,
+            learners=settings.cache_warm_learners,
+            seconds=settings.cache_warm_seconds,
+        )
     except DatabaseUnavailable as exc:
         log.warning("cache warming stopped: %s", exc)
 
@@ -78,43 +76,6 @@ async def _scan_long_held_forever(db: Database) -> None:
     while True:
         await anyio.sleep(LONG_HELD_SCAN_SECONDS)
         db.check_long_held()
-
-
-async def _problem(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, Problem)
-    return problem_response(exc, request.url.path)
-
-
-async def _http_exception(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, HTTPException)
-    problem = Problem(exc.detail or "")
-    problem.status, problem.title = exc.status_code, exc.detail
-    problem.headers = dict(exc.headers or {})
-    return problem_response(problem, request.url.path)
-
-
-async def _db_unavailable(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, PoolExhausted | DeadlineExceeded):
-        detail, retry_after = "database busy", 1
-    elif isinstance(exc, QueryTimeout):
-        detail, retry_after = "database too slow", 2
-    else:
-        detail, retry_after = "database unavailable", 2
-    problem = ServiceUnavailable(f"{detail}: {exc}", retry_after=retry_after)
-    return problem_response(problem, request.url.path)
-
-
-async def _client_gone(request: Request, exc: Exception) -> Response:
-    # The client hung up before its request body was read (a load generator stopping, a
-    # proxy timing out): nothing was processed and nobody is left to answer, so no
-    # traceback. 499 is nginx's "client closed request"; it only reaches the metrics.
-    log.debug("client disconnected on %s before its body was read", request.url.path)
-    return Response(status_code=CLIENT_CLOSED_REQUEST)
-
-
-async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.exception("unhandled error on %s", request.url.path)
-    return problem_response(Problem("internal error; it has been logged"), request.url.path)
 
 
 def create_app(settings: Settings) -> Starlette:
@@ -153,6 +114,7 @@ def create_app(settings: Settings) -> Starlette:
             live_model=LiveModel(),
             keys=KeyCache(settings.api_key_cache_seconds),
             registry=registry,
+            answers=LearnerAnswers(db, cache, AnswerConfig.from_settings(settings)),
             cache=cache,
         )
         registry.register(PoolCollector(db.stats))
@@ -196,26 +158,20 @@ def create_app(settings: Settings) -> Starlette:
             await cache.aclose()
         db.dispose()
 
-    def in_flight_limit() -> int:
+    def admitted() -> int:
         db = holder.get("db")
         capacity = db.pool_config.capacity if db else settings.pool_size + settings.max_overflow
-        return capacity + settings.queue_allowance
+        return in_flight_limit(pool_capacity=capacity, queue_allowance=settings.queue_allowance)
 
     app = Starlette(
         routes=[*ops.routes, *learners.routes, *catalog.routes],
         lifespan=lifespan,
-        exception_handlers={
-            Problem: _problem,
-            HTTPException: _http_exception,
-            DatabaseUnavailable: _db_unavailable,
-            ClientDisconnect: _client_gone,
-            Exception: _unexpected,
-        },
+        exception_handlers=exception_handlers(),
     )
     # Added last = outermost: shed requests are counted by the HTTP metrics too.
     app.add_middleware(
         AdmissionMiddleware,
-        limit=in_flight_limit,
+        limit=admitted,
         request_timeout=settings.request_timeout,
         registry=registry,
     )

@@ -1,91 +1,15 @@
-"""Bearer API keys with scopes. Only a SHA-256 of each key is stored.
-
-Keys are 256-bit random tokens, so a fast unsalted hash is safe (there is nothing to
-brute-force); a slow password hash would only add latency to every request.
-"""
+"""Authentication of requests: the bearer token, its scope, and a per-replica cache of key
+lookups (the keys themselves live in skillcoach.data.api_keys)."""
 
 from __future__ import annotations
 
-import enum
-import hashlib
-import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-
-from sqlalchemy import Connection
 
 from skillcoach.api.problems import Forbidden, Unauthorized
+from skillcoach.data.api_keys import ApiKey, Scope
 
-__all__ = [
-    "ApiKey",
-    "KeyCache",
-    "Scope",
-    "create_api_key",
-    "hash_key",
-    "lookup_key",
-    "parse_bearer",
-]
-
-KEY_PREFIX = "sk_"
-
-
-class Scope(enum.StrEnum):
-    READ = "read"
-    WRITE = "write"
-    ADMIN = "admin"
-
-    @classmethod
-    def parse_list(cls, text: str) -> frozenset[Scope]:
-        names = [s.strip() for s in text.split(",") if s.strip()]
-        if not names:
-            raise ValueError("at least one scope is needed (read, write, admin)")
-        bad = [n for n in names if n not in cls._value2member_map_]
-        if bad:
-            raise ValueError(f"unknown scope(s) {', '.join(bad)}; known: read, write, admin")
-        return frozenset(cls(n) for n in names)
-
-
-@dataclass(frozen=True, slots=True)
-class ApiKey:
-    id: int
-    name: str
-    scopes: frozenset[Scope]
-
-    def allows(self, scope: Scope) -> bool:
-        # admin implies every other scope
-        return scope in self.scopes or Scope.ADMIN in self.scopes
-
-    def require(self, scope: Scope) -> None:
-        if not self.allows(scope):
-            raise Forbidden(f"this API key lacks the {scope.value!r} scope")
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()
-
-
-def create_api_key(conn: Connection, *, name: str, scopes: frozenset[Scope]) -> str:
-    key = KEY_PREFIX + secrets.token_urlsafe(32)
-    conn.exec_driver_sql(
-        "INSERT INTO api_keys (name, key_hash, scopes) VALUES (%(n)s, %(h)s, %(s)s)",
-        {"n": name, "h": hash_key(key), "s": sorted(s.value for s in scopes)},
-    )
-    return key
-
-
-def lookup_key(conn: Connection, *, key_hash: str) -> ApiKey | None:
-    row = conn.exec_driver_sql(
-        "SELECT id, name, scopes FROM api_keys WHERE key_hash = %(h)s AND revoked_at IS NULL",
-        {"h": key_hash},
-    ).first()
-    if row is None:
-        return None
-    return ApiKey(
-        id=row.id,
-        name=row.name,
-        scopes=frozenset(Scope(s) for s in row.scopes if s in Scope._value2member_map_),
-    )
+__all__ = ["KeyCache", "parse_bearer", "require_scope"]
 
 
 def parse_bearer(header: str | None) -> str:
@@ -96,6 +20,11 @@ def parse_bearer(header: str | None) -> str:
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("Authorization must be 'Bearer <key>'")
     return token
+
+
+def require_scope(key: ApiKey, scope: Scope) -> None:
+    if not key.allows(scope):
+        raise Forbidden(f"this API key lacks the {scope.value!r} scope")
 
 
 class KeyCache:

@@ -15,17 +15,19 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from skillcoach.answers.compute import recommendations_variant, weaknesses_variant
-from skillcoach.api.auth import Scope as KeyScope
-from skillcoach.api.auth import hash_key
+from skillcoach.answers.bodies import recommendations_variant, weaknesses_variant
 from skillcoach.api.state import AppState
+from skillcoach.data.api_keys import Scope as KeyScope
+from skillcoach.data.api_keys import hash_key
+from skillcoach.limits import LEARNER_ID, RECOMMENDATIONS_LIMIT, WEAKNESSES_LIMIT, IntParam
 
 __all__ = ["CacheHitPath"]
 
-_PATH = re.compile(r"/v1/learners/([1-9][0-9]{0,17})/(weaknesses|recommendations)")
-_LIMIT = re.compile(rb"limit=([1-9][0-9]{0,2})")
+# Candidate paths and queries only; the values are checked against skillcoach.limits below.
+_PATH = re.compile(r"/v1/learners/([1-9][0-9]{0,18})/(weaknesses|recommendations)")
+_LIMIT = re.compile(rb"limit=([1-9][0-9]{0,5})")
 _HEADERS = [(b"content-type", b"application/json")]
-DEFAULT_LIMITS = {"weaknesses": (100, 1000), "recommendations": (10, 100)}
+LIMITS = {"weaknesses": WEAKNESSES_LIMIT, "recommendations": RECOMMENDATIONS_LIMIT}
 
 
 class CacheHitPath:
@@ -64,15 +66,16 @@ class CacheHitPath:
         served = state.live_model.current
         if served is None or not state.settings.auth_enabled or not self._authorized(state, scope):
             return None
-        kind = match.group(2)
-        limit = _limit(scope["query_string"], *DEFAULT_LIMITS[kind])
-        if limit is None:
+        learner_id, kind = int(match.group(1)), match.group(2)
+        limit = _limit(scope["query_string"], LIMITS[kind])
+        if limit is None or learner_id not in LEARNER_ID:
             return None
         if kind == "weaknesses":
-            variant = weaknesses_variant(served, limit)
+            variant = weaknesses_variant(served.version, limit)
         else:
-            variant = recommendations_variant(served, limit, state.settings.recommendation_target)
-        body = await state.cache.lookup(learner_id=int(match.group(1)), kind=kind, variant=variant)
+            target = state.answers.config.recommendation_target
+            variant = recommendations_variant(served.version, limit, target)
+        body = await state.cache.lookup(learner_id=learner_id, kind=kind, variant=variant)
         if body is not None:
             self.served.labels(kind).inc()
         return body
@@ -91,12 +94,13 @@ class CacheHitPath:
         return False
 
 
-def _limit(query: bytes, default: int, high: int) -> int | None:
-    """The limit of a query that is empty or only `limit=N`; None for anything else."""
+def _limit(query: bytes, bounds: IntParam) -> int | None:
+    """The limit of a query that is empty or only `limit=N` in bounds; None for anything else
+    (which the full path answers, with its 400 where one is due)."""
     if not query:
-        return default
+        return bounds.default
     match = _LIMIT.fullmatch(query)
     if match is None:
         return None
     value = int(match.group(1))
-    return value if value <= high else None
+    return value if value in bounds else None

@@ -19,10 +19,21 @@ from skillcoach.api.schemas import (
     SkillPage,
     Weaknesses,
 )
+from skillcoach.limits import (
+    ATTEMPTS_PER_BATCH,
+    CATALOG_CURSOR,
+    CATALOG_PAGE_LIMIT,
+    IDEMPOTENCY_KEY_MAX_CHARS,
+    LEARNER_ID,
+    RECOMMENDATION_TARGET,
+    RECOMMENDATIONS_LIMIT,
+    SKILL_ID,
+    WEAKNESSES_LIMIT,
+    IntParam,
+    IntRange,
+)
 
 __all__ = ["openapi_document"]
-
-MAX_INT32 = 2**31 - 1
 
 _MODELS: list[type[BaseModel]] = [
     AttemptBatch,
@@ -45,20 +56,17 @@ def _json(model: type[BaseModel]) -> dict[str, Any]:
 
 
 PROBLEM = {"application/problem+json": {"schema": _ref(Problem)}}
-ID = {
-    "name": "learner_id",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
-}
 
 
-def _limit(default: int, high: int) -> dict[str, Any]:
-    return {
-        "name": "limit",
-        "in": "query",
-        "schema": {"type": "integer", "minimum": 1, "maximum": high, "default": default},
-    }
+def _int(name: str, where: str, bounds: IntRange) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "integer", "minimum": bounds.low, "maximum": bounds.high}
+    if isinstance(bounds, IntParam):
+        schema["default"] = bounds.default
+    param = {"name": name, "in": where, "schema": schema}
+    return {**param, "required": True} if where == "path" else param
+
+
+ID = _int("learner_id", "path", LEARNER_ID)
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -82,11 +90,9 @@ def openapi_document() -> dict[str, Any]:
     _, defs = models_json_schema(
         [(m, "serialization") for m in _MODELS], ref_template="#/components/schemas/{model}"
     )
-    cursor = {
-        "name": "cursor",
-        "in": "query",
-        "schema": {"type": "integer", "minimum": 0, "maximum": MAX_INT32},
-    }
+    batch = ATTEMPTS_PER_BATCH
+    cursor = _int("cursor", "query", CATALOG_CURSOR)
+    page_limit = _int("limit", "query", CATALOG_PAGE_LIMIT)
     return {
         "openapi": "3.1.0",
         "info": {"title": "skillcoach", "version": __version__},
@@ -99,7 +105,7 @@ def openapi_document() -> dict[str, Any]:
             "/v1/learners/{learner_id}/weaknesses": _get(
                 "Every practised skill, weakest first",
                 Weaknesses,
-                [ID, _limit(100, 1000)],
+                [ID, _int("limit", "query", WEAKNESSES_LIMIT)],
                 400,
                 401,
                 403,
@@ -111,11 +117,15 @@ def openapi_document() -> dict[str, Any]:
                 Recommendations,
                 [
                     ID,
-                    _limit(10, 100),
+                    _int("limit", "query", RECOMMENDATIONS_LIMIT),
                     {
                         "name": "target",
                         "in": "query",
-                        "schema": {"type": "number", "minimum": 0.05, "maximum": 0.95},
+                        "schema": {
+                            "type": "number",
+                            "minimum": RECOMMENDATION_TARGET.low,
+                            "maximum": RECOMMENDATION_TARGET.high,
+                        },
                     },
                 ],
                 400,
@@ -126,13 +136,18 @@ def openapi_document() -> dict[str, Any]:
             ),
             "/v1/learners/{learner_id}/attempts": {
                 "post": {
-                    "summary": "Record a batch of 1..500 attempts (committed before 201)",
+                    "summary": f"Record a batch of {batch.low}..{batch.high} attempts"
+                    " (committed before 201)",
                     "parameters": [
                         ID,
                         {
                             "name": "Idempotency-Key",
                             "in": "header",
-                            "schema": {"type": "string", "maxLength": 200},
+                            "schema": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": IDEMPOTENCY_KEY_MAX_CHARS,
+                            },
                         },
                     ],
                     "requestBody": {"required": True, "content": _json(AttemptBatch)},
@@ -146,19 +161,11 @@ def openapi_document() -> dict[str, Any]:
                     },
                 }
             },
-            "/v1/skills": _get("Skills catalog", SkillPage, [_limit(100, 1000), cursor], 400, 401),
+            "/v1/skills": _get("Skills catalog", SkillPage, [page_limit, cursor], 400, 401),
             "/v1/exercises": _get(
                 "Exercises catalog",
                 ExercisePage,
-                [
-                    _limit(100, 1000),
-                    cursor,
-                    {
-                        "name": "skill_id",
-                        "in": "query",
-                        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_INT32},
-                    },
-                ],
+                [page_limit, cursor, _int("skill_id", "query", SKILL_ID)],
                 400,
                 401,
             ),

@@ -14,31 +14,62 @@ from skillcoach.api.problems import (
     UnsupportedMediaType,
     ValidationFailed,
 )
+from skillcoach.limits import MAX_BODY_BYTES, FloatRange, IntParam, IntRange
 
-__all__ = ["MAX_BODY_BYTES", "int_param", "path_id", "read_json"]
+__all__ = ["float_param", "int_param", "optional_int_param", "path_id", "read_json"]
 
-MAX_BODY_BYTES = 1024 * 1024
-MAX_BIGINT = 2**63 - 1
 M = TypeVar("M", bound=BaseModel)
 
 
-def path_id(request: Request, name: str) -> int:
+def path_id(request: Request, name: str, bounds: IntRange) -> int:
     raw = request.path_params[name]
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_BIGINT:
-        raise BadRequest(f"{name} must be a positive integer below 2^63, got {raw!r}", param=name)
+    if not raw.isascii() or not raw.isdigit() or int(raw) not in bounds:
+        raise BadRequest(
+            f"{name} must be an integer from {bounds.low} to {bounds.high}, got {raw!r}",
+            param=name,
+        )
     return int(raw)
 
 
-def int_param(request: Request, name: str, *, default: int, low: int, high: int) -> int:
+def int_param(request: Request, name: str, bounds: IntParam) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return bounds.default
+    return _in_range(name, _int(name, raw), bounds)
+
+
+def optional_int_param(request: Request, name: str, bounds: IntRange) -> int | None:
+    raw = request.query_params.get(name)
+    return None if raw is None else _in_range(name, _int(name, raw), bounds)
+
+
+def float_param(request: Request, name: str, bounds: FloatRange, *, default: float) -> float:
     raw = request.query_params.get(name)
     if raw is None:
         return default
     try:
-        value = int(raw)
+        value = float(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number, got {raw!r}", param=name) from None
+    if value not in bounds:  # NaN lies in no range
+        raise BadRequest(
+            f"{name} must be between {bounds.low} and {bounds.high}, got {value}", param=name
+        )
+    return value
+
+
+def _int(name: str, raw: str) -> int:
+    try:
+        return int(raw)
     except ValueError:
         raise BadRequest(f"{name} must be an integer, got {raw!r}", param=name) from None
-    if not low <= value <= high:
-        raise BadRequest(f"{name} must be between {low} and {high}, got {value}", param=name)
+
+
+def _in_range(name: str, value: int, bounds: IntRange) -> int:
+    if value not in bounds:
+        raise BadRequest(
+            f"{name} must be between {bounds.low} and {bounds.high}, got {value}", param=name
+        )
     return value
 
 

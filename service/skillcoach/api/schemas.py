@@ -7,8 +7,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
 
+from skillcoach.limits import ATTEMPTS_PER_BATCH, EXERCISE_ID
+
 __all__ = [
-    "MAX_BATCH",
     "AttemptBatch",
     "AttemptIn",
     "AttemptsAccepted",
@@ -25,9 +26,6 @@ __all__ = [
     "Weaknesses",
 ]
 
-MAX_BATCH = 500
-MAX_ID = 2**63 - 1
-PositiveId = Annotated[StrictInt, Field(ge=1, le=MAX_ID)]
 Probability = Annotated[float, Field(ge=0, le=1)]
 
 
@@ -36,15 +34,17 @@ class _Strict(BaseModel):
 
 
 class AttemptIn(_Strict):
-    exercise_id: Annotated[StrictInt, Field(ge=1, le=2**31 - 1)]
+    exercise_id: Annotated[StrictInt, Field(ge=EXERCISE_ID.low, le=EXERCISE_ID.high)]
     correct: StrictBool
     answered_at: datetime = Field(
-        description="ISO 8601; without an offset it is taken as UTC. At most 5 minutes ahead."
+        description="ISO 8601; without an offset it is taken as UTC. At most a few minutes ahead."
     )
 
 
 class AttemptBatch(_Strict):
-    attempts: list[AttemptIn] = Field(min_length=1, max_length=MAX_BATCH)
+    attempts: list[AttemptIn] = Field(
+        min_length=ATTEMPTS_PER_BATCH.low, max_length=ATTEMPTS_PER_BATCH.high
+    )
 
 
 class AttemptsAccepted(BaseModel):

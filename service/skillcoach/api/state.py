@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 
-from skillcoach.api.auth import ApiKey, KeyCache, Scope, hash_key, lookup_key, parse_bearer
+from skillcoach.answers.learner_answers import LearnerAnswers
+from skillcoach.api.auth import KeyCache, parse_bearer, require_scope
 from skillcoach.api.problems import ServiceUnavailable, Unauthorized
 from skillcoach.cache.store import Cache
+from skillcoach.data.api_keys import ApiKey, Scope, hash_key, lookup_key
 from skillcoach.data.database import Database
 from skillcoach.data.readiness import HealthProbe
 from skillcoach.ml.live_model import LiveModel, ServedModel
@@ -26,6 +28,7 @@ class AppState:
     live_model: LiveModel
     keys: KeyCache
     registry: CollectorRegistry
+    answers: LearnerAnswers
     cache: Cache | None = None
 
     def served_model(self) -> ServedModel:
@@ -46,7 +49,7 @@ class AppState:
             self.keys.put(key_hash, key)
         if key is None:
             raise Unauthorized("unknown or revoked API key")
-        key.require(scope)
+        require_scope(key, scope)
         return key
 
 

@@ -2,38 +2,38 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import Connection
 
-from skillcoach.api.problems import Conflict, ValidationFailed
-from skillcoach.api.schemas import AttemptIn
+from skillcoach.data.records import Attempt
+from skillcoach.errors import IdempotencyConflict, InvalidInput
+from skillcoach.limits import CLOCK_SKEW
 
-__all__ = ["IDEMPOTENCY_KEY_MAX", "batch_fingerprint", "normalize", "record_attempts"]
-
-IDEMPOTENCY_KEY_MAX = 200
-CLOCK_SKEW = timedelta(minutes=5)
+__all__ = ["batch_fingerprint", "normalize", "record_attempts"]
 
 
-def normalize(attempts: list[AttemptIn], *, now: datetime) -> list[AttemptIn]:
+def normalize(attempts: Sequence[Attempt], *, now: datetime) -> list[Attempt]:
     """Naive timestamps are UTC; a timestamp from the future is refused."""
     out = []
     for i, a in enumerate(attempts):
         ts = a.answered_at if a.answered_at.tzinfo else a.answered_at.replace(tzinfo=UTC)
         if ts > now + CLOCK_SKEW:
-            raise ValidationFailed(
+            raise InvalidInput(
                 f"attempts[{i}].answered_at is in the future ({ts.isoformat()})",
                 errors=[{"loc": ["attempts", i, "answered_at"], "msg": "in the future"}],
             )
-        out.append(a.model_copy(update={"answered_at": ts}))
+        out.append(dataclasses.replace(a, answered_at=ts))
     return out
 
 
-def batch_fingerprint(learner_id: int, attempts: list[AttemptIn]) -> str:
+def batch_fingerprint(learner_id: int, attempts: Sequence[Attempt]) -> str:
     payload = [learner_id] + [
         [a.exercise_id, a.correct, a.answered_at.isoformat()] for a in attempts
     ]
@@ -44,7 +44,7 @@ def record_attempts(
     conn: Connection,
     *,
     learner_id: int,
-    attempts: list[AttemptIn],
+    attempts: Sequence[Attempt],
     idempotency_key: str | None,
     fingerprint: str,
 ) -> dict[str, Any]:
@@ -85,7 +85,7 @@ def record_attempts(
     unknown = [e for e in exercise_ids if e not in skill_of]
     if unknown:
         # The caller's transaction rolls back: the learner bump and key claim vanish too.
-        raise ValidationFailed(
+        raise InvalidInput(
             f"unknown exercise id(s): {', '.join(map(str, unknown))}",
             unknown_exercise_ids=unknown,
         )
@@ -170,8 +170,7 @@ def _replay(conn: Connection, *, learner_id: int, key: str, fingerprint: str) ->
         {"l": learner_id, "k": key},
     ).one()
     if row.request_sha256 != fingerprint:
-        raise Conflict(
-            "this Idempotency-Key was already used for a different batch",
-            idempotency_key=key,
+        raise IdempotencyConflict(
+            "this Idempotency-Key was already used for a different batch", key=key
         )
     return {**row.response, "replayed": True}

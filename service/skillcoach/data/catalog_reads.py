@@ -1,14 +1,16 @@
-"""The skills and exercises catalog, held in memory by each replica (it changes rarely)."""
+"""Reads of the skills and exercises catalog: whole, as each replica holds it in memory (it
+changes rarely), and page by page for the catalog endpoints."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Connection
 
-__all__ = ["Catalog", "load_catalog"]
+__all__ = ["Catalog", "exercises_page", "load_catalog", "skills_page"]
 
 IntArray = npt.NDArray[np.int64]
 
@@ -39,3 +41,26 @@ def load_catalog(conn: Connection) -> Catalog:
         exercise_skill_ids=np.array([r.skill_id for r in rows], dtype=np.int64),
         exercise_difficulty=np.array([r.difficulty for r in rows], dtype=np.float64),
     )
+
+
+def skills_page(conn: Connection, *, after: int, limit: int) -> list[dict[str, Any]]:
+    """Skills after id `after`, by id: up to limit + 1 rows (the extra one says "more")."""
+    rows = conn.exec_driver_sql(
+        "SELECT s.id, s.name, count(e.id) AS exercises FROM skills s"
+        " LEFT JOIN exercises e ON e.skill_id = s.id WHERE s.id > %(after)s"
+        " GROUP BY s.id ORDER BY s.id LIMIT %(limit)s",
+        {"after": after, "limit": limit + 1},
+    ).all()
+    return [{"id": r.id, "name": r.name, "exercises": r.exercises} for r in rows]
+
+
+def exercises_page(
+    conn: Connection, *, after: int, limit: int, skill_id: int | None
+) -> list[dict[str, Any]]:
+    """Exercises after id `after` (of one skill, if given), by id: up to limit + 1 rows."""
+    rows = conn.exec_driver_sql(
+        "SELECT id, skill_id, difficulty FROM exercises WHERE id > %(after)s"
+        " AND (%(skill)s::int IS NULL OR skill_id = %(skill)s::int) ORDER BY id LIMIT %(limit)s",
+        {"after": after, "limit": limit + 1, "skill": skill_id},
+    ).all()
+    return [{"id": r.id, "skill_id": r.skill_id, "difficulty": r.difficulty} for r in rows]

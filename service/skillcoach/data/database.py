@@ -29,8 +29,15 @@ import psycopg2
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Connection, Engine, create_engine, exc
 
-from skillcoach.data.deadline import current_route, remaining
+from skillcoach.data.deadline import current_work, remaining
 from skillcoach.data.pool_metrics import DbMetrics, PoolStats
+from skillcoach.errors import (
+    ConnectionLost,
+    DatabaseUnavailable,
+    DeadlineExceeded,
+    PoolExhausted,
+    QueryTimeout,
+)
 from skillcoach.settings import Settings
 
 __all__ = [
@@ -52,26 +59,6 @@ RETRY_BASE = 0.05
 QUERY_CANCELED = "57014"  # statement_timeout
 RETRY_CAP = 1.0
 RETRY_ATTEMPTS = 50  # the deadline ends retries long before this; it only bounds the loop
-
-
-class DatabaseUnavailable(RuntimeError):
-    """The database cannot serve this request now; answer 503 and let the client retry."""
-
-
-class ConnectionLost(DatabaseUnavailable):
-    """PgBouncer or PostgreSQL could not be reached (or dropped us): transient, retryable."""
-
-
-class QueryTimeout(DatabaseUnavailable):
-    """statement_timeout cancelled the transaction: the database is too slow right now."""
-
-
-class PoolExhausted(DatabaseUnavailable):
-    """No pooled connection became free within pool_timeout."""
-
-
-class DeadlineExceeded(DatabaseUnavailable):
-    """The request's deadline passed before the database work could start or finish."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +172,7 @@ class Database:
                     if attempt == 0:
                         self.metrics.checkout_wait.observe(time.monotonic() - asked_at)
                         with self._held_lock:
-                            self._held[token] = _Checkout(time.monotonic(), current_route())
+                            self._held[token] = _Checkout(time.monotonic(), current_work())
                     # One round trip opens the transaction, sets its timeout and proves the
                     # pooled connection alive. Nothing has run yet if it fails, so a stale
                     # connection (PgBouncer restarted) is replaced once, for writes too.

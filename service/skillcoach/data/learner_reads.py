@@ -6,9 +6,14 @@ import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Connection
 
-from skillcoach.ml.analysis import ExerciseHistory, SkillEvidence
+from skillcoach.data.records import ExerciseHistory, SkillEvidence
 
-__all__ = ["fetch_exercise_history", "fetch_skill_evidence", "learner_exists"]
+__all__ = [
+    "fetch_exercise_history",
+    "fetch_skill_evidence",
+    "learner_exists",
+    "most_active_learners",
+]
 
 
 def fetch_skill_evidence(conn: Connection, *, learner_id: int) -> SkillEvidence | None:
@@ -52,3 +57,13 @@ def learner_exists(conn: Connection, *, learner_id: int) -> bool:
         conn.exec_driver_sql("SELECT 1 FROM learners WHERE id = %(id)s", {"id": learner_id}).first()
         is not None
     )
+
+
+def most_active_learners(conn: Connection, *, limit: int) -> list[int]:
+    """The learners who answered most recently, newest first (what cache warming starts with)."""
+    rows = conn.exec_driver_sql(
+        "SELECT learner_id FROM learner_skill_stats GROUP BY learner_id"
+        " ORDER BY max(last_answered_at) DESC LIMIT %(n)s",
+        {"n": limit},
+    ).all()
+    return [int(r.learner_id) for r in rows]

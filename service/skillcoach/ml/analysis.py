@@ -1,6 +1,6 @@
 """Weakness ranking and practice recommendations: pure decisions over a learner's evidence.
 
-Nothing here does I/O; the routes fetch the evidence (O(skills) statistics rows) and the
+Nothing here does I/O; the answers layer fetches the evidence (O(skills) statistics rows) and the
 catalog, then call these functions once per request with whole arrays.
 """
 
@@ -13,12 +13,11 @@ import numpy as np
 import numpy.typing as npt
 from scipy.special import betaincinv
 
+from skillcoach.data.records import ExerciseHistory, SkillEvidence
 from skillcoach.ml.model import BestLR
 
 __all__ = [
-    "ExerciseHistory",
     "Recommendation",
-    "SkillEvidence",
     "SkillWeakness",
     "mastery_interval",
     "rank_weaknesses",
@@ -35,29 +34,6 @@ INTERVAL = 0.80
 
 
 @dataclass(frozen=True, slots=True)
-class SkillEvidence:
-    """A learner's per-skill statistics (rows of learner_skill_stats)."""
-
-    skill_ids: IntArray
-    n_correct: IntArray
-    n_incorrect: IntArray
-    last_answered_at: list[datetime]
-    # learners.data_version in the same snapshot: the version of these statistics.
-    data_version: int = 0
-
-    @classmethod
-    def empty(cls) -> SkillEvidence:
-        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), [])
-
-    @property
-    def totals(self) -> tuple[int, int]:
-        return int(self.n_correct.sum()), int(self.n_incorrect.sum())
-
-    def __len__(self) -> int:
-        return len(self.skill_ids)
-
-
-@dataclass(frozen=True, slots=True)
 class SkillWeakness:
     skill_id: int
     mastery: float
@@ -67,15 +43,6 @@ class SkillWeakness:
     correct: int
     insufficient_data: bool
     last_practised_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class ExerciseHistory:
-    """The learner's past attempts on candidate exercises (rows of learner_exercise_stats)."""
-
-    exercise_ids: IntArray
-    n_attempts: IntArray
-    last_answered_at: list[datetime]
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from sqlalchemy import Connection
 
 from skillcoach.data.catalog_reads import Catalog, load_catalog
@@ -15,9 +18,9 @@ from skillcoach.data.database import Database
 from skillcoach.data.model_registry import fetch_promoted, promoted_fingerprint
 from skillcoach.ml.model import ArtifactError, BestLR
 
-__all__ = ["LiveModel", "ServedModel"]
+__all__ = ["LiveModel", "ModelCollector", "ServedModel"]
 
-log = logging.getLogger("skillcoach.ml.model")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +79,21 @@ class LiveModel:
         self.last_error = None
         log.info("serving model v%d (%d exercises)", record.version, len(catalog))
         return True
+
+
+class ModelCollector(Collector):
+    """skillcoach_model_version at scrape time: every replica should show the same."""
+
+    def __init__(self, live: LiveModel) -> None:
+        self._live = live
+
+    def collect(self) -> Iterator[Metric]:
+        served = self._live.current
+        yield GaugeMetricFamily(
+            "skillcoach_model_version",
+            "Version of the served model (0: none loaded)",
+            value=0 if served is None else served.version,
+        )
 
 
 def _warm_up(model: BestLR, catalog: Catalog) -> None:

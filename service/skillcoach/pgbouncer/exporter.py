@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from skillcoach_devstack.pgbouncer import admin_query
+from skillcoach.pgbouncer.admin import admin_query
 
 __all__ = ["PgBouncerCollector", "new_registry", "serve"]
 

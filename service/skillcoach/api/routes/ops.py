@@ -11,11 +11,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from skillcoach.api.auth import Scope
 from skillcoach.api.openapi import openapi_document
 from skillcoach.api.problems import ServiceUnavailable
-from skillcoach.api.routes.learners import json_response
+from skillcoach.api.responses import json_response
 from skillcoach.api.state import app_state
+from skillcoach.data.api_keys import Scope
 
 __all__ = ["routes"]
 

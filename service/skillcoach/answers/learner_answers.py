@@ -1,0 +1,167 @@
+"""A learner's answers, through the cache: a hit returns stored bytes, a miss computes from
+PostgreSQL with the served model (one pooled connection, one snapshot) and stores the result."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Connection
+
+from skillcoach.answers.bodies import (
+    Answer,
+    recommendations_body,
+    recommendations_variant,
+    weaknesses_body,
+    weaknesses_variant,
+)
+from skillcoach.cache.store import Cache
+from skillcoach.data.catalog_reads import Catalog
+from skillcoach.data.database import Database
+from skillcoach.data.learner_reads import fetch_exercise_history, fetch_skill_evidence
+from skillcoach.data.records import ExerciseHistory, SkillEvidence
+from skillcoach.ml.analysis import focus_skills, rank_weaknesses, recommend
+from skillcoach.ml.live_model import ServedModel
+from skillcoach.ml.model import BestLR
+from skillcoach.settings import Settings
+
+__all__ = ["AnswerConfig", "LearnerAnswers"]
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerConfig:
+    # Fewer attempts on a skill than this: flagged insufficient_data.
+    min_attempts: int = 5
+    # Skills the recommendations draw exercises from (the weakest first).
+    recommendation_skills: int = 3
+    # Predicted success the recommended exercises aim at, when the client names none.
+    recommendation_target: float = 0.7
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AnswerConfig:
+        return cls(
+            min_attempts=settings.insufficient_data_attempts,
+            recommendation_skills=settings.recommendation_skills,
+            recommendation_target=settings.recommendation_target,
+        )
+
+
+_RecommendationInputs = tuple[
+    SkillEvidence, np.ndarray[Any, Any], np.ndarray[Any, Any], ExerciseHistory
+]
+
+
+def _recommendation_inputs(
+    conn: Connection, *, learner_id: int, model: BestLR, catalog: Catalog, skill_count: int
+) -> _RecommendationInputs | None:
+    """Both reads in one transaction (one pooled connection, one consistent snapshot)."""
+    evidence = fetch_skill_evidence(conn, learner_id=learner_id)
+    if evidence is None:
+        return None
+    skills, mastery = focus_skills(model, evidence, count=skill_count)
+    candidates, _ = catalog.exercises_of(skills)
+    history = fetch_exercise_history(conn, learner_id=learner_id, exercise_ids=candidates)
+    return evidence, skills, mastery, history
+
+
+class LearnerAnswers:
+    """Weaknesses and recommendations of a learner as finished JSON bodies (None: no such
+    learner). Without a cache every call computes."""
+
+    def __init__(self, db: Database, cache: Cache | None, config: AnswerConfig) -> None:
+        self.db = db
+        self.cache = cache
+        self.config = config
+
+    # -- through the cache --------------------------------------------------------------
+    async def weaknesses(
+        self, served: ServedModel, *, learner_id: int, limit: int, background: bool = False
+    ) -> bytes | None:
+        async def compute() -> Answer | None:
+            return await self.compute_weaknesses(served, learner_id=learner_id, limit=limit)
+
+        variant = weaknesses_variant(served.version, limit)
+        return await self._cached(learner_id, "weaknesses", variant, compute, background)
+
+    async def recommendations(
+        self,
+        served: ServedModel,
+        *,
+        learner_id: int,
+        limit: int,
+        target: float | None = None,
+        background: bool = False,
+    ) -> bytes | None:
+        aim = self.config.recommendation_target if target is None else target
+
+        async def compute() -> Answer | None:
+            return await self.compute_recommendations(
+                served, learner_id=learner_id, limit=limit, target=aim
+            )
+
+        variant = recommendations_variant(served.version, limit, aim)
+        return await self._cached(learner_id, "recommendations", variant, compute, background)
+
+    async def _cached(
+        self,
+        learner_id: int,
+        kind: str,
+        variant: str,
+        compute: Callable[[], Awaitable[Answer | None]],
+        background: bool,
+    ) -> bytes | None:
+        if self.cache is None:
+            answer = await compute()
+            return None if answer is None else answer[0]
+        return await self.cache.get_or_compute(
+            learner_id=learner_id,
+            kind=kind,
+            variant=variant,
+            compute=compute,
+            background=background,
+        )
+
+    # -- from PostgreSQL ----------------------------------------------------------------
+    async def compute_weaknesses(
+        self, served: ServedModel, *, learner_id: int, limit: int
+    ) -> Answer | None:
+        evidence = await self.db.run(fetch_skill_evidence, learner_id=learner_id, retry=True)
+        if evidence is None:
+            return None
+        ranked = rank_weaknesses(
+            served.model, evidence, min_attempts=self.config.min_attempts, limit=limit
+        )
+        body = weaknesses_body(learner_id, served.version, served.catalog.skill_names, ranked)
+        return body, evidence.data_version
+
+    async def compute_recommendations(
+        self, served: ServedModel, *, learner_id: int, limit: int, target: float
+    ) -> Answer | None:
+        loaded = await self.db.run(
+            _recommendation_inputs,
+            retry=True,
+            learner_id=learner_id,
+            model=served.model,
+            catalog=served.catalog,
+            skill_count=self.config.recommendation_skills,
+        )
+        if loaded is None:
+            return None
+        evidence, skills, mastery, history = loaded
+        ids, skill_ids = served.catalog.exercises_of(skills)
+        recs = recommend(
+            served.model,
+            evidence,
+            skills=skills,
+            skill_mastery=mastery,
+            candidate_ids=ids,
+            candidate_skill_ids=skill_ids,
+            history=history,
+            target=target,
+            limit=limit,
+        )
+        names = served.catalog.skill_names
+        body = recommendations_body(learner_id, served.version, target, names, recs)
+        return body, evidence.data_version
