@@ -201,3 +201,30 @@ def test_redis_down_serves_from_the_source_and_opens_the_breaker() -> None:
     assert source.calls == 20
     assert cache.metrics.skipped._value.get() > 0  # type: ignore[attr-defined]
     assert cache.dirty == {1: 3}  # this replica now bypasses the cache for learner 1
+
+
+def test_failed_version_raises_alone_open_the_breaker() -> None:
+    # A written learner is served from PostgreSQL without touching Redis, so the background
+    # retries of its version may be the only Redis calls left: they must show the outage.
+    async def body(cache: Cache) -> None:
+        assert not await cache.write_through(learner_id=7, version=2, entries=[])
+        for _ in range(6):
+            await anyio.sleep(0.06)
+            await cache.retry_invalidations()
+        assert cache.degraded
+
+    cache = with_cache(
+        f"redis://127.0.0.1:{free_port()}/0", body, breaker_cooldown=60, breaker_min_span=0.25
+    )
+    assert cache.dirty == {7: 2}
+
+
+def test_a_version_raise_that_lands_closes_the_breaker(redis_url: str) -> None:
+    async def body(cache: Cache) -> None:
+        for _ in range(5):
+            cache.breaker.failure()
+        assert cache.degraded
+        assert await cache.write_through(learner_id=next(_learners), version=1, entries=[])
+        assert not cache.degraded
+
+    with_cache(redis_url, body, breaker_cooldown=60, breaker_min_span=0)

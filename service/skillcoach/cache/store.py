@@ -380,9 +380,13 @@ class Cache:
             # Not under the breaker: a write must raise the version even while reads skip Redis.
             await self._client.eval(STORE, 2, vkey, f"{vkey}:none", version, b"", 0)
         except Exception as exc:  # any failure: see _call
+            # Evidence for the breaker like any call: once a learner is dirty its reads skip
+            # Redis, so the retries may be the only calls left that can show an outage.
+            self.breaker.failure()
             self._failed("version", exc)
             self.dirty[learner_id] = max(version, self.dirty.get(learner_id, version))
             return False
+        self.breaker.success()
         self.dirty.pop(learner_id, None)
         for kind, variant, body, computed_at in entries:
             _, ekey, _ = _keys(learner_id, kind, variant)
