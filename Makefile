@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPLICAS ?= 1
 
-.PHONY: help venv .venv up down status scale services test lint typecheck check bench bench-check bench-locust
+.PHONY: help venv .venv up down status scale services test lint typecheck check docs bench bench-check bench-locust
 
 help:
 	@echo "make up [REPLICAS=N]  start PostgreSQL, PgBouncer, Redis and the API; print URL, key, curl"
@@ -21,6 +21,7 @@ help:
 	@echo "make scale REPLICAS=N change the replica count of the running stack (pools resized)"
 	@echo "make test             ensure services, run the test suite"
 	@echo "make check            lint, typecheck, test (what .ci/run does)"
+	@echo "make docs             regenerate the README's configuration table from Settings"
 	@echo "make bench            every target at 1..1000 connections + plots, scale, model (~7 min)"
 	@echo "make bench-locust     locust scenarios of realistic use against the 'make up' stack"
 	@echo "make bench-check      throughput/p99 ratios vs loadtests/baseline.json (a few minutes)"
@@ -61,6 +62,10 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 check: lint typecheck test
+
+# Regenerate what is generated in the docs (the README's configuration table).
+docs: $(STAMP)
+	$(PY) -m skillcoach_devstack.settings_doc README.md
 
 # The full benchmark (manual, about seven minutes): the side-by-side suite (bare, naive,
 # cache-off, warm-cached, the multi-replica stack; table, JSON and PNG plots), the history-length

@@ -1,4 +1,8 @@
-"""Configuration: read once from SKILLCOACH_* environment variables, cast, and fail fast."""
+"""Configuration: read once from SKILLCOACH_* environment variables, cast, and fail fast.
+
+Every field's description is user documentation: the README's configuration table is
+generated from this class (`make docs`), and a test fails when the two disagree.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from skillcoach.limits import RECOMMENDATION_TARGET
 
 __all__ = ["Settings", "SettingsError", "load_settings"]
 
@@ -20,62 +26,176 @@ class Settings(BaseSettings):
         env_prefix="SKILLCOACH_", env_file=None, extra="ignore", frozen=True
     )
 
-    environment: Literal["dev", "test", "prod"] = "dev"
-    database_url: SecretStr = SecretStr("postgresql+psycopg2://postgres@127.0.0.1:5432/skillcoach")
-    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
-    cache_enabled: bool = False
-    cache_ttl_seconds: float = Field(default=300.0, gt=0, le=86_400)
-    # The cache-hit MGET: short, since a late reply only sends the request down the full path.
-    cache_socket_timeout: float = Field(default=0.05, gt=0, le=5)
-    # Every other Redis call (misses, stores, locks): long enough that a busy replica's own
-    # event-loop stalls do not time it out (see CacheConfig.call_timeout); a dead Redis still
-    # costs little, since the breaker opens once failures last 0.5 s.
-    cache_call_timeout: float = Field(default=0.25, gt=0, le=5)
-    cache_max_connections: int = Field(default=64, ge=1, le=10_000)
-    # redis-py's per-command health check costs ~5% of a hit (py-spy); the socket timeout and
-    # the breaker already catch a dead connection. The seed's 30 s stays one setting away.
-    cache_health_check_interval: float = Field(default=0, ge=0, le=3600)
-    # Warming after start-up and promotion: the most recently active learners, bounded.
-    cache_warm_learners: int = Field(default=500, ge=0, le=100_000)
-    cache_warm_seconds: float = Field(default=30.0, ge=0, le=3600)
+    # -- deployment -------------------------------------------------------------------------
+    environment: Literal["dev", "test", "prod"] = Field(
+        default="dev", description="`prod` refuses unsafe settings (auth off)"
+    )
+    database_url: SecretStr = Field(
+        default=SecretStr("postgresql+psycopg2://postgres@127.0.0.1:5432/skillcoach"),
+        description="PostgreSQL URL; point it at PgBouncer (transaction pooling)",
+    )
+    host: str = Field(default="127.0.0.1", description="address the API listens on")
+    port: int = Field(default=8000, ge=1, le=65535, description="the API port")
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="a separate port for `/metrics`; 0 serves it on `PORT` only",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="log level of the replica"
+    )
+    auth_enabled: bool = Field(
+        default=True, description="bearer API keys required (cannot be false in `prod`)"
+    )
+    api_key_cache_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        le=3600,
+        description="a key lookup is cached this long per replica (a revoked key stops"
+        " working within it)",
+    )
 
-    host: str = "127.0.0.1"
-    port: int = Field(default=8000, ge=1, le=65535)
-    # 0 serves /metrics on the API port; any other port gets a separate listener.
-    metrics_port: int = Field(default=0, ge=0, le=65535)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # -- database pool ----------------------------------------------------------------------
+    # A steady pool, no overflow: behind PgBouncer an idle client connection costs next to
+    # nothing, while overflow connections are closed and reopened (a SCRAM handshake each)
+    # whenever load hovers above pool_size; and every connection is a worker thread, so a
+    # large pool only adds GIL contention on a small pod (docs/benchmarks.md, "What moved the
+    # numbers").
+    pool_size: int = Field(
+        default=16,
+        ge=1,
+        le=1000,
+        description="steady connections of the replica's pool (about 8 per core of the pod);"
+        " a pool file overrides it",
+    )
+    max_overflow: int = Field(
+        default=0, ge=0, le=1000, description="connections allowed beyond `POOL_SIZE`"
+    )
+    pool_timeout: float = Field(
+        default=2.0, gt=0, le=60, description="seconds a request waits for a free connection"
+    )
+    pool_recycle: int = Field(
+        default=3600, ge=-1, description="seconds before a connection is replaced (-1: never)"
+    )
+    pool_pre_ping: bool = Field(
+        default=True,
+        description="prove a pooled connection alive before use (piggybacks on the"
+        " transaction's first statement, with one reconnect)",
+    )
+    pool_file: Path | None = Field(
+        default=None,
+        description="JSON pool file written by the operator or the local stack; applied live"
+        " when its `generation` grows",
+    )
+    pool_file_poll_seconds: float = Field(
+        default=1.0, gt=0, le=300, description="how often the pool file is checked"
+    )
+    statement_timeout_ms: int = Field(
+        default=3000,
+        ge=1,
+        le=600_000,
+        description="`SET LOCAL statement_timeout`, capped by the time left to the deadline",
+    )
+    request_timeout: float = Field(
+        default=5.0,
+        gt=0,
+        le=300,
+        description="per-request deadline for everything that waits (slot, checkout, query)",
+    )
+    queue_allowance: int = Field(
+        default=200,
+        ge=0,
+        le=100_000,
+        description="requests admitted beyond pool capacity before shedding with 503 + Retry-After",
+    )
+    long_checkout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        le=3600,
+        description="a connection held longer is reported (metric and log, with the route)",
+    )
 
-    # A steady pool of 16, not the seed's 20 + 30 (docs/benchmarks.md, "Pool size"): behind
-    # PgBouncer an idle client connection costs next to nothing, while overflow connections
-    # are closed and reopened (a SCRAM handshake each) whenever load hovers above pool_size,
-    # which cost 35% of throughput at 50 connections; and since every connection is a worker
-    # thread, 50 of them contend for the GIL and stretch the tail without adding throughput
-    # on a 2-core pod. Rule of thumb: about 8 per core of the pod. A pool file overrides.
-    pool_file: Path | None = None
-    pool_size: int = Field(default=16, ge=1, le=1000)
-    max_overflow: int = Field(default=0, ge=0, le=1000)
-    pool_timeout: float = Field(default=2.0, gt=0, le=60)
-    pool_recycle: int = Field(default=3600, ge=-1)
-    pool_pre_ping: bool = True
-    statement_timeout_ms: int = Field(default=3000, ge=1, le=600_000)
-    # Per-request deadline for everything that waits on the database (slot, checkout, query).
-    request_timeout: float = Field(default=5.0, gt=0, le=300)
-    # In-flight requests a replica admits beyond its pool capacity before it sheds with 503:
-    # about a quarter second of queue at the ~900 req/s one replica serves here.
-    queue_allowance: int = Field(default=200, ge=0, le=100_000)
-    # A connection held longer than this is reported (metric + log with the route).
-    long_checkout_seconds: float = Field(default=5.0, gt=0, le=3600)
-    pool_file_poll_seconds: float = Field(default=1.0, gt=0, le=300)
+    # -- cache ------------------------------------------------------------------------------
+    cache_enabled: bool = Field(
+        default=False, description="cache-aside in Redis for the two read endpoints"
+    )
+    redis_url: SecretStr = Field(
+        default=SecretStr("redis://127.0.0.1:6379/0"),
+        description="`redis://` (standalone) or `redis+cluster://host:port[,host:port...]`",
+    )
+    cache_ttl_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="entry TTL (with ±10% jitter); only a backstop, entries are versioned",
+    )
+    # The hit path's MGET is short: a late reply only sends the request down the full path.
+    cache_socket_timeout: float = Field(
+        default=0.05, gt=0, le=5, description="timeout of the cache-hit lookup"
+    )
+    # Every other Redis call is long enough that a busy replica's own event-loop stalls do
+    # not time it out; a dead Redis still costs little, since the breaker opens.
+    cache_call_timeout: float = Field(
+        default=0.25,
+        gt=0,
+        le=5,
+        description="timeout of every other Redis call (misses, stores, locks, versions)",
+    )
+    cache_max_connections: int = Field(
+        default=64, ge=1, le=10_000, description="Redis connections per replica"
+    )
+    # redis-py's per-command health check is a measurable share of a hit; the timeouts and
+    # the breaker already catch a dead connection.
+    cache_health_check_interval: float = Field(
+        default=0, ge=0, le=3600, description="redis-py health check interval (0: off)"
+    )
+    cache_warm_learners: int = Field(
+        default=500,
+        ge=0,
+        le=100_000,
+        description="most recently active learners warmed after start-up and each promotion",
+    )
+    cache_warm_seconds: float = Field(
+        default=30.0, ge=0, le=3600, description="time bound of one warming run"
+    )
 
-    model_refresh_seconds: float = Field(default=30.0, gt=0, le=86_400)
-    # Idempotency keys answer retries for this long, then are deleted (skillcoach.data.idempotency).
-    idempotency_retention_seconds: float = Field(default=86_400.0, ge=60, le=365 * 86_400)
-    idempotency_prune_seconds: float = Field(default=300.0, gt=0, le=86_400)
-    insufficient_data_attempts: int = Field(default=5, ge=1, le=1000)
-    recommendation_target: float = Field(default=0.7, gt=0, lt=1)
-    recommendation_skills: int = Field(default=3, ge=1, le=50)
-    api_key_cache_seconds: float = Field(default=30.0, ge=0, le=3600)
-    auth_enabled: bool = True
+    # -- model and answers ------------------------------------------------------------------
+    model_refresh_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        le=86_400,
+        description="how often a replica polls for a newly promoted model",
+    )
+    insufficient_data_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="fewer attempts on a skill are flagged `insufficient_data`",
+    )
+    recommendation_target: float = Field(
+        default=0.7,
+        ge=RECOMMENDATION_TARGET.low,
+        le=RECOMMENDATION_TARGET.high,
+        description="predicted success recommendations aim at when the client names none",
+    )
+    recommendation_skills: int = Field(
+        default=3, ge=1, le=50, description="weakest skills recommendations draw from"
+    )
+
+    # -- writes -----------------------------------------------------------------------------
+    idempotency_retention_seconds: float = Field(
+        default=86_400.0,
+        ge=60,
+        le=365 * 86_400,
+        description="an `Idempotency-Key` answers retries this long, then is deleted",
+    )
+    idempotency_prune_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="how often expired keys are pruned (one replica at a time, in batches)",
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -125,10 +125,13 @@ def test_200_clients_get_an_answer_or_a_fast_503(slow_server: tuple[str, Keys]) 
         if code == 503:
             assert r.headers["retry-after"] in {"1", "2"}
             assert r.headers["content-type"].startswith("application/problem+json")
-    # The event loop never blocked: liveness stayed fast throughout.
+    # The event loop never blocked: liveness stayed fast throughout. A loop blocked by the
+    # database would hold most probes for the 0.3 s query; on a loaded 2-core machine a
+    # single probe can still take half a second, so a percentile, not the max.
     assert len(health) >= 10
     assert statistics.median(health) < 0.05, sorted(health)[-5:]
-    assert max(health) < 0.25, sorted(health)[-5:]
+    p90 = statistics.quantiles(health, n=10)[-1]
+    assert p90 < 0.15, f"p90 {p90:.3f}s; slowest {sorted(health)[-5:]}"
 
     status = httpx.get(f"{base}/v1/model-status", headers=headers).json()["pool"]
     assert status["checked_out"] == 0 and status["waiters"] == 0

@@ -19,7 +19,7 @@ __all__ = ["warm_cache", "warm_learner", "write_through"]
 
 log = logging.getLogger(__name__)
 
-# What an unparameterised client asks for: the entries worth having before it asks.
+# What a client without parameters asks for: the entries worth having before it asks.
 _WEAK_LIMIT = WEAKNESSES_LIMIT.default
 _RECS_LIMIT = RECOMMENDATIONS_LIMIT.default
 

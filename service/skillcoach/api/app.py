@@ -35,7 +35,7 @@ from skillcoach.settings import Settings
 
 __all__ = ["create_app"]
 
-log = logging.getLogger("skillcoach")
+log = logging.getLogger(__name__)
 
 LONG_HELD_SCAN_SECONDS = 1.0
 

@@ -41,7 +41,7 @@ from skillcoach.cache.resp import PipelinedRedis
 
 __all__ = ["Cache", "CacheConfig", "connect_redis"]
 
-log = logging.getLogger("skillcoach.cache.store")
+log = logging.getLogger(__name__)
 
 # What a failed (or skipped) Redis call returns: None is a legitimate reply (SET NX not set).
 FAILED: Any = object()

@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-log = logging.getLogger("skillcoach.data.database")
+log = logging.getLogger(__name__)
 
 RETRY_BASE = 0.05
 QUERY_CANCELED = "57014"  # statement_timeout

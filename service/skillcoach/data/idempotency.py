@@ -22,7 +22,7 @@ from skillcoach.data.database import Database, DatabaseUnavailable
 
 __all__ = ["PRUNE_BATCH", "prune_forever", "prune_idempotency_keys"]
 
-log = logging.getLogger("skillcoach.data.idempotency")
+log = logging.getLogger(__name__)
 
 # pg_try_advisory_xact_lock key: "idem" in ASCII.
 PRUNE_LOCK = 0x6964656D

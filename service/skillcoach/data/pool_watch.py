@@ -13,7 +13,7 @@ from skillcoach.data.pool_file import PoolFile, PoolFileError, read_pool_file
 
 __all__ = ["apply_pool_file", "initial_pool", "watch_pool_file"]
 
-log = logging.getLogger("skillcoach.pool")
+log = logging.getLogger(__name__)
 
 
 def _config(pool: PoolFile, pre_ping: bool) -> PoolConfig:
