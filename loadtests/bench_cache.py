@@ -30,10 +30,8 @@ import functools
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,65 +39,33 @@ from typing import Any
 
 from loadtests import cache_tools as tools
 from loadtests import proxy, wrk
-from loadtests.bench_concurrency import (
+from loadtests.cache_tools import BARE, CLUSTER, OFF, REDIS
+from loadtests.harness import (
     Target,
-    _prepare,
-    _raise_nofile,
-    _scrape,
-    _spawn,
-    _stop,
-    _wait_quiet,
-    _wait_ready,
+    clean_env,
+    database_dsn,
+    database_url,
+    prepare,
+    raise_nofile,
+    scrape,
+    scratch_database,
+    serve_cmd,
+    serve_env,
+    spawn,
+    stop,
+    wait_quiet,
+    wait_ready,
 )
-from loadtests.bench_model import _admin
 from loadtests.recording import budget, record, run_all
 from skillcoach.data.api_keys import Scope, create_api_key
 from skillcoach.data.database import create_sync_engine
+from skillcoach.ml.simulator import SimulationParams
 from skillcoach_devstack.pgbouncer import PgBouncer
-from skillcoach_devstack.processes import free_port
+from skillcoach_devstack.processes import free_port, log_tail
 from skillcoach_devstack.redis import RedisServer
 from skillcoach_devstack.redis_cluster import RedisClusterNodes
 
-BARE, REDIS, CLUSTER, OFF = "bare", "cached-redis", "cached-cluster", "cache-off"
 THROUGHPUT_TARGET, HIT_TARGET = 0.5, 0.95
-
-
-def _throughput(
-    targets: list[Target], args: argparse.Namespace, key: str
-) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
-    hot = list(range(1, args.hot + 1))
-    runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
-    body_bytes = {t.name: len(tools.body(t.port, 1, key)) for t in targets}
-    for t in targets:
-        warm = tools.read_each(t.port, hot, key)
-        print(f"  {t.name:>15} read the {args.hot} hot learners once: {warm}", flush=True)
-        wrk.run_wrk(t.url, connections=args.connections, duration=3, token=key, learners=args.hot)
-        _wait_quiet(t)
-    for r in range(args.rounds):
-        for t in targets if r % 2 == 0 else targets[::-1]:
-            cached = t.name in (REDIS, CLUSTER)
-            before = tools.cache_counts(_scrape(t)) if cached else None
-            res = wrk.run_wrk(
-                t.url,
-                connections=args.connections,
-                duration=args.duration,
-                token=key,
-                learners=args.hot,
-                timeout=args.timeout,
-                seed=42 + r,
-            )
-            if before is not None:
-                res["cache"] = tools.delta(before, tools.cache_counts(_scrape(t)))
-            res["quiesce_s"] = _wait_quiet(t)
-            runs[t.name].append(res)
-            lat = res["latency_ms"]
-            print(
-                f"  round {r + 1} {t.name:>15} {res['ok_rps']:>8} 2xx/s p50 {lat['p50']} ms"
-                f" p99 {lat['p99']} ms statuses {res['statuses']}"
-                f" hits {res.get('cache', {}).get('hit_ratio', '-')}",
-                flush=True,
-            )
-    return runs, body_bytes
 
 
 def _zipf(
@@ -112,12 +78,12 @@ def _zipf(
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"prefilled": prefill}
     tools.flush_cluster(nodes)
-    _wait_quiet(t)
+    wait_quiet(t.url)
     if prefill:
         t0 = time.monotonic()
         out["prefill"] = tools.read_each(t.port, list(range(1, ids["learners"] + 1)), key)
         out["prefill_s"] = round(time.monotonic() - t0, 1)
-    c0 = tools.cache_counts(_scrape(t))
+    c0 = tools.cache_counts(scrape(t))
     opts: dict[str, Any] = {
         "token": key,
         "ids": ids,
@@ -127,12 +93,12 @@ def _zipf(
         "timeout": args.timeout,
     }
     warm = tools.run_zipf(t.url, seed=7, duration=args.zipf_warmup, **opts)
-    c1 = tools.cache_counts(_scrape(t))
+    c1 = tools.cache_counts(scrape(t))
     out["warmup"] = warm | {"cache": tools.delta(c0, c1)}
     measured = tools.run_zipf(t.url, seed=11, duration=args.zipf_duration, **opts)
-    c2 = tools.cache_counts(_scrape(t))
+    c2 = tools.cache_counts(scrape(t))
     out["measured"] = measured | {"cache": tools.delta(c1, c2)}
-    out["quiesce_s"] = _wait_quiet(t)
+    out["quiesce_s"] = wait_quiet(t.url)
     m = out["measured"]
     print(
         f"  zipf prefill={prefill}: {m['rps']} req/s statuses {m['statuses']} cache {m['cache']}",
@@ -152,97 +118,78 @@ def _profile(t: Target, args: argparse.Namespace, key: str) -> dict[str, Any]:
         )
 
     result = tools.py_spy_top(t.proc.pid, load) | {"target": t.name}
-    _wait_quiet(t)
+    wait_quiet(t.url)
     return result
 
 
-def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    def mean(xs: list[float]) -> float:
-        return round(sum(xs) / len(xs), 1)
-
-    return {
-        "ok_rps": mean([r["ok_rps"] for r in runs]),
-        "ok_rps_rounds": [r["ok_rps"] for r in runs],
-        "p50_ms": mean([r["latency_ms"]["p50"] for r in runs]),
-        "p99_ms": mean([r["latency_ms"]["p99"] for r in runs]),
-        "p99_ms_max": max(r["latency_ms"]["p99"] for r in runs),
-        "non_2xx": sum(r["non_2xx"] for r in runs),
-        "socket_errors": sum(r["socket_errors_total"] for r in runs),
-        "hit_ratio": [r["cache"]["hit_ratio"] for r in runs if "cache" in r] or None,
-    }
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    nofile = _raise_nofile()
-    db = f"skillcoach_bench_{uuid.uuid4().hex[:8]}"
-    direct = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
+    nofile = raise_nofile()
     tmp = Path(tempfile.mkdtemp(prefix="skillcoach-bench-cache-"))
     targets: list[Target] = []
     bouncer: PgBouncer | None = None
     server: RedisServer | None = None
     nodes: RedisClusterNodes | None = None
     started = time.monotonic()
-    _admin(f'CREATE DATABASE "{db}"')
-    try:
-        print(f"preparing {db} ({args.learners} learners) ...", flush=True)
-        key, timings = _prepare(direct, args)
-        setup: dict[str, Any] = dict(timings)
-        engine = create_sync_engine(direct)
-        with engine.begin() as conn:
-            rw = frozenset({Scope.READ, Scope.WRITE})
-            rw_key = create_api_key(conn, name="bench-cache-rw", scopes=rw)
-        engine.dispose()
-        ids = tools.id_ranges(direct.replace("+psycopg2", ""))
-        bouncer = proxy.start_pgbouncer(db)
-        server, nodes = tools.start_redis(tmp)
-        setup["ready_infra_s"] = round(time.monotonic() - started, 1)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLCOACH_")}
-        cmd = [sys.executable, "-m", "skillcoach.cli", "serve"]
-        for name, redis_url in ((REDIS, server.url), (CLUSTER, nodes.url), (OFF, None)):
-            port = free_port()
-            sc_env = (
-                env
-                | {
-                    "SKILLCOACH_DATABASE_URL": bouncer.url("postgres", db),
-                    "SKILLCOACH_PORT": str(port),
-                    "SKILLCOACH_CACHE_ENABLED": "false" if redis_url is None else "true",
-                    "SKILLCOACH_ENVIRONMENT": "dev",
-                    "SKILLCOACH_LOG_LEVEL": "warning",
-                }
-                | ({"SKILLCOACH_REDIS_URL": redis_url} if redis_url else {})
+    with scratch_database() as db:
+        direct = database_url(db)
+        try:
+            print(f"preparing {db} ({args.learners} learners) ...", flush=True)
+            params = SimulationParams(
+                args.learners, args.skills, attempts_per_learner=args.attempts
             )
-            targets.append(_spawn(name, cmd, sc_env, port, tmp))
-        for t in targets:
-            _wait_ready(t, "/readyz")
-        bare, skills = tools.start_bare(BARE, targets[-1], key, env, tmp)
-        targets.insert(0, bare)
-        setup |= {"bare_skills": skills, "ids": ids, "ready_s": round(time.monotonic() - started)}
-        print(f"ready after {setup['ready_s']} s; (a) throughput at c={args.connections}")
-        throughput, body_bytes = _throughput(targets, args, key)
-        summary = {
-            n: _summary(runs) | {"body_bytes": body_bytes[n]} for n, runs in throughput.items()
-        }
-        bare = summary[BARE]["ok_rps"]
-        ratios = {n: round(s["ok_rps"] / max(bare, 1e-9), 3) for n, s in summary.items()}
-        by_name = {t.name: t for t in targets}
-        print("(b) Zipf workload on the cluster", flush=True)
-        zipf = [_zipf(by_name[CLUSTER], nodes, args, rw_key, ids, p) for p in (False, True)]
-        low = min(ratios[REDIS], ratios[CLUSTER]) < THROUGHPUT_TARGET
-        profile = None
-        if args.profile == "yes" or (
-            args.profile == "auto" and low and Path(tools.PY_SPY).exists()
-        ):
-            profile = _profile(by_name[CLUSTER], args, key)
-        crashed = {t.name: t.proc.poll() for t in targets if t.proc.poll() is not None}
-        logs = {t.name: _log_tail(t.log) for t in targets}
-    finally:
-        cleanup: list[Callable[[], object]] = [functools.partial(_stop, t) for t in targets]
-        if bouncer is not None:
-            cleanup.append(functools.partial(proxy.stop_pgbouncer, bouncer))
-        cleanup += [x.stop for x in (nodes, server) if x is not None]
-        cleanup.append(lambda: _admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        run_all(cleanup)
-        shutil.rmtree(tmp, ignore_errors=True)
+            key, timings = prepare(direct, params, key_name="bench-concurrency")
+            setup: dict[str, Any] = dict(timings)
+            engine = create_sync_engine(direct)
+            with engine.begin() as conn:
+                rw = frozenset({Scope.READ, Scope.WRITE})
+                rw_key = create_api_key(conn, name="bench-cache-rw", scopes=rw)
+            engine.dispose()
+            ids = tools.id_ranges(database_dsn(db))
+            bouncer = proxy.start_pgbouncer(db)
+            server, nodes = tools.start_redis(tmp)
+            setup["ready_infra_s"] = round(time.monotonic() - started, 1)
+            env = clean_env()
+            for name, redis_url in ((REDIS, server.url), (CLUSTER, nodes.url), (OFF, None)):
+                port = free_port()
+                sc_env = serve_env(
+                    env, port=port, database_url=bouncer.url("postgres", db), redis_url=redis_url
+                )
+                targets.append(spawn(name, serve_cmd(), sc_env, port, tmp))
+            for t in targets:
+                wait_ready(t, "/readyz")
+            bare, skills = tools.start_bare(BARE, targets[-1], key, env, tmp)
+            targets.insert(0, bare)
+            setup |= {
+                "bare_skills": skills,
+                "ids": ids,
+                "ready_s": round(time.monotonic() - started),
+            }
+            print(f"ready after {setup['ready_s']} s; (a) throughput at c={args.connections}")
+            throughput, body_bytes = tools.hot_throughput(targets, args, key)
+            summary = {
+                n: tools.summarize_rounds(runs) | {"body_bytes": body_bytes[n]}
+                for n, runs in throughput.items()
+            }
+            bare_rps = summary[BARE]["ok_rps"]
+            ratios = {n: round(s["ok_rps"] / max(bare_rps, 1e-9), 3) for n, s in summary.items()}
+            by_name = {t.name: t for t in targets}
+            print("(b) Zipf workload on the cluster", flush=True)
+            zipf = [_zipf(by_name[CLUSTER], nodes, args, rw_key, ids, p) for p in (False, True)]
+            low = min(ratios[REDIS], ratios[CLUSTER]) < THROUGHPUT_TARGET
+            profile = None
+            if args.profile == "yes" or (
+                args.profile == "auto" and low and Path(tools.PY_SPY).exists()
+            ):
+                profile = _profile(by_name[CLUSTER], args, key)
+            crashed = {t.name: t.proc.poll() for t in targets if t.proc.poll() is not None}
+            logs = {t.name: log_tail(t.log, 30) for t in targets}
+        finally:
+            cleanup: list[Callable[[], object]] = [functools.partial(stop, t) for t in targets]
+            if bouncer is not None:
+                cleanup.append(functools.partial(proxy.stop_pgbouncer, bouncer))
+            cleanup += [x.stop for x in (nodes, server) if x is not None]
+            run_all(cleanup)
+            shutil.rmtree(tmp, ignore_errors=True)
     return {
         "kind": "cache",
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -265,11 +212,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "wall_s": round(time.monotonic() - started, 1),
     }
-
-
-def _log_tail(path: Path) -> str:
-    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
-    return "\n".join(lines[-30:])
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -1,4 +1,4 @@
-"""Regression check: this run's ratios against the committed baseline (issue 5, item 3).
+"""Regression check: this run's ratios against the committed baseline.
 
     python -m loadtests check [--smoke] [--baseline loadtests/baseline.json] [--tolerance 0.25]
 
@@ -10,7 +10,7 @@ cluster. Measured in the same run:
 
 - p99 and 2xx throughput of skillcoach / naive at 50 and 100 connections (alternating order);
 - 2xx throughput of cached-cluster / bare at 50 connections on hot learners (the cache runner's
-  hit-only load, `bench_cache._throughput`).
+  hit-only load, `cache_tools.hot_throughput`).
 
 Each ratio is compared with loadtests/baseline.json (the ratios of the committed result files
 it cites). A throughput ratio fails when it fell by more than --tolerance (relative, 25%); a
@@ -35,29 +35,39 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from loadtests import bench_cache, proxy
 from loadtests import cache_tools as tools
-from loadtests.bench_concurrency import (
+from loadtests import proxy
+from loadtests.cache_tools import BARE, CLUSTER
+from loadtests.harness import (
     Target,
-    _measure,
-    _prepare,
-    _raise_nofile,
-    _spawn,
-    _stop,
-    _wait_quiet,
-    _wait_ready,
+    clean_env,
+    database_url,
+    measure_wrk,
+    prepare,
+    raise_nofile,
+    scratch_database,
+    serve_cmd,
+    serve_env,
+    spawn,
+    spawn_naive,
+    stop,
+    wait_quiet,
+    wait_ready,
 )
-from loadtests.bench_model import _admin
 from loadtests.recording import budget, record, run_all
 from loadtests.wrk import run_wrk
+from skillcoach.ml.simulator import SimulationParams
+from skillcoach_devstack.pgbouncer import PgBouncer
 from skillcoach_devstack.processes import free_port
+from skillcoach_devstack.redis import RedisServer
+from skillcoach_devstack.redis_cluster import RedisClusterNodes
 
 BASELINE = Path(__file__).with_name("baseline.json")
 NAIVE, SKILLCOACH = "naive", "skillcoach"
@@ -72,66 +82,55 @@ class Stack:
     setup: dict[str, Any]
 
 
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("SKILLCOACH_")}
-
-
 @contextlib.contextmanager
 def _stack(args: argparse.Namespace, *, cache: bool) -> Iterator[Stack]:
     """Scratch DB, PgBouncer, naive + skillcoach (cache off); with `cache` also a Redis
     Cluster, skillcoach cached on it and the bare endpoint. Everything is undone on exit."""
-    _raise_nofile()
-    db = f"skillcoach_check_{uuid.uuid4().hex[:8]}"
-    direct = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
+    raise_nofile()
     tmp = Path(tempfile.mkdtemp(prefix="skillcoach-check-"))
     targets: list[Target] = []
-    bouncer = server = nodes = None
+    bouncer: PgBouncer | None = None
+    server: RedisServer | None = None
+    nodes: RedisClusterNodes | None = None
     started = time.monotonic()
-    _admin(f'CREATE DATABASE "{db}"')
-    try:
-        key, setup = _prepare(direct, args)
-        bouncer = proxy.start_pgbouncer(db)
-        env = _env()
-        serve = [sys.executable, "-m", "skillcoach.cli", "serve"]
-        redis_urls: dict[str, str | None] = {SKILLCOACH: None}
-        if cache:
-            server, nodes = tools.start_redis(tmp)
-            redis_urls[bench_cache.CLUSTER] = nodes.url
-        for name, redis_url in redis_urls.items():
-            port = free_port()
-            sc_env = env | {
-                "SKILLCOACH_DATABASE_URL": bouncer.url("postgres", db),
-                "SKILLCOACH_PORT": str(port),
-                "SKILLCOACH_CACHE_ENABLED": "false" if redis_url is None else "true",
-                "SKILLCOACH_ENVIRONMENT": "dev",
-                "SKILLCOACH_LOG_LEVEL": "warning",
-            }
-            if redis_url is not None:
-                sc_env["SKILLCOACH_REDIS_URL"] = redis_url
-            targets.append(_spawn(name, serve, sc_env, port, tmp))
-        port = free_port()
-        naive = [sys.executable, "-m", "loadtests.naive_app", "--port", str(port)]
-        targets.append(_spawn(NAIVE, [*naive, "--database-url", direct], env, port, tmp))
-        for t in targets:
-            _wait_ready(t, "/healthz" if t.name == NAIVE else "/readyz")
-        if cache:
-            bare, setup["bare_skills"] = tools.start_bare(
-                bench_cache.BARE, targets[0], key, env, tmp
+    with scratch_database("skillcoach_check") as db:
+        direct = database_url(db)
+        try:
+            params = SimulationParams(
+                args.learners, args.skills, attempts_per_learner=args.attempts
             )
-            targets.append(bare)
-        setup["ready_s"] = round(time.monotonic() - started, 1)
-        yield Stack(key, {t.name: t for t in targets}, setup)
-        crashed = {t.name: t.proc.poll() for t in targets if t.proc.poll() is not None}
-        if crashed:
-            raise RuntimeError(f"servers exited during the run: {crashed}")
-    finally:
-        steps: list[Any] = [lambda t=t: _stop(t) for t in targets]
-        if bouncer is not None:
-            steps.append(lambda: proxy.stop_pgbouncer(bouncer))
-        steps += [x.stop for x in (nodes, server) if x is not None]
-        steps.append(lambda: _admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)'))
-        run_all(steps)
-        shutil.rmtree(tmp, ignore_errors=True)
+            key, timings = prepare(direct, params, key_name="bench-concurrency")
+            setup: dict[str, Any] = dict(timings)
+            bouncer = proxy.start_pgbouncer(db)
+            env = clean_env()
+            redis_urls: dict[str, str | None] = {SKILLCOACH: None}
+            if cache:
+                server, nodes = tools.start_redis(tmp)
+                redis_urls[CLUSTER] = nodes.url
+            for name, redis_url in redis_urls.items():
+                port = free_port()
+                sc_env = serve_env(
+                    env, port=port, database_url=bouncer.url("postgres", db), redis_url=redis_url
+                )
+                targets.append(spawn(name, serve_cmd(), sc_env, port, tmp))
+            targets.append(spawn_naive(NAIVE, direct, env, tmp))
+            for t in targets:
+                wait_ready(t, "/healthz" if t.name == NAIVE else "/readyz")
+            if cache:
+                bare, setup["bare_skills"] = tools.start_bare(BARE, targets[0], key, env, tmp)
+                targets.append(bare)
+            setup["ready_s"] = round(time.monotonic() - started, 1)
+            yield Stack(key, {t.name: t for t in targets}, setup)
+            crashed = {t.name: t.proc.poll() for t in targets if t.proc.poll() is not None}
+            if crashed:
+                raise RuntimeError(f"servers exited during the run: {crashed}")
+        finally:
+            steps: list[Callable[[], object]] = [partial(stop, t) for t in targets]
+            if bouncer is not None:
+                steps.append(partial(proxy.stop_pgbouncer, bouncer))
+            steps += [x.stop for x in (nodes, server) if x is not None]
+            run_all(steps)
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -- smoke (CI) -------------------------------------------------------------------------------
@@ -161,7 +160,7 @@ def smoke(args: argparse.Namespace | None = None) -> dict[str, Any]:
     with _stack(args, cache=False) as st:
         for t in st.targets.values():  # warm-up: connections, key cache, numpy code paths
             run_wrk(t.url, connections=10, duration=1, token=st.key, learners=args.learners)
-            _wait_quiet(t)
+            wait_quiet(t.url)
         for name in (NAIVE, SKILLCOACH):
             t = st.targets[name]
             runs[name] = run_wrk(
@@ -172,7 +171,7 @@ def smoke(args: argparse.Namespace | None = None) -> dict[str, Any]:
                 learners=args.learners,
                 timeout=args.timeout,
             )
-            _wait_quiet(t)
+            wait_quiet(t.url)
         setup = st.setup
     errors = {name: _errors(r) for name, r in runs.items()}
     p99 = {name: r["latency_ms"]["p99"] for name, r in runs.items()}
@@ -231,18 +230,18 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         pair = [st.targets[NAIVE], st.targets[SKILLCOACH]]
         for t in pair:  # warm-up, as the concurrency runner does
             run_wrk(t.url, connections=20, duration=3, token=st.key, learners=args.learners)
-            _wait_quiet(t)
+            wait_quiet(t.url)
         print(f"ready after {st.setup['ready_s']} s; naive vs skillcoach", flush=True)
         levels: dict[str, dict[str, Any]] = {}
         for i, c in enumerate(LEVELS):
             order = pair if i % 2 == 0 else pair[::-1]
-            levels[str(c)] = {t.name: _measure(t, c, args, st.key) for t in order}
+            levels[str(c)] = {t.name: measure_wrk(t, c, args, st.key) for t in order}
         print(f"bare vs cached-cluster at c={args.connections}", flush=True)
-        cached = [st.targets[bench_cache.BARE], st.targets[bench_cache.CLUSTER]]
-        throughput, body_bytes = bench_cache._throughput(cached, args, st.key)
+        cached = [st.targets[BARE], st.targets[CLUSTER]]
+        throughput, body_bytes = tools.hot_throughput(cached, args, st.key)
         setup = st.setup
     summary = {
-        n: bench_cache._summary(runs) | {"body_bytes": body_bytes[n]}
+        n: tools.summarize_rounds(runs) | {"body_bytes": body_bytes[n]}
         for n, runs in throughput.items()
     }
     ratios: dict[str, float] = {}
@@ -253,7 +252,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         )
         ratios[f"throughput_skillcoach_over_naive_at_{c}"] = _ratio(sc["ok_rps"], nv["ok_rps"])
     ratios[f"throughput_cached_over_bare_at_{args.connections}"] = _ratio(
-        summary[bench_cache.CLUSTER]["ok_rps"], summary[bench_cache.BARE]["ok_rps"]
+        summary[CLUSTER]["ok_rps"], summary[BARE]["ok_rps"]
     )
     errors = {f"{name}@{c}": _errors(r) for c, row in levels.items() for name, r in row.items()} | {
         n: {"non_2xx": s["non_2xx"], "socket_errors": s["socket_errors"]}

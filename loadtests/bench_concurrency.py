@@ -16,193 +16,47 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
-import resource
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
-import urllib.error
-import urllib.request
-import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from loadtests import proxy
-from loadtests.bench_model import _admin
+from loadtests.harness import (
+    Target,
+    clean_env,
+    database_url,
+    measure_wrk,
+    prepare,
+    raise_nofile,
+    scratch_database,
+    serve_cmd,
+    serve_env,
+    spawn,
+    spawn_naive,
+    stop,
+    wait_quiet,
+    wait_ready,
+)
 from loadtests.recording import budget, record
+from loadtests.sampler import peak_rss_mb
 from loadtests.wrk import run_wrk, shed_probe
-from skillcoach.data.api_keys import Scope, create_api_key
-from skillcoach.data.database import create_sync_engine
-from skillcoach.data.migrate import upgrade
-from skillcoach.data.model_registry import promote
-from skillcoach.ml.seeding import seed_database
 from skillcoach.ml.simulator import SimulationParams
-from skillcoach.ml.training import train_and_store
 from skillcoach_devstack.pgbouncer import PgBouncer
-from skillcoach_devstack.processes import free_port, log_tail, terminate, wait_until
+from skillcoach_devstack.processes import free_port, log_tail
 
-ROOT = Path(__file__).resolve().parents[1]
 LEVELS = (20, 50, 100)
 SHED_CONNECTIONS = 1000
 VIA_HAPROXY = "skillcoach+haproxy"
-# Targets (issue 3): at 100 connections p99 <= naive/20 and throughput >= 3x; shed p99 < 50 ms.
+# Our targets: at 100 connections p99 <= naive/20 and throughput >= 3x; shed p99 < 50 ms.
 P99_FACTOR, THROUGHPUT_FACTOR, SHED_P99_MS = 20.0, 3.0, 50.0
 
 
-@dataclass
-class Target:
-    name: str
-    proc: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-
-def _raise_nofile() -> int:
-    """wrk at 1,000 connections (and the servers accepting them) needs file descriptors."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
-    if soft < want:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))  # inherited by children
-    return max(soft, want)
-
-
-def _prepare(url: str, args: argparse.Namespace) -> tuple[str, dict[str, float]]:
-    """Migrate, seed, train + promote, create a read key; returns (key, timings)."""
-    upgrade(url)
-    engine = create_sync_engine(url)
-    try:
-        t0 = time.perf_counter()
-        params = SimulationParams(args.learners, args.skills, attempts_per_learner=args.attempts)
-        seed_database(engine, params, progress=False, replace=False)
-        t1 = time.perf_counter()
-        report = train_and_store(engine, seed=0, test_fraction=0.2)
-        with engine.begin() as conn:
-            promote(conn, version=report.version)
-            key = create_api_key(conn, name="bench-concurrency", scopes=frozenset({Scope.READ}))
-        t2 = time.perf_counter()
-    finally:
-        engine.dispose()
-    return key, {"seed_s": round(t1 - t0, 2), "train_s": round(t2 - t1, 2)}
-
-
-def _get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as r:
-            return int(r.status), r.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return 0, b""
-
-
-def _spawn(name: str, cmd: list[str], env: dict[str, str], port: int, logdir: Path) -> Target:
-    log = logdir / f"{name}.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
-    return Target(name, proc, port, log)
-
-
-def _wait_ready(t: Target, path: str, timeout: float = 60.0) -> None:
-    def ready() -> bool:
-        if t.proc.poll() is not None:
-            raise RuntimeError(f"{t.name} exited {t.proc.returncode}:\n{log_tail(t.log)}")
-        return _get(t.url + path, timeout=2)[0] == 200
-
-    if not wait_until(ready, timeout, interval=0.2):
-        raise RuntimeError(f"{t.name} not ready within {timeout:g}s:\n{log_tail(t.log)}")
-
-
-def _wait_quiet(t: Target, timeout: float = 45.0) -> float:
-    return wait_quiet(t.url, timeout)
-
-
-def wait_quiet(url: str, timeout: float = 45.0) -> float:
-    """Until /healthz answers within 100 ms twice: no backlog leaks into the next run."""
-    start = time.monotonic()
-    fast = 0
-    while time.monotonic() - start < timeout and fast < 2:
-        t0 = time.perf_counter()
-        status, _ = _get(url + "/healthz", timeout=5)
-        fast = fast + 1 if status == 200 and time.perf_counter() - t0 < 0.1 else 0
-        time.sleep(0.2)
-    return round(time.monotonic() - start, 2)
-
-
-def _stop(t: Target) -> None:
-    if t.proc.poll() is None:
-        terminate(t.proc.pid, timeout=15)  # SIGTERM, then SIGKILL after the grace period
-    t.proc.wait(5)
-
-
-def _scrape(t: Target) -> dict[str, float] | str:
-    """skillcoach_* samples of /metrics (no histogram buckets) and the scrape's own time."""
-    t0 = time.perf_counter()
-    status, body = _get(t.url + "/metrics", timeout=5)
-    took = round((time.perf_counter() - t0) * 1000, 1)
-    if status != 200:
-        return f"scrape failed after {took} ms: HTTP {status or 'no answer'}"
-    samples: dict[str, float] = {"scrape_ms": took}
-    for line in body.decode().splitlines():
-        if line.startswith("skillcoach_") and "_bucket{" not in line and "_created" not in line:
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
-
-
-def _peak_rss_mb(pid: int) -> float | None:
-    m = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
-    return round(int(m.group(1)) / 1024, 1) if m else None
-
-
-def _measure(
-    t: Target, connections: int, args: argparse.Namespace, key: str, scrape: Target | None = None
-) -> dict[str, Any]:
-    """One wrk run; for skillcoach also its /metrics (`scrape`) before, during and after."""
-    scrapes: dict[str, Any] = {}
-    timer = None
-    sc = scrape or (t if t.name == "skillcoach" else None)
-    if sc is not None:
-        scrapes["before"] = _scrape(sc)
-        timer = threading.Timer(args.duration / 2, lambda: scrapes.update(during=_scrape(sc)))
-        timer.start()
-    try:
-        result = run_wrk(
-            t.url,
-            connections=connections,
-            duration=args.duration,
-            token=key,
-            learners=args.learners,
-            timeout=args.timeout,
-        )
-    finally:
-        if timer is not None:
-            timer.join()
-    if sc is not None:
-        scrapes["end"] = _scrape(sc)
-    result["quiesce_s"] = _wait_quiet(t)
-    if sc is not None:
-        scrapes["settled"] = _scrape(sc)  # checked_out must be back to 0 here
-        result["metrics"] = scrapes
-    p99, errors = result["latency_ms"]["p99"], result["socket_errors_total"]
-    line = f"{t.name:>18} c={connections:<5} {result['ok_rps']:>8} 2xx/s  p99 {p99} ms"
-    print(f"  {line}  statuses {result['statuses']}  socket errors {errors}", flush=True)
-    return result
-
-
-def _shed(t: Target, args: argparse.Namespace, key: str, scrape: Target) -> dict[str, Any]:
+def _shed(t: Target, args: argparse.Namespace, key: str, metrics_of: Target) -> dict[str, Any]:
     """1,000 connections: wrk (throughput, overall latency), then the probe (503s alone)."""
-    shed = {"wrk": _measure(t, SHED_CONNECTIONS, args, key, scrape)}
+    shed = {"wrk": measure_wrk(t, SHED_CONNECTIONS, args, key, metrics_of)}
     shed["probe"] = shed_probe(
         "127.0.0.1",
         t.port,
@@ -212,7 +66,7 @@ def _shed(t: Target, args: argparse.Namespace, key: str, scrape: Target) -> dict
         token=key,
         learners=args.learners,
     )
-    shed["probe"]["quiesce_s"] = _wait_quiet(t)
+    shed["probe"]["quiesce_s"] = wait_quiet(t.url)
     print(f"  {t.name:>18} probe c=1000 statuses {shed['probe']['statuses']}", flush=True)
     return shed
 
@@ -241,63 +95,55 @@ def _verdicts(levels: dict[str, dict[str, Any]], shed: dict[str, Any]) -> dict[s
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    nofile = _raise_nofile()
-    db = f"skillcoach_bench_{uuid.uuid4().hex[:8]}"
-    direct = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
+    nofile = raise_nofile()
     logdir = Path(tempfile.mkdtemp(prefix="skillcoach-bench-"))
     targets: list[Target] = []
     bouncer: PgBouncer | None = None
     started = time.monotonic()
-    _admin(f'CREATE DATABASE "{db}"')
-    try:
-        print(f"preparing {db} ({args.learners} learners) ...", flush=True)
-        key, setup = _prepare(direct, args)
-        bouncer = proxy.start_pgbouncer(db)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLCOACH_")}
-        sc_port = free_port()
-        sc_env = env | {
-            "SKILLCOACH_DATABASE_URL": bouncer.url("postgres", db),
-            "SKILLCOACH_PORT": str(sc_port),
-            "SKILLCOACH_CACHE_ENABLED": "false",
-            "SKILLCOACH_ENVIRONMENT": "dev",
-            "SKILLCOACH_LOG_LEVEL": "warning",
-        }
-        sc_env |= dict(kv.split("=", 1) for kv in args.skillcoach_env)
-        cmd = [sys.executable, "-m", "skillcoach.cli", "serve"]
-        sc = _spawn("skillcoach", cmd, sc_env, sc_port, logdir)
-        targets.append(sc)
-        if not args.skip_naive:
-            nv_port = free_port()
-            cmd = [sys.executable, "-m", "loadtests.naive_app", "--port", str(nv_port)]
-            targets.append(_spawn("naive", [*cmd, "--database-url", direct], env, nv_port, logdir))
-        _wait_ready(sc, "/readyz")
-        for t in targets[1:]:
-            _wait_ready(t, "/healthz")
-        for t in targets:  # warm-up: connections, key cache, numpy/scipy code paths
-            run_wrk(t.url, connections=20, duration=3, token=key, learners=args.learners)
-            _wait_quiet(t)
-        print(f"ready after {time.monotonic() - started:.0f}s; measuring", flush=True)
-        levels: dict[str, dict[str, Any]] = {}
-        for i, c in enumerate(LEVELS):
-            order = targets[::-1] if i % 2 == 0 else targets  # naive first at 20 and 100
-            levels[str(c)] = {t.name: _measure(t, c, args, key) for t in order}
-        shed = {sc.name: _shed(sc, args, key, sc)}
-        # The same replica behind HAProxy, which refuses what the replica would not admit.
-        limit = proxy.in_flight_limit(sc.url)
-        with proxy.haproxy_in_front(sc.port, limit, args.haproxy_timeout_queue) as lb:
-            via = Target(VIA_HAPROXY, sc.proc, lb.config.listen_port, lb.logfile)
-            _wait_ready(via, "/readyz")  # the replica is UP in HAProxy (health checks)
-            shed[via.name] = _shed(via, args, key, sc) | {"haproxy": proxy.haproxy_report(lb)}
-        rss = {t.name: _peak_rss_mb(t.proc.pid) for t in targets}
-        crashed = {t.name: t.proc.poll() for t in targets if t.proc.poll() is not None}
-        logs = {t.name: log_tail(t.log, 30) for t in targets}
-    finally:
-        for t in targets:
-            _stop(t)
-        if bouncer is not None:
-            proxy.stop_pgbouncer(bouncer)
-        _admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        shutil.rmtree(logdir, ignore_errors=True)
+    with scratch_database() as db:
+        direct = database_url(db)
+        try:
+            print(f"preparing {db} ({args.learners} learners) ...", flush=True)
+            params = SimulationParams(
+                args.learners, args.skills, attempts_per_learner=args.attempts
+            )
+            key, setup = prepare(direct, params, key_name="bench-concurrency")
+            bouncer = proxy.start_pgbouncer(db)
+            env = clean_env()
+            sc_port = free_port()
+            sc_env = serve_env(env, port=sc_port, database_url=bouncer.url("postgres", db))
+            sc_env |= dict(kv.split("=", 1) for kv in args.skillcoach_env)
+            sc = spawn("skillcoach", serve_cmd(), sc_env, sc_port, logdir)
+            targets.append(sc)
+            if not args.skip_naive:
+                targets.append(spawn_naive("naive", direct, env, logdir))
+            wait_ready(sc, "/readyz")
+            for t in targets[1:]:
+                wait_ready(t, "/healthz")
+            for t in targets:  # warm-up: connections, key cache, numpy/scipy code paths
+                run_wrk(t.url, connections=20, duration=3, token=key, learners=args.learners)
+                wait_quiet(t.url)
+            print(f"ready after {time.monotonic() - started:.0f}s; measuring", flush=True)
+            levels: dict[str, dict[str, Any]] = {}
+            for i, c in enumerate(LEVELS):
+                order = targets[::-1] if i % 2 == 0 else targets  # naive first at 20 and 100
+                levels[str(c)] = {t.name: measure_wrk(t, c, args, key) for t in order}
+            shed = {sc.name: _shed(sc, args, key, sc)}
+            # The same replica behind HAProxy, which refuses what the replica would not admit.
+            limit = proxy.in_flight_limit(sc.url)
+            with proxy.haproxy_in_front(sc.port, limit, args.haproxy_timeout_queue) as lb:
+                via = Target(VIA_HAPROXY, sc.proc, lb.config.listen_port, lb.logfile)
+                wait_ready(via, "/readyz")  # the replica is UP in HAProxy (health checks)
+                shed[via.name] = _shed(via, args, key, sc) | {"haproxy": proxy.haproxy_report(lb)}
+            rss = {t.name: peak_rss_mb(t.proc.pid) for t in targets}
+            crashed = {t.name: t.proc.poll() for t in targets if t.proc.poll() is not None}
+            logs = {t.name: log_tail(t.log, 30) for t in targets}
+        finally:
+            for t in targets:
+                stop(t)
+            if bouncer is not None:
+                proxy.stop_pgbouncer(bouncer)
+            shutil.rmtree(logdir, ignore_errors=True)
     return {
         "kind": "concurrency",
         "at": datetime.now(UTC).isoformat(timespec="seconds"),

@@ -8,16 +8,16 @@ Writes loadtests/results/model-<utc stamp>.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import psycopg2
 
+from loadtests.harness import database_url, scratch_database
 from loadtests.recording import record
 from skillcoach.data.catalog_reads import load_catalog
 from skillcoach.data.database import create_sync_engine
@@ -30,16 +30,6 @@ from skillcoach.ml.model import BestLR
 from skillcoach.ml.seeding import seed_database
 from skillcoach.ml.simulator import SimulationParams
 from skillcoach.ml.training import train_and_store
-
-ADMIN = "postgresql://postgres@127.0.0.1:5432/test"
-
-
-def _admin(sql: str) -> None:
-    conn = psycopg2.connect(ADMIN)
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute(sql)
-    conn.close()
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -115,10 +105,8 @@ def _inference(url: str, learners: int, rounds: int) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    db = f"skillcoach_bench_{uuid.uuid4().hex[:8]}"
-    _admin(f'CREATE DATABASE "{db}"')
-    url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
-    try:
+    with scratch_database() as db:
+        url = database_url(db)
         upgrade(url)
         engine = create_sync_engine(url)
         params = SimulationParams(
@@ -138,15 +126,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             promote(conn, version=report.version)
         engine.dispose()
         inference = _inference(url, args.inference_learners, args.rounds)
-    finally:
-        _admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
     return {
         "kind": "model",
         "at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "python": platform.python_version(),
             "cpu": platform.processor() or platform.machine(),
-            "cores": __import__("os").cpu_count(),
+            "cores": os.cpu_count(),
         },
         "params": vars(args),
         "attempts": args.learners * args.attempts_per_learner,

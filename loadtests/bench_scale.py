@@ -1,4 +1,4 @@
-"""Analysis latency against the length of a learner's history (issue 5, item 2).
+"""Analysis latency against the length of a learner's history.
 
     python -m loadtests scale [--warmup 50] [--requests 500]
 
@@ -20,10 +20,8 @@ import platform
 import random
 import shutil
 import statistics
-import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -31,16 +29,22 @@ from typing import Any
 import httpx
 
 from loadtests import proxy
-from loadtests.bench_concurrency import Target, _peak_rss_mb, _spawn, _stop, _wait_ready
-from loadtests.bench_model import _admin
+from loadtests.harness import (
+    Target,
+    clean_env,
+    database_url,
+    prepare,
+    scratch_database,
+    serve_cmd,
+    serve_env,
+    spawn,
+    stop,
+    wait_ready,
+)
 from loadtests.recording import budget, record
-from skillcoach.data.api_keys import Scope, create_api_key
-from skillcoach.data.database import create_sync_engine
-from skillcoach.data.migrate import upgrade
-from skillcoach.data.model_registry import promote
-from skillcoach.ml.seeding import seed_database
+from loadtests.sampler import peak_rss_mb
+from skillcoach.data.api_keys import Scope
 from skillcoach.ml.simulator import SimulationParams
-from skillcoach.ml.training import train_and_store
 from skillcoach_devstack.pgbouncer import PgBouncer
 from skillcoach_devstack.processes import free_port, log_tail
 
@@ -50,28 +54,10 @@ ENDPOINTS = ("weaknesses", "recommendations")
 EXERCISES = 1000  # skills * exercises_per_skill of the seeded catalog
 BATCH = 500  # the API's MAX_BATCH
 RATIO_TARGET, RSS_TARGET_MB = 1.5, 300.0
-
-
-def _prepare(url: str) -> tuple[str, dict[str, float]]:
-    """Migrate, seed a small catalog + population, train + promote, create a read+write key."""
-    upgrade(url)
-    engine = create_sync_engine(url)
-    try:
-        t0 = time.perf_counter()
-        params = SimulationParams(
-            learners=200, skills=50, exercises_per_skill=20, attempts_per_learner=20, seed=1
-        )
-        seed_database(engine, params, progress=False, replace=False)
-        t1 = time.perf_counter()
-        report = train_and_store(engine, seed=0, test_fraction=0.2)
-        with engine.begin() as conn:
-            promote(conn, version=report.version)
-            scopes = frozenset({Scope.READ, Scope.WRITE})
-            key = create_api_key(conn, name="bench-scale", scopes=scopes)
-        t2 = time.perf_counter()
-    finally:
-        engine.dispose()
-    return key, {"seed_s": round(t1 - t0, 2), "train_s": round(t2 - t1, 2)}
+# A small catalog and population: the learners measured are the three above.
+SEED = SimulationParams(
+    learners=200, skills=50, exercises_per_skill=20, attempts_per_learner=20, seed=1
+)
 
 
 def _attempts(n: int, rng: random.Random, now: datetime) -> list[dict[str, Any]]:
@@ -166,50 +152,42 @@ def _verdicts(latency: dict[str, Any], rss_mb: float | None) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    db = f"skillcoach_bench_{uuid.uuid4().hex[:8]}"
-    direct = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{db}"
     logdir = Path(tempfile.mkdtemp(prefix="skillcoach-bench-scale-"))
     sc: Target | None = None
     bouncer: PgBouncer | None = None
     started = time.monotonic()
-    _admin(f'CREATE DATABASE "{db}"')
-    try:
-        print(f"preparing {db} ...", flush=True)
-        key, setup = _prepare(direct)
-        bouncer = proxy.start_pgbouncer(db)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLCOACH_")}
-        port = free_port()
-        env |= {
-            "SKILLCOACH_DATABASE_URL": bouncer.url("postgres", db),
-            "SKILLCOACH_PORT": str(port),
-            "SKILLCOACH_CACHE_ENABLED": "false",
-            "SKILLCOACH_ENVIRONMENT": "dev",
-            "SKILLCOACH_LOG_LEVEL": "warning",
-        }
-        cmd = [sys.executable, "-m", "skillcoach.cli", "serve"]
-        sc = _spawn("skillcoach", cmd, env, port, logdir)
-        _wait_ready(sc, "/readyz")
-        headers = {"Authorization": f"Bearer {key}"}
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        with httpx.Client(base_url=sc.url, headers=headers, limits=limits, timeout=30) as client:
-            print("posting histories ...", flush=True)
-            t0 = time.perf_counter()
-            learners = _populate(client, args.seed)
-            setup["populate_s"] = round(time.perf_counter() - t0, 2)
-            print(f"measuring ({args.warmup} warm-up + {args.requests} timed rounds) ...")
-            t0 = time.perf_counter()
-            measured = _measure(client, args.warmup, args.requests)
-            setup["measure_s"] = round(time.perf_counter() - t0, 2)
-        rss = _peak_rss_mb(sc.proc.pid)
-        exited = sc.proc.poll()
-        log = log_tail(sc.log, 30)
-    finally:
-        if sc is not None:
-            _stop(sc)
-        if bouncer is not None:
-            proxy.stop_pgbouncer(bouncer)
-        _admin(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        shutil.rmtree(logdir, ignore_errors=True)
+    with scratch_database() as db:
+        try:
+            print(f"preparing {db} ...", flush=True)
+            rw = frozenset({Scope.READ, Scope.WRITE})
+            key, setup = prepare(database_url(db), SEED, key_name="bench-scale", scopes=rw)
+            bouncer = proxy.start_pgbouncer(db)
+            port = free_port()
+            env = serve_env(clean_env(), port=port, database_url=bouncer.url("postgres", db))
+            sc = spawn("skillcoach", serve_cmd(), env, port, logdir)
+            wait_ready(sc, "/readyz")
+            headers = {"Authorization": f"Bearer {key}"}
+            limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+            with httpx.Client(
+                base_url=sc.url, headers=headers, limits=limits, timeout=30
+            ) as client:
+                print("posting histories ...", flush=True)
+                t0 = time.perf_counter()
+                learners = _populate(client, args.seed)
+                setup["populate_s"] = round(time.perf_counter() - t0, 2)
+                print(f"measuring ({args.warmup} warm-up + {args.requests} timed rounds) ...")
+                t0 = time.perf_counter()
+                measured = _measure(client, args.warmup, args.requests)
+                setup["measure_s"] = round(time.perf_counter() - t0, 2)
+            rss = peak_rss_mb(sc.proc.pid)
+            exited = sc.proc.poll()
+            log = log_tail(sc.log, 30)
+        finally:
+            if sc is not None:
+                stop(sc)
+            if bouncer is not None:
+                proxy.stop_pgbouncer(bouncer)
+            shutil.rmtree(logdir, ignore_errors=True)
     return {
         "kind": "scale",
         "at": datetime.now(UTC).isoformat(timespec="seconds"),

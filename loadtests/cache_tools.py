@@ -1,13 +1,13 @@
-"""Helpers of the cache benchmark (loadtests/bench_cache.py): Redis and the cluster on free
-loopback ports, reading learners once (warming), the Zipf wrk run, cache counters from
-/metrics, and a py-spy summary of a replica under load."""
+"""Helpers of the cache benchmark (loadtests/bench_cache.py), shared with the check and the
+suite: Redis and the cluster on free loopback ports, the bare endpoint, reading learners once
+(warming), the hit-only throughput rounds, the Zipf wrk run, cache counters from /metrics,
+and a py-spy summary of a replica under load."""
 
 from __future__ import annotations
 
+import argparse
 import http.client
 import json
-import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,24 +21,33 @@ import psycopg2
 import redis as redis_client
 
 from loadtests import wrk
-from loadtests.bench_concurrency import Target, _spawn, _wait_ready
+from loadtests.harness import Scrape, Target, scrape, spawn, wait_quiet, wait_ready
 from skillcoach_devstack.processes import free_port
 from skillcoach_devstack.redis import RedisServer
 from skillcoach_devstack.redis_cluster import RedisClusterNodes, free_base_port
 
 __all__ = [
+    "BARE",
+    "CLUSTER",
+    "OFF",
     "PY_SPY",
+    "REDIS",
     "body",
     "cache_counts",
     "delta",
     "flush_cluster",
+    "hot_throughput",
     "id_ranges",
     "py_spy_top",
     "read_each",
     "run_zipf",
     "start_bare",
     "start_redis",
+    "summarize_rounds",
 ]
+
+# The servers of the hit-only throughput (the names in the results).
+BARE, REDIS, CLUSTER, OFF = "bare", "cached-redis", "cached-cluster", "cache-off"
 
 ZIPF_LUA = Path(__file__).with_name("zipf.lua")
 PY_SPY = "/tmp/stv/bin/py-spy"
@@ -118,8 +127,8 @@ def start_bare(
     skills = max(1, round(sum(sizes) / len(sizes)))
     port = free_port()
     cmd = [sys.executable, "-m", "loadtests.bare_app", "--port", str(port), "--skills", str(skills)]
-    bare = _spawn(name, cmd, env, port, logdir)
-    _wait_ready(bare, "/healthz")
+    bare = spawn(name, cmd, env, port, logdir)
+    wait_ready(bare, "/healthz")
     return bare, skills
 
 
@@ -156,34 +165,78 @@ def run_zipf(
     """wrk with wrk.py's LUA (status counts, JSON summary) and zipf.lua's init/request."""
     extra = [ids["learners"], 1, token, seed, exponent, write_fraction]
     extra += [ids["ex_min"], ids["ex_max"], PERMUTATION_SEED]
-    with tempfile.TemporaryDirectory(prefix="skillcoach-wrk-") as tmp:
-        script = Path(tmp) / "zipf.lua"
-        script.write_text(wrk.LUA + "\n" + ZIPF_LUA.read_text())
-        cmd = [
-            shutil.which("wrk") or "/usr/bin/wrk",
-            f"-t{min(2, connections)}",
-            f"-c{connections}",
-            f"-d{duration:g}s",
-            f"--timeout={timeout:g}s",
-            "--latency",
-            "-s",
-            str(script),
-            url,
-            "--",
-            *map(str, extra),
-        ]
-        proc = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=duration + timeout + 30, check=False
-        )
-    pattern = re.escape(wrk.MARK_BEGIN) + r"\s*(\{.*?\})\s*" + re.escape(wrk.MARK_END)
-    m = re.search(pattern, proc.stdout, re.S)
-    if proc.returncode != 0 or m is None:
-        raise wrk.WrkError(f"wrk exited {proc.returncode}:\n{proc.stdout[-2000:]}{proc.stderr}")
-    return wrk._figures(json.loads(m.group(1)), connections=connections)
+    return wrk.run_script(
+        url,
+        wrk.LUA + "\n" + ZIPF_LUA.read_text(),
+        [str(x) for x in extra],
+        connections=connections,
+        duration=duration,
+        timeout=timeout,
+    )
 
 
-def cache_counts(samples: dict[str, float] | str, kind: str = "weaknesses") -> dict[str, float]:
-    """The cache counters of one /metrics scrape (bench_concurrency._scrape)."""
+def hot_throughput(
+    targets: list[Target], args: argparse.Namespace, key: str
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
+    """The hit-only load: each target reads each of the args.hot learners once, then wrk
+    reads those ids at args.connections for args.duration s, args.rounds rounds (the order
+    reversed every other round); the hit ratio of the cached targets from /metrics around
+    each run. Returns the runs per target and each target's body size."""
+    hot = list(range(1, args.hot + 1))
+    runs: dict[str, list[dict[str, Any]]] = {t.name: [] for t in targets}
+    body_bytes = {t.name: len(body(t.port, 1, key)) for t in targets}
+    for t in targets:
+        warm = read_each(t.port, hot, key)
+        print(f"  {t.name:>15} read the {args.hot} hot learners once: {warm}", flush=True)
+        wrk.run_wrk(t.url, connections=args.connections, duration=3, token=key, learners=args.hot)
+        wait_quiet(t.url)
+    for r in range(args.rounds):
+        for t in targets if r % 2 == 0 else targets[::-1]:
+            cached = t.name in (REDIS, CLUSTER)
+            before = cache_counts(scrape(t)) if cached else None
+            res = wrk.run_wrk(
+                t.url,
+                connections=args.connections,
+                duration=args.duration,
+                token=key,
+                learners=args.hot,
+                timeout=args.timeout,
+                seed=42 + r,
+            )
+            if before is not None:
+                res["cache"] = delta(before, cache_counts(scrape(t)))
+            res["quiesce_s"] = wait_quiet(t.url)
+            runs[t.name].append(res)
+            lat = res["latency_ms"]
+            print(
+                f"  round {r + 1} {t.name:>15} {res['ok_rps']:>8} 2xx/s p50 {lat['p50']} ms"
+                f" p99 {lat['p99']} ms statuses {res['statuses']}"
+                f" hits {res.get('cache', {}).get('hit_ratio', '-')}",
+                flush=True,
+            )
+    return runs, body_bytes
+
+
+def summarize_rounds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One target's hot_throughput rounds: means, worst p99, error totals, hit ratios."""
+
+    def mean(xs: list[float]) -> float:
+        return round(sum(xs) / len(xs), 1)
+
+    return {
+        "ok_rps": mean([r["ok_rps"] for r in runs]),
+        "ok_rps_rounds": [r["ok_rps"] for r in runs],
+        "p50_ms": mean([r["latency_ms"]["p50"] for r in runs]),
+        "p99_ms": mean([r["latency_ms"]["p99"] for r in runs]),
+        "p99_ms_max": max(r["latency_ms"]["p99"] for r in runs),
+        "non_2xx": sum(r["non_2xx"] for r in runs),
+        "socket_errors": sum(r["socket_errors_total"] for r in runs),
+        "hit_ratio": [r["cache"]["hit_ratio"] for r in runs if "cache" in r] or None,
+    }
+
+
+def cache_counts(samples: Scrape, kind: str = "weaknesses") -> dict[str, float]:
+    """The cache counters of one /metrics scrape (harness.scrape)."""
     if isinstance(samples, str):
         raise RuntimeError(samples)
     out = {

@@ -9,14 +9,13 @@ would lock the developer's PgBouncer out). `stop` runs `stack down` and drops bo
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from loadtests.bench_model import _admin
+from loadtests.harness import admin_sql, clean_env
 from skillcoach_devstack import envfile
 from skillcoach_devstack.processes import ApiReplica, free_port, free_port_block, log_tail
 from skillcoach_devstack.redis_cluster import free_base_port
@@ -84,7 +83,7 @@ def stack_env(replicas: int, learners: int) -> dict[str, str]:
 
 
 def _stack_cli(stack: LocalStack, action: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SKILLCOACH_")} | stack.env
+    env = clean_env() | stack.env
     cmd = [sys.executable, "-m", "skillcoach.cli", "stack", action, "--root", str(stack.root)]
     if action == "up":
         cmd += ["--replicas", str(stack.replicas)]
@@ -120,7 +119,7 @@ def stop_stack(stack: LocalStack) -> None:
         f'DROP ROLE IF EXISTS "{stack.env["SKILLCOACH_STACK_APP_USER"]}"',
     ):
         try:
-            _admin(sql)
+            admin_sql(sql)
         except Exception as exc:
             errors.append(f"{sql}: {exc!r}")
     if errors:

@@ -1,4 +1,4 @@
-"""Locust scenarios of realistic use (issue 5): what the wrk benchmarks cannot say is how the
+"""Locust scenarios of realistic use: what the wrk benchmarks cannot say is how the
 API holds up under a mix of clients with think time, so these model the clients themselves.
 
 * LearnerUser: a learner app. Learners are drawn from a Zipf distribution (exponent 1.1 by
@@ -28,14 +28,16 @@ import json
 import random
 import uuid
 from argparse import Namespace
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from locust import FastHttpUser, events, task
 from locust.argument_parser import LocustArgumentParser
 from locust.contrib.fasthttp import ResponseContextManager
 from locust.env import Environment
+from locust.event import EventHook
 from locust.exception import CatchResponseError
 from locust.runners import WorkerRunner
 from locust.stats import StatsEntry
@@ -58,8 +60,20 @@ PERCENTILES = (0.5, 0.9, 0.99)
 MAX_BATCH = 5
 CORRECT_RATE = 0.6
 
+_Handler = TypeVar("_Handler", bound=Callable[..., None])
 
-@events.init_command_line_parser.add_listener
+
+def _listener(hook: EventHook) -> Callable[[_Handler], _Handler]:
+    """`@hook.add_listener`, typed: locust's EventHook is not annotated."""
+
+    def register(handler: _Handler) -> _Handler:
+        hook.add_listener(handler)  # type: ignore[no-untyped-call]
+        return handler
+
+    return register
+
+
+@_listener(events.init_command_line_parser)
 def _options(parser: LocustArgumentParser) -> None:
     # On the parser itself: locust's extra keywords (is_secret) are unknown to argument groups.
     parser.add_argument(
@@ -157,7 +171,7 @@ class _Config:
     user_seq = itertools.count()
 
 
-@events.init.add_listener
+@_listener(events.init)
 def _configure(environment: Environment, **kwargs: Any) -> None:
     options = environment.parsed_options
     if options is None:  # locust used as a library: the caller configures _Config itself
@@ -232,7 +246,7 @@ def summary(environment: Environment) -> dict[str, Any]:
     }
 
 
-@events.quit.add_listener
+@_listener(events.quit)
 def _write_summary(exit_code: int, **kwargs: Any) -> None:
     environment, options = _Config.environment, _Config.options
     if environment is None or options is None or not options.summary_json:
@@ -251,10 +265,26 @@ def _options_of() -> Namespace:
     return _Config.options
 
 
+def _content_type(response: ResponseContextManager) -> str:
+    """The Content-Type header ("" without one; the first of repeated ones)."""
+    value = response.headers.get("content-type") if response.headers is not None else None
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value or ""
+
+
+def _fail(response: ResponseContextManager, message: str) -> None:
+    response.failure(message)  # type: ignore[no-untyped-call]
+
+
+def _succeed(response: ResponseContextManager) -> None:
+    response.success()  # type: ignore[no-untyped-call]
+
+
 def _failure_label(response: ResponseContextManager) -> str:
     """A stable message per cause (locust groups failures by message): no ids, no timings."""
     status = response.status_code
-    content_type = (response.headers or {}).get("content-type", "") or ""
+    content_type = _content_type(response)
     problem: dict[str, Any] = {}
     if content_type.startswith("application/problem+json"):
         try:
@@ -285,31 +315,31 @@ def _check(
         # No response at all (refused, reset, timed out). FastHttp also sets .error on every
         # non-2xx answer (LocustBadStatusCode), so only a missing status means a lost one.
         error = getattr(response, "error", None)
-        response.failure(f"connection error: {type(error).__name__}")
+        _fail(response, f"connection error: {type(error).__name__}")
         return
     if response.status_code != expect_status:
-        response.failure(_failure_label(response))
+        _fail(response, _failure_label(response))
         return
-    content_type = (response.headers or {}).get("content-type", "") or ""
+    content_type = _content_type(response)
     if not content_type.startswith("application/json"):
-        response.failure(f"{expect_status} but not JSON ({content_type or 'no content type'})")
+        _fail(response, f"{expect_status} but not JSON ({content_type or 'no content type'})")
         return
     try:
         body = json.loads(response.content or b"")
     except ValueError:
-        response.failure(f"{expect_status} with a body that does not parse as JSON")
+        _fail(response, f"{expect_status} with a body that does not parse as JSON")
         return
     if not isinstance(body, dict):
-        response.failure(f"{expect_status} with a JSON {type(body).__name__}, not an object")
+        _fail(response, f"{expect_status} with a JSON {type(body).__name__}, not an object")
         return
     missing = keys - body.keys()
     if missing:
-        response.failure(f"{expect_status} without key(s) {', '.join(sorted(missing))}")
+        _fail(response, f"{expect_status} without key(s) {', '.join(sorted(missing))}")
         return
     if learner is not None and body.get("learner_id") != learner:
-        response.failure(f"{expect_status} about another learner than asked")
+        _fail(response, f"{expect_status} about another learner than asked")
         return
-    response.success()
+    _succeed(response)
 
 
 class LearnerUser(FastHttpUser):
@@ -395,7 +425,7 @@ class DashboardUser(FastHttpUser):
     def on_start(self) -> None:
         options = _options_of()
         self.auth = {"Authorization": f"Bearer {options.api_key}"}
-        self.poll = options.poll_seconds
+        self.poll = float(options.poll_seconds)
 
     def wait_time(self) -> float:
         return self.poll

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import orjson
-from skillcoach.answers.compute import weaknesses_body
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.applications import Starlette
@@ -30,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from skillcoach.answers.bodies import weaknesses_body
 from skillcoach.api.server import run_app
 from skillcoach.data.model_registry import fetch_promoted
 from skillcoach.data.records import SkillEvidence

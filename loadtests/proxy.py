@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from loadtests.harness import database_dsn
 from loadtests.wrk import latency_summary
 from skillcoach_devstack.errors import StackError
 from skillcoach_devstack.haproxy import BACKEND, HAProxy, HAProxyConfig, Server
@@ -56,8 +57,7 @@ _OWN_503 = re.compile(r" \S+/<NOSRV> -?\d+/-?\d+/-?\d+/-?\d+/(\d+) 503 \d+ \S+ \
 
 def start_pgbouncer(database: str) -> PgBouncer:
     """A throw-away PgBouncer in front of the local server's `database`."""
-    server = f"postgresql://postgres@127.0.0.1:5432/{database}"
-    return start_ephemeral(server)
+    return start_ephemeral(database_dsn(database))
 
 
 stop_pgbouncer = stop_ephemeral

@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.parser import text_string_to_metric_families
+
 __all__ = [
     "Sampler",
     "cache_increments",
@@ -45,21 +47,17 @@ WANTED = (
     "skillcoach_http_shed_total",
 )
 HITS, MISSES = "skillcoach_cache_hits_total", "skillcoach_cache_misses_total"
-_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
 
 def parse_metrics(text: str, wanted: tuple[str, ...] = WANTED) -> dict[str, float]:
-    """Sum each wanted metric over its label sets (Prometheus text format)."""
+    """Sum each wanted metric over its label sets (Prometheus text format). Names are sample
+    names: a counter's `_total` series, not its `_created` one; a histogram's `_bucket`,
+    `_count` and `_sum` are separate names. Raises ValueError on text that does not parse."""
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if m is None or m.group(1) not in wanted:
-            continue
-        try:
-            value = float(m.group(3))
-        except ValueError:
-            continue
-        out[m.group(1)] = out.get(m.group(1), 0.0) + value
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                out[sample.name] = out.get(sample.name, 0.0) + sample.value
     return out
 
 

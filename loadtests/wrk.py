@@ -29,7 +29,7 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WrkError", "latency_summary", "run_wrk", "shed_probe"]
+__all__ = ["LUA", "WrkError", "latency_summary", "run_script", "run_wrk", "shed_probe"]
 
 MARK_BEGIN = "-----BEGIN WRK JSON-----"
 MARK_END = "-----END WRK JSON-----"
@@ -111,10 +111,34 @@ def run_wrk(
     seed: int = 42,
 ) -> dict[str, Any]:
     """One bounded wrk run against url (scheme://host:port); returns the parsed figures."""
+    return run_script(
+        url,
+        LUA,
+        [str(learners), path, token, str(seed)],
+        connections=connections,
+        duration=duration,
+        threads=threads,
+        timeout=timeout,
+    )
+
+
+def run_script(
+    url: str,
+    script: str,
+    script_args: list[str],
+    *,
+    connections: int,
+    duration: float,
+    threads: int = 2,
+    timeout: float = 35.0,
+) -> dict[str, Any]:
+    """One bounded wrk run of a Lua script that prints LUA's JSON block from `done` (LUA
+    itself, or LUA followed by functions that replace its init/request), script_args after
+    `--`; returns the parsed figures."""
     binary = shutil.which("wrk") or "/usr/bin/wrk"
     with tempfile.TemporaryDirectory(prefix="skillcoach-wrk-") as tmp:
-        script = Path(tmp) / "bench.lua"
-        script.write_text(LUA)
+        script_path = Path(tmp) / "bench.lua"
+        script_path.write_text(script)
         cmd = [
             binary,
             f"-t{min(threads, connections)}",
@@ -123,13 +147,10 @@ def run_wrk(
             f"--timeout={timeout:g}s",
             "--latency",
             "-s",
-            str(script),
+            str(script_path),
             url.rstrip("/"),
             "--",
-            str(learners),
-            path,
-            token,
-            str(seed),
+            *script_args,
         ]
         try:
             proc = subprocess.run(
@@ -146,6 +167,7 @@ def run_wrk(
 
 
 def _figures(raw: dict[str, Any], *, connections: int) -> dict[str, Any]:
+    """The figures of wrk's JSON block (LUA's `done`): rates, statuses, errors, latency."""
     seconds = raw["duration_us"] / 1e6
     statuses = {int(k): int(v) for k, v in raw["statuses"].items()}
     ok = sum(v for k, v in statuses.items() if 200 <= k < 300)

@@ -1,4 +1,4 @@
-"""The local stack's side of the pool-sizing contract (ARCHITECTURE.md): its connection budget,
+"""The local stack's side of the pool-sizing contract (docs/architecture.md): its connection budget,
 the replicas' pool files in ROOT/.stack/pool/, and which replicas a scale starts or stops.
 
 The sizes come from skillcoach.data.pool_sizing.plan_pools, the one sizing function; this module

@@ -1,6 +1,6 @@
 """A dedicated, standalone redis-server on its own port (never the system one on 6379).
 
-It is a cache only (ARCHITECTURE.md): no RDB snapshots, no AOF, so nothing is written to disk
+It is a cache only (docs/architecture.md): no RDB snapshots, no AOF, so nothing is written to disk
 and a restart starts empty.
 """
 

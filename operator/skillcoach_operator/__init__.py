@@ -1,1 +1,1 @@
-"""The kopf operator that tunes per-pod DB pool sizes (see ARCHITECTURE.md)."""
+"""The kopf operator that tunes per-pod DB pool sizes (see docs/architecture.md)."""

@@ -1,4 +1,4 @@
-"""CI smoke of the benchmark regression check (issue 5, item 3): seconds, not minutes.
+"""CI smoke of the benchmark regression check: seconds, not minutes.
 
 Runs `python -m loadtests check --smoke` in-process: a small scratch database, PgBouncer,
 skillcoach (cache off) and the naive app, wrk for 3 s at 50 connections against each. The

@@ -39,6 +39,29 @@ def test_parse_metrics_sums_label_sets_and_keeps_only_wanted_names() -> None:
     assert not any(k.endswith("_bucket") for k in m)
 
 
+# Route labels carry the route template, braces included: every series of such a metric must
+# count (a regex that stops a label set at the first `}` dropped them all).
+ROUTES = """\
+# HELP skillcoach_http_requests_total HTTP requests by route template and status
+# TYPE skillcoach_http_requests_total counter
+skillcoach_http_requests_total{method="GET",route="/v1/learners/{learner_id}/weaknesses",status="200"} 5.0
+skillcoach_http_requests_total{method="GET",route="/healthz",status="200"} 2.0
+skillcoach_http_requests_created{method="GET",route="/healthz",status="200"} 1.7e9
+# HELP skillcoach_db_long_checkouts_total Connections held longer than long_checkout_seconds
+# TYPE skillcoach_db_long_checkouts_total counter
+skillcoach_db_long_checkouts_total{route="/v1/learners/{learner_id}/recommendations"} 3.0
+skillcoach_db_pool_size 16.0
+"""
+
+
+def test_parse_metrics_keeps_series_whose_route_label_has_braces() -> None:
+    wanted = ("skillcoach_http_requests_total", "skillcoach_db_long_checkouts_total")
+    assert parse_metrics(ROUTES, wanted) == {
+        "skillcoach_http_requests_total": 7.0,
+        "skillcoach_db_long_checkouts_total": 3.0,
+    }
+
+
 def _sample(t: float, phase: str, hits: float | None, misses: float = 0.0) -> dict[str, object]:
     metrics = (
         None

@@ -178,8 +178,8 @@ def test_quality_measures_on_hand_examples() -> None:
     assert expected_calibration_error(y, p) == pytest.approx((0.05 + 0.55 + 0.45 + 0.05) / 4)
 
 
-def test_acceptance_quality_at_issue_scale(empty_pg_url: str) -> None:
-    """The foundation issue's bar, at its size: 2000 learners x 50 skills x 100 attempts.
+def test_acceptance_quality_at_2000_learners(empty_pg_url: str) -> None:
+    """The quality bar at its reference size: 2000 learners x 50 skills x 100 attempts.
 
     Held-out AUC within 5% of the oracle's, precision@3 of the weakest skills at least 0.05
     above the Laplace baseline's.

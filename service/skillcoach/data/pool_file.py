@@ -1,7 +1,7 @@
 """The pool file: a small JSON document the operator (or the local stack) writes and each
 replica watches, so pool sizes change without a restart.
 
-    {"pool_size": 20, "max_overflow": 30, "pool_timeout": 2, "pool_recycle": 3600,
+    {"pool_size": 16, "max_overflow": 0, "pool_timeout": 2, "pool_recycle": 3600,
      "generation": 7}
 
 `generation` only grows; a replica ignores a file whose generation is not newer than the one

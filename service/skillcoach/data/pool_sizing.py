@@ -1,5 +1,5 @@
 """The connection budget, split across replicas: one pure function for the operator, the Helm
-chart's defaults and the local stack (ARCHITECTURE.md, "Pool-sizing contract").
+chart's defaults and the local stack (docs/architecture.md, "The pool-sizing contract").
 
 Client side: PgBouncer accepts `max_client_conn` clients; `client_reserve` of them are kept for
 admin, migrations and exporters. During a rolling update `surge` extra pods hold connections
