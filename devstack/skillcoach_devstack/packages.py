@@ -21,6 +21,8 @@ REQUIRED: tuple[tuple[str, str], ...] = (
     ("haproxy", "haproxy"),
     # The load generator of the benchmark smoke test (tests/loadtests).
     ("wrk", "wrk"),
+    # Certificates for the TLS Redis servers of the tests.
+    ("openssl", "openssl"),
 )
 
 # Daemons live in sbin, which a non-root PATH often lacks.

@@ -9,6 +9,10 @@ empty is simply a cold cache.
 The application finds it through `redis+cluster://127.0.0.1:7000,127.0.0.1:7001,...`: every node
 is a startup node, because which ones are masters changes with each failover and a client that
 starts while one node is down must still find the others.
+
+Like the standalone server it can require a password (every node, and the replicas to their
+masters) and speak TLS only, on the client port and the cluster bus alike (`rediss+cluster://`);
+the tests use that, the local stack does not.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import os
 import signal
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis as redis_client
@@ -35,6 +39,7 @@ from skillcoach_devstack.processes import (
     run_bounded,
     wait_until,
 )
+from skillcoach_devstack.redis import RedisTLS, auth_config, tls_args, write_private
 
 __all__ = [
     "ClusterNode",
@@ -56,6 +61,7 @@ BUS_PORT_OFFSET = 10000
 # window; Redis's default of 15000 ms would make it ~17 s).
 NODE_TIMEOUT_MS = 2000
 CLUSTER_URL_SCHEME = "redis+cluster://"
+TLS_CLUSTER_URL_SCHEME = "rediss+cluster://"
 _FAILED_FLAGS = frozenset({"fail", "fail?", "handshake", "noaddr"})
 
 
@@ -65,15 +71,33 @@ def free_base_port(*, low: int = 20000, high: int = 22000) -> int:
     return free_port_block(NODES, low=low, high=high, offsets=(0, BUS_PORT_OFFSET))
 
 
-def cluster_url(host: str, ports: Iterable[int]) -> str:
-    """The app's URL of a cluster: `redis+cluster://host:port[,host:port...]`."""
-    return CLUSTER_URL_SCHEME + ",".join(f"{host}:{port}" for port in ports)
+def cluster_url(host: str, ports: Iterable[int], *, tls: bool = False) -> str:
+    """The app's URL of a cluster: `redis+cluster://host:port[,host:port...]` (`rediss+cluster`
+    with TLS)."""
+    scheme = TLS_CLUSTER_URL_SCHEME if tls else CLUSTER_URL_SCHEME
+    return scheme + ",".join(f"{host}:{port}" for port in ports)
 
 
-def node_args(*, port: int, data_dir: Path, host: str = "127.0.0.1") -> list[str]:
-    """The redis-server options of one cluster node: loopback only, cache only, daemonized."""
+def node_args(
+    *,
+    port: int,
+    data_dir: Path,
+    host: str = "127.0.0.1",
+    include: Path | None = None,
+    tls: RedisTLS | None = None,
+) -> list[str]:
+    """The redis-server options of one cluster node: loopback only, cache only, daemonized.
+    include: a config file with more settings (the password); tls: TLS only, on `port`, for
+    clients, the cluster bus and replication alike."""
+    if tls is None:
+        listen = ["--port", str(port)]
+    else:
+        # The bus port stays port + 10000; the nodes announce the TLS port to clients.
+        listen = ["--port", "0", "--tls-port", str(port), *tls_args(tls)]
+        listen += ["--tls-cluster", "yes", "--tls-replication", "yes"]
     return [
-        "--port", str(port),
+        *listen,
+        *([] if include is None else ["--include", str(include)]),
         "--bind", host,
         "--protected-mode", "yes",
         "--daemonize", "yes",
@@ -164,6 +188,9 @@ class RedisClusterNodes:
     base_port: int
     data_dir: Path
     host: str = "127.0.0.1"
+    # Unset: no AUTH (the local stack). Replicas authenticate to their masters with it too.
+    password: str | None = field(default=None, repr=False)
+    tls: RedisTLS | None = None
 
     @property
     def ports(self) -> list[int]:
@@ -171,7 +198,12 @@ class RedisClusterNodes:
 
     @property
     def url(self) -> str:
-        return cluster_url(self.host, self.ports)
+        """The cluster's URL without credentials (rediss+cluster:// when TLS)."""
+        return cluster_url(self.host, self.ports, tls=self.tls is not None)
+
+    @property
+    def auth_file(self) -> Path:
+        return self.data_dir / "redis-auth.conf"
 
     @property
     def addresses(self) -> str:
@@ -219,7 +251,13 @@ class RedisClusterNodes:
             raise StackError("redis-server is not installed (apt-get install redis-server)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.pidfile(port).unlink(missing_ok=True)
-        args = node_args(port=port, data_dir=self.data_dir, host=self.host)
+        include = None
+        if self.password is not None:
+            text = auth_config(self.password, replication=True)
+            include = write_private(self.auth_file, text)
+        args = node_args(
+            port=port, data_dir=self.data_dir, host=self.host, include=include, tls=self.tls
+        )
         log = self.logfile(port)
         run_bounded([binary, *args], what=f"redis-server :{port}", timeout=timeout, log=log)
         if not wait_until(lambda: self._ask(port, "PING") is True, timeout):
@@ -291,18 +329,28 @@ class RedisClusterNodes:
                 self.start_node(port, timeout=timeout)
             run_bounded(
                 [
-                    cli, "--cluster", "create",
+                    cli, *self._cli_tls(), "--cluster", "create",
                     *(f"{self.host}:{p}" for p in self.ports),
                     "--cluster-replicas", str(REPLICAS_PER_MASTER),
                     "--cluster-yes",
                 ],
                 what="redis-cli --cluster create",
                 timeout=timeout,
+                env=self._cli_env(),
             )  # fmt: skip
             self.wait_ok(timeout)
         except StackError:
             self.stop()  # no half-made cluster left behind; the logs stay
             raise
+
+    def _cli_tls(self) -> list[str]:
+        return [] if self.tls is None else ["--tls", "--cacert", str(self.tls.ca_file)]
+
+    def _cli_env(self) -> dict[str, str] | None:
+        """redis-cli reads the password from the environment (never the command line)."""
+        if self.password is None:
+            return None
+        return {**os.environ, "REDISCLI_AUTH": self.password}
 
     # -- state --------------------------------------------------------------------------
 
@@ -311,7 +359,14 @@ class RedisClusterNodes:
         separate words, so redis-py applies no parser of its own to CLUSTER subcommands (the
         text formats are Redis's, documented and stable)."""
         client = redis_client.Redis(
-            host=self.host, port=port, socket_timeout=1.0, socket_connect_timeout=1.0
+            host=self.host,
+            port=port,
+            socket_timeout=1.0,
+            socket_connect_timeout=1.0,
+            password=self.password,
+            ssl=self.tls is not None,
+            ssl_ca_certs=None if self.tls is None else str(self.tls.ca_file),
+            ssl_check_hostname=False,  # see redis.ping
         )
         try:
             answer: object = client.execute_command(*command)  # type: ignore[no-untyped-call]

@@ -1,21 +1,23 @@
-"""The lean RESP connection of the cache-hit path: parsing, pipelining, failure modes."""
+"""The lean RESP connection of the cache-hit path: parsing, pipelining, AUTH, failure modes."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 import redis
 
-from skillcoach.cache.resp import PipelinedRedis, RespError, _parse_array, _Protocol
+from skillcoach.cache.resp import PipelinedRedis, RespAuthError, RespError, _parse_reply, _Protocol
 from skillcoach_devstack.processes import free_port
+from skillcoach_devstack.redis import RedisServer
 
 
 def test_parse_complete_partial_and_nil() -> None:
     buf = bytearray(b"*2\r\n$3\r\nabc\r\n$-1\r\n*1\r\n$2\r\nxy")
-    assert _parse_array(buf) == ([b"abc", None], 18)
+    assert _parse_reply(buf) == ([b"abc", None], 18)
     del buf[:18]
-    assert _parse_array(buf) is None  # the second reply is incomplete
+    assert _parse_reply(buf) is None  # the second reply is incomplete
 
 
 def test_an_error_reply_answers_only_its_request() -> None:
@@ -54,3 +56,61 @@ def test_an_unreachable_node_fails_fast() -> None:
             await client.mget("127.0.0.1", free_port(), b"k")
 
     asyncio.run(main())
+
+
+def test_a_status_reply_parses_as_one_item() -> None:
+    buf = bytearray(b"+OK\r\n*1\r\n$1\r\nv\r\n")
+    assert _parse_reply(buf) == ([b"OK"], 5)
+
+
+def test_a_refused_auth_fails_every_waiter_once(redis_auth: RedisServer) -> None:
+    """Fifty lookups arrive while the first connection opens with a wrong password: one AUTH
+    reaches the server, one failure is reported, all fifty fail (to the full path), and the
+    next ones within retry_after do not even try."""
+    failures: list[Exception] = []
+
+    def refused() -> int:
+        with redis.Redis(port=redis_auth.port, password=redis_auth.password) as client:
+            log: list[dict[str, Any]] = client.acl_log(128)
+            return sum(int(e["count"]) for e in log if e["reason"] == "auth")
+
+    before = refused()
+
+    async def main() -> list[list[bytes | None] | BaseException]:
+        client = PipelinedRedis(
+            timeout=1.0, password="not-it", retry_after=60, on_failure=failures.append
+        )
+        try:
+            first = await asyncio.gather(
+                *[client.mget("127.0.0.1", redis_auth.port, b"k") for _ in range(50)],
+                return_exceptions=True,
+            )
+            later = await asyncio.gather(
+                *[client.mget("127.0.0.1", redis_auth.port, b"k") for _ in range(50)],
+                return_exceptions=True,
+            )
+            return first + later
+        finally:
+            client.close()
+
+    outcomes = asyncio.run(main())
+    assert all(isinstance(o, RespError) for o in outcomes)
+    assert sum(isinstance(o, RespAuthError) for o in outcomes) == 50  # the first fifty
+    assert [type(f) for f in failures] == [RespAuthError]
+    assert "not-it" not in str(failures[0])
+    assert refused() - before == 1
+
+
+def test_auth_and_select_before_the_first_mget(redis_auth: RedisServer) -> None:
+    assert redis_auth.password is not None
+    with redis.Redis(port=redis_auth.port, password=redis_auth.password, db=5) as admin:
+        admin.set("resp:db5", b"five")
+
+    async def main() -> list[bytes | None]:
+        client = PipelinedRedis(timeout=1.0, password=redis_auth.password, db=5)
+        try:
+            return await client.mget("127.0.0.1", redis_auth.port, b"resp:db5")
+        finally:
+            client.close()
+
+    assert asyncio.run(main()) == [b"five"]

@@ -98,14 +98,7 @@ def create_app(settings: Settings) -> Starlette:
         probe = HealthProbe(settings.sqlalchemy_url)
         cache = None
         if settings.cache_enabled:
-            config = CacheConfig(
-                url=settings.redis_url.get_secret_value(),
-                ttl_seconds=settings.cache_ttl_seconds,
-                socket_timeout=settings.cache_socket_timeout,
-                call_timeout=settings.cache_call_timeout,
-                max_connections=settings.cache_max_connections,
-                health_check_interval=settings.cache_health_check_interval,
-            )
+            config = CacheConfig.from_settings(settings)
             cache = Cache(connect_redis(config), config, registry)
         state = AppState(
             settings=settings,

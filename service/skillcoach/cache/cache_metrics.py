@@ -2,21 +2,51 @@
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from redis.exceptions import AuthenticationError, AuthorizationError, NoPermissionError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from skillcoach.cache.resp import RespAuthError
 
 __all__ = ["CacheMetrics", "error_reason"]
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
 
+_AUTH = (AuthenticationError, AuthorizationError, NoPermissionError, RespAuthError)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """exc and what it was raised from: the clients wrap the error that tells (redis-py's
+    cluster client an AuthenticationError, its connection an ssl.SSLError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 8:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
 def error_reason(exc: BaseException) -> str:
-    """timeout, connection or other: a bounded label value for a failed Redis call."""
-    if isinstance(exc, TimeoutError | RedisTimeoutError):
-        return "timeout"
-    if isinstance(exc, OSError | RedisConnectionError):
-        return "connection"
+    """auth, tls, timeout, connection or other: a bounded label value for a failed Redis call.
+
+    auth (credentials refused) and tls (handshake or certificate refused) are configuration
+    errors that no retry fixes, so they win over the generic connection error wrapping them."""
+    chain = list(_chain(exc))
+    for error in chain:
+        if isinstance(error, _AUTH):
+            return "auth"
+        if isinstance(error, ssl.SSLError):
+            return "tls"
+    for error in chain:
+        if isinstance(error, TimeoutError | RedisTimeoutError):
+            return "timeout"
+        if isinstance(error, OSError | RedisConnectionError):
+            return "connection"
     return "other"
 
 
@@ -28,9 +58,10 @@ class CacheMetrics:
         self.hits = counter("hits", "Responses served from the cache")
         self.misses = counter("misses", "Responses computed from PostgreSQL")
         self.stale = counter("stale", "Entries found but invalidated (older learner version)")
-        # op: the call (get, set, lock, unlock, ping, version); reason: timeout, connection or
-        # other (the class name goes to the debug log): a burst of timeouts on a saturated
-        # replica and a Redis that is gone look alike in a plain count.
+        # op: the call (get, set, lock, unlock, ping, version; lookup: the hit path could not
+        # open a connection); reason: auth, tls, timeout, connection or other (the class name
+        # goes to the log): a burst of timeouts on a saturated replica, a Redis that is gone
+        # and a wrong password look alike in a plain count.
         self.errors = Counter(
             "skillcoach_cache_errors_total",
             "Failed Redis calls",

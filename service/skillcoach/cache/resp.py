@@ -6,30 +6,48 @@ concurrent hit of a replica: requests are written back to back and replies match
 by an asyncio Protocol. Anything unusual (an error reply such as MOVED, a timeout, a lost
 connection) fails that lookup only; the caller then takes the full redis-py path, which
 handles redirects, failover and the circuit breaker.
+
+Security costs nothing per hit: a connection is wrapped in TLS and authenticated (AUTH, then
+SELECT for a database other than 0) once, when it opens, before it carries its first MGET.
+An open that is refused (connection, TLS, AUTH) is reported once and the node is left alone
+for `retry_after` seconds, so a wrong password does not turn every request into a handshake.
+An open that times out is reported too, but the next lookup tries again: on a busy replica a
+slow handshake is no reason to give up the fast path, and the breaker bounds a real outage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import cast
 
-__all__ = ["PipelinedRedis", "RespError"]
+__all__ = ["PipelinedRedis", "RespAuthError", "RespError"]
 
 
 class RespError(Exception):
     """The lookup did not get a usable reply; take the full path."""
 
 
+class RespAuthError(RespError):
+    """Redis refused the credentials (the text is the server's reply, which never holds them)."""
+
+
 class _ErrorReply(RespError):
     """Redis answered this request with an error (e.g. MOVED); the stream is still in step."""
 
 
-def _mget(keys: tuple[bytes, ...]) -> bytes:
-    parts = [b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)]
-    for key in keys:
-        parts.append(b"$%d\r\n%s\r\n" % (len(key), key))
+def _command(*args: bytes) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
     return b"".join(parts)
+
+
+def _mget(keys: tuple[bytes, ...]) -> bytes:
+    return _command(b"MGET", *keys)
 
 
 class _Protocol(asyncio.Protocol):
@@ -57,7 +75,7 @@ class _Protocol(asyncio.Protocol):
         self.buffer += data
         while self.pending:
             try:
-                parsed = _parse_array(self.buffer)
+                parsed = _parse_reply(self.buffer)
             except _ErrorReply as exc:  # it answers the oldest request
                 fut = self.pending.popleft()
                 if not fut.done():
@@ -86,17 +104,21 @@ def _line(buf: bytearray, start: int) -> tuple[bytes, int] | None:
     return None if end < 0 else (bytes(buf[start:end]), end + 2)
 
 
-def _parse_array(buf: bytearray) -> tuple[list[bytes | None], int] | None:
-    """One complete `*N` array of bulk strings from the front of buf, or None if incomplete.
-    An error reply (`-...`) is consumed and raised as RespError."""
+def _parse_reply(buf: bytearray) -> tuple[list[bytes | None], int] | None:
+    """One complete reply from the front of buf, or None if incomplete: an `*N` array of bulk
+    strings (MGET), or a status line (`+OK`, to AUTH and SELECT) as a one-item list. An error
+    reply (`-...`) is consumed and raised as RespError."""
     head = _line(buf, 0)
     if head is None:
         return None
     line, pos = head
-    if line[:1] == b"-":
+    kind = line[:1]
+    if kind == b"-":
         del buf[:pos]
         raise _ErrorReply(line[1:].decode(errors="replace"))
-    if line[:1] != b"*":
+    if kind == b"+":
+        return [line[1:]], pos
+    if kind != b"*":
         raise RespError(f"unexpected reply {line[:20]!r}")
     items: list[bytes | None] = []
     for _ in range(int(line[1:])):
@@ -115,13 +137,42 @@ def _parse_array(buf: bytearray) -> tuple[list[bytes | None], int] | None:
     return items, pos
 
 
-class PipelinedRedis:
-    """Pipelined MGET connections, one per node address, opened on first use."""
+def _auth(username: str | None, password: str | None) -> bytes | None:
+    """AUTH [username] password, as redis-py sends it; None without credentials."""
+    if password is None and username is None:
+        return None
+    secret = (password or "").encode()
+    return _command(b"AUTH", *((username.encode(), secret) if username else (secret,)))
 
-    def __init__(self, *, timeout: float) -> None:
+
+class PipelinedRedis:
+    """Pipelined MGET connections, one per node address, opened on first use.
+
+    tls: the context every connection is wrapped in (None: plain TCP); username, password:
+    AUTH on every new connection; db: the database of a standalone server. on_failure is
+    called once for each failed attempt to open a connection."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float,
+        tls: ssl.SSLContext | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        db: int = 0,
+        retry_after: float = 1.0,
+        on_failure: Callable[[Exception], None] | None = None,
+    ) -> None:
         self._timeout = timeout
+        self._tls = tls
+        # Built once; the bytes hold the password, so they are never logged or repr'd.
+        self._auth = _auth(username, password)
+        self._select = _command(b"SELECT", str(db).encode()) if db else None
+        self._retry_after = retry_after
+        self._on_failure = on_failure
         self._conns: dict[tuple[str, int], _Protocol] = {}
         self._opening: dict[tuple[str, int], asyncio.Future[_Protocol]] = {}
+        self._failed_at: dict[tuple[str, int], float] = {}
 
     async def _connection(self, host: str, port: int) -> _Protocol:
         key = (host, port)
@@ -131,22 +182,62 @@ class PipelinedRedis:
         opening = self._opening.get(key)
         if opening is not None:
             return await opening
+        failed_at = self._failed_at.get(key)
+        if failed_at is not None and time.monotonic() - failed_at < self._retry_after:
+            raise RespError(f"{host}:{port} failed recently")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[_Protocol] = loop.create_future()
         self._opening[key] = fut
         try:
-            _, opened = await asyncio.wait_for(
-                loop.create_connection(_Protocol, host, port), self._timeout * 4
-            )
+            # One bound for connect, TLS handshake and AUTH together.
+            opened = await asyncio.wait_for(self._open(host, port), self._timeout * 4)
             self._conns[key] = opened
+            self._failed_at.pop(key, None)
             fut.set_result(opened)
             return opened
         except BaseException as exc:
-            fut.set_exception(RespError(f"cannot connect to {host}:{port}: {exc!r}"))
+            error = exc if isinstance(exc, RespError) else RespError(f"{host}:{port}: {exc!r}")
+            if error is not exc:
+                error.__cause__ = exc  # what error_reason classifies: timeout, TLS, refused
+            fut.set_exception(error)
             fut.exception()  # retrieved: waiters get it, the loop does not log it
-            raise RespError(f"cannot connect to {host}:{port}") from exc
+            if not isinstance(exc, Exception):
+                raise  # cancelled: the request went away, the node did not fail
+            if not isinstance(exc, TimeoutError):
+                self._failed_at[key] = time.monotonic()
+            if self._on_failure is not None:
+                self._on_failure(error)
+            if error is exc:
+                raise
+            raise error from exc
         finally:
             del self._opening[key]
+
+    async def _open(self, host: str, port: int) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        _, proto = await loop.create_connection(
+            _Protocol, host, port, ssl=self._tls, server_hostname=host if self._tls else None
+        )
+        hello = [c for c in (self._auth, self._select) if c is not None]
+        if not hello:
+            return proto
+        assert proto.transport is not None
+        replies: list[asyncio.Future[list[bytes | None]]] = []
+        for command in hello:  # pipelined: one round trip
+            replies.append(loop.create_future())
+            proto.pending.append(replies[-1])
+            proto.transport.write(command)
+        try:
+            outcomes = await asyncio.gather(*replies, return_exceptions=True)
+            for command, outcome in zip(hello, outcomes, strict=True):
+                if command is self._auth and isinstance(outcome, _ErrorReply):
+                    raise RespAuthError(str(outcome))
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        except BaseException:
+            proto.abort("handshake failed")  # refused, or timed out: never left half open
+            raise
+        return proto
 
     async def mget(self, host: str, port: int, *keys: bytes) -> list[bytes | None]:
         proto = await self._connection(host, port)

@@ -17,16 +17,24 @@ PostgreSQL and retries every second; other replicas may serve the old entry unti
 
 Redis is optional: every call has a short timeout, failures open a circuit breaker that skips
 Redis for a cool-down (then one probe), and the request is served from PostgreSQL.
+
+AUTH and TLS apply to every connection, redis-py's and the hit path's alike (see
+connect_redis and tls_context). A wrong password or an untrusted certificate is a Redis that
+fails: requests are served from PostgreSQL, the breaker opens, and the errors are counted with
+reason `auth` or `tls`. No password reaches a log line, a repr or a metric label.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import anyio
 from prometheus_client import CollectorRegistry
@@ -38,8 +46,9 @@ from redis.retry import Retry
 from skillcoach.cache.breaker import Breaker
 from skillcoach.cache.cache_metrics import CacheMetrics, error_reason
 from skillcoach.cache.resp import PipelinedRedis
+from skillcoach.settings import Settings
 
-__all__ = ["Cache", "CacheConfig", "connect_redis"]
+__all__ = ["Cache", "CacheConfig", "RedisTarget", "connect_redis", "parse_redis_url", "tls_context"]
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +74,9 @@ return current
 
 @dataclass(frozen=True, slots=True)
 class CacheConfig:
-    url: str
+    # redis:// or rediss:// (TLS), redis+cluster:// or rediss+cluster://host:port[,...]. Out
+    # of the repr: it may carry a password.
+    url: str = field(repr=False)
     ttl_seconds: float = 300.0
     # The hit path's lean MGET (resp.py): a late reply just means the full path answers.
     socket_timeout: float = 0.05
@@ -83,11 +94,117 @@ class CacheConfig:
     breaker_min_span: float = 0.5
     lock_seconds: float = 2.0
     lock_wait: float = 0.2
+    # Credentials; each overrides the one in the URL. A username means an ACL user.
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    # The CA bundle that signed the servers' certificates (TLS URLs only; None: the system's).
+    tls_ca_file: str | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CacheConfig:
+        password, ca_file = settings.redis_password, settings.redis_tls_ca_file
+        return cls(
+            url=settings.redis_url.get_secret_value(),
+            ttl_seconds=settings.cache_ttl_seconds,
+            socket_timeout=settings.cache_socket_timeout,
+            call_timeout=settings.cache_call_timeout,
+            max_connections=settings.cache_max_connections,
+            health_check_interval=settings.cache_health_check_interval,
+            username=settings.redis_username,
+            password=None if password is None else password.get_secret_value(),
+            tls_ca_file=None if ca_file is None else str(ca_file),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RedisTarget:
+    """What a Redis URL names, its credentials taken out."""
+
+    tls: bool
+    cluster: bool
+    # (host, port) of the standalone server, or the cluster's startup nodes.
+    nodes: tuple[tuple[str, int], ...]
+    # A standalone server's URL without credentials (path and query kept); "" for a cluster.
+    url: str = field(repr=False)
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+
+def parse_redis_url(url: str) -> RedisTarget:
+    """redis[s]://[user[:password]@]host[:port][/db][?options] or
+    redis[s]+cluster://[user[:password]@]host:port[,host:port...]. ValueError names the URL's
+    shape, never its text (which may hold a password)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
+        raise ValueError("not a redis://, rediss://, redis+cluster:// or rediss+cluster:// URL")
+    userinfo, at, hosts = rest.rpartition("@")
+    username = password = None
+    if at:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+    tls = scheme.startswith("rediss")
+    if scheme.endswith("+cluster"):
+        nodes = []
+        for node in hosts.rstrip("/").split(","):
+            host, colon, port = node.rpartition(":")
+            if not colon or not port.isdigit():
+                raise ValueError("a cluster URL lists host:port pairs")
+            nodes.append((host.strip("[]"), int(port)))
+        return RedisTarget(tls, True, tuple(nodes), "", username, password)
+    plain = f"{scheme}://{hosts}"
+    split = urlsplit(plain)
+    server = (split.hostname or "localhost", split.port or 6379)
+    return RedisTarget(tls, False, (server,), plain, username, password)
+
+
+def _credentials(config: CacheConfig, target: RedisTarget) -> tuple[str | None, str | None]:
+    """(username, password): the settings' own, else the URL's."""
+    return config.username or target.username, config.password or target.password
+
+
+def _check_hostname(config: CacheConfig, target: RedisTarget) -> bool:
+    """Whether TLS checks the server's name; the chain is always verified.
+
+    Not when a private CA is named (tls_ca_file) and the servers are reached by IP address.
+    A cluster's nodes are taken to be: its slot map and MOVED redirects carry the addresses the
+    nodes announce, on Kubernetes pod IPs that change with every restart and that no
+    certificate lists. A standalone server is if its URL names an IP. Trust then rests on the
+    private CA, which should sign nothing but the Redis servers. With the system's CAs the name
+    is always checked: any publicly trusted certificate would pass a chain-only check.
+    """
+    if config.tls_ca_file is None:
+        return True
+    if target.cluster:
+        return False
+    try:
+        ipaddress.ip_address(target.nodes[0][0])
+    except ValueError:
+        return True  # a DNS name: checked
+    return False
+
+
+def tls_context(config: CacheConfig) -> ssl.SSLContext | None:
+    """The hit path's TLS context, verifying like redis-py's (None for a plain URL)."""
+    target = parse_redis_url(config.url)
+    if not target.tls:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=config.tls_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        # A missing or broken CA bundle is a deployment error: refuse to start, saying which.
+        raise ValueError(f"cannot load the Redis CA bundle {config.tls_ca_file}: {exc}") from exc
+    context.check_hostname = _check_hostname(config, target)
+    context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def connect_redis(config: CacheConfig) -> Redis | RedisCluster:
-    """A standalone client for redis:// URLs, a cluster client for
-    redis+cluster://host:port[,host:port...] (any node list works as startup nodes)."""
+    """A standalone client for redis[s]:// URLs, a cluster client for
+    redis[s]+cluster://host:port[,host:port...] (any node list works as startup nodes), both
+    with the configured credentials and TLS."""
+    target = parse_redis_url(config.url)
+    username, password = _credentials(config, target)
     retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=2)
     common: dict[str, Any] = {
         "socket_timeout": config.call_timeout,
@@ -95,25 +212,37 @@ def connect_redis(config: CacheConfig) -> Redis | RedisCluster:
         "socket_keepalive": True,
         "health_check_interval": config.health_check_interval,
         "retry": retry,
+        "username": username,
+        "password": password,
     }
-    if config.url.startswith("redis+cluster://"):
-        hosts = config.url.removeprefix("redis+cluster://").rstrip("/").split(",")
-        nodes = [ClusterNode(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in hosts]
-        # MOVED/ASK and node failures: the client refreshes its slot map and retries.
+    tls: dict[str, Any] = {}
+    if target.tls:
+        tls = {
+            "ssl_cert_reqs": "required",
+            "ssl_ca_certs": config.tls_ca_file,
+            "ssl_check_hostname": _check_hostname(config, target),
+        }
+    if target.cluster:
+        nodes = [ClusterNode(host, port) for host, port in target.nodes]
+        # MOVED/ASK and node failures: the client refreshes its slot map and retries. Every
+        # node it finds gets these same connection settings (credentials and TLS).
         return RedisCluster(
             startup_nodes=nodes,
             cluster_error_retry_attempts=3,
             max_connections=config.max_connections,
+            ssl=target.tls,
             **common,
+            **tls,
         )
     # A blocking pool: past max_connections a call waits briefly for a free connection
     # instead of failing (which would count against the breaker under a burst).
     pool = BlockingConnectionPool.from_url(
-        config.url,
+        target.url,
         max_connections=config.max_connections,
         timeout=config.call_timeout,
         retry_on_timeout=True,
         **common,
+        **tls,
     )
     return Redis(connection_pool=pool)
 
@@ -144,8 +273,8 @@ class Cache:
         )
         # (op, exception class) -> when it was last logged: one warning a minute per kind.
         self._logged: dict[tuple[str, str], float] = {}
-        self._fast = PipelinedRedis(timeout=config.socket_timeout)
         self.metrics = CacheMetrics(registry)
+        self._fast = self._fast_client(client, config)
         self.metrics.breaker.set_function(lambda: self.breaker.state)
         self._inflight: dict[str, _Flight] = {}
         # Learners whose new version did not reach Redis (-> that version): served from
@@ -153,6 +282,24 @@ class Cache:
         self.dirty: dict[int, int] = {}
         self.hit_count = 0
         self.lookup_count = 0
+
+    def _fast_client(self, client: Redis | RedisCluster, config: CacheConfig) -> PipelinedRedis:
+        """The hit path's connections: the same servers, credentials and TLS as `client`. A
+        failed open is counted (op `lookup`); a refused one leaves its node alone for the
+        breaker's cool-down. The full path that follows reports to the breaker."""
+        username, password = _credentials(config, parse_redis_url(config.url))
+        db = 0
+        if isinstance(client, Redis):
+            db = int(client.connection_pool.connection_kwargs.get("db", 0) or 0)
+        return PipelinedRedis(
+            timeout=config.socket_timeout,
+            tls=tls_context(config),
+            username=username,
+            password=password,
+            db=db,
+            retry_after=config.breaker_cooldown,
+            on_failure=lambda exc: self._failed("lookup", exc),
+        )
 
     @property
     def hit_ratio(self) -> float | None:
@@ -186,14 +333,18 @@ class Cache:
     def _failed(self, op: str, exc: Exception) -> None:
         """Count a failed Redis call; log its kind at most once a minute (the counter has the
         rest), so a Redis outage does not turn into a log flood."""
-        self.metrics.errors.labels(op, error_reason(exc)).inc()
+        reason = error_reason(exc)
+        self.metrics.errors.labels(op, reason).inc()
         kind = (op, type(exc).__name__)
         now = time.monotonic()
         if now - self._logged.get(kind, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
             self._logged[kind] = now
+            # The class and the message: redis-py's reprs drop the message (which says which
+            # node, and why). Neither ever holds a password.
             log.warning(
-                "redis %s failed: %r (further %s failures of %s within %d s are only counted)",
-                op, exc, kind[1], op, LOG_EVERY_SECONDS,
+                "redis %s failed (%s): %s: %s (further %s failures of %s within %d s are only"
+                " counted)",
+                op, reason, kind[1], exc, kind[1], op, LOG_EVERY_SECONDS,
             )  # fmt: skip
 
     async def lookup(self, *, learner_id: int, kind: str, variant: str) -> bytes | None:
