@@ -39,3 +39,15 @@ def test_bad_values_fail_fast_naming_each_variable(monkeypatch: pytest.MonkeyPat
 def test_auth_cannot_be_disabled_in_prod() -> None:
     with pytest.raises(SettingsError, match="auth_enabled"):
         load_settings(environment="prod", auth_enabled=False)
+
+
+def test_a_password_from_its_own_variable_joins_the_database_url() -> None:
+    s = load_settings(
+        database_url="postgresql://app@pgbouncer:6432/skillcoach",
+        database_password="p@ss:w/rd",
+    )
+    assert s.sqlalchemy_url == "postgresql+psycopg2://app:p%40ss%3Aw%2Frd@pgbouncer:6432/skillcoach"
+    assert "p@ss" not in repr(s)
+    assert load_settings(database_url="postgresql://app:x@h/db").sqlalchemy_url.endswith(
+        "app:x@h/db"
+    )

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
 from skillcoach.limits import RECOMMENDATION_TARGET
 
@@ -33,6 +34,10 @@ class Settings(BaseSettings):
     database_url: SecretStr = Field(
         default=SecretStr("postgresql+psycopg2://postgres@127.0.0.1:5432/skillcoach"),
         description="PostgreSQL URL; point it at PgBouncer (transaction pooling)",
+    )
+    database_password: SecretStr | None = Field(
+        default=None,
+        description="the database password, if not in `DATABASE_URL` (set it from a Secret)",
     )
     host: str = Field(default="127.0.0.1", description="address the API listens on")
     port: int = Field(default=8000, ge=1, le=65535, description="the API port")
@@ -122,7 +127,20 @@ class Settings(BaseSettings):
     )
     redis_url: SecretStr = Field(
         default=SecretStr("redis://127.0.0.1:6379/0"),
-        description="`redis://` (standalone) or `redis+cluster://host:port[,host:port...]`",
+        description="`redis://` (standalone) or `redis+cluster://host:port[,host:port...]`;"
+        " `rediss://` and `rediss+cluster://` for TLS",
+    )
+    redis_username: str | None = Field(
+        default=None, description="Redis ACL user, if not in `REDIS_URL`"
+    )
+    redis_password: SecretStr | None = Field(
+        default=None,
+        description="Redis AUTH password, if not in `REDIS_URL` (set it from a Secret)",
+    )
+    redis_tls_ca_file: Path | None = Field(
+        default=None,
+        description="CA bundle that signed the Redis servers' certificates (TLS URLs only;"
+        " unset: the system's CAs)",
     )
     cache_ttl_seconds: float = Field(
         default=300.0,
@@ -207,8 +225,11 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, v: SecretStr) -> SecretStr:
-        if not v.get_secret_value().startswith(("redis://", "rediss://", "redis+cluster://")):
-            raise ValueError("must be a redis://, rediss:// or redis+cluster:// URL")
+        schemes = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
+        if not v.get_secret_value().startswith(schemes):
+            raise ValueError(
+                "must be a redis://, rediss://, redis+cluster:// or rediss+cluster:// URL"
+            )
         return v
 
     @model_validator(mode="after")
@@ -222,7 +243,10 @@ class Settings(BaseSettings):
         url = self.database_url.get_secret_value()
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg2://" + url.removeprefix("postgresql://")
-        return url
+        if self.database_password is None:
+            return url
+        with_password = make_url(url).set(password=self.database_password.get_secret_value())
+        return with_password.render_as_string(hide_password=False)
 
 
 def load_settings(**overrides: object) -> Settings:

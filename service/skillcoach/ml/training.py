@@ -22,10 +22,17 @@ from sklearn.metrics import log_loss
 from sqlalchemy import Engine
 
 from skillcoach.data.binary_copy import copy_to_columns
-from skillcoach.data.model_registry import store_model
+from skillcoach.data.model_registry import fetch_promoted, store_model
 from skillcoach.ml import quality
-from skillcoach.ml.features import AttemptLog, feature_matrix, feature_names, prior_counts
-from skillcoach.ml.model import ARTIFACT_FORMAT, COUNT_FEATURES, BestLR
+from skillcoach.ml.features import (
+    AttemptLog,
+    CountFeatures,
+    feature_matrix,
+    feature_names,
+    prior_counts,
+)
+from skillcoach.ml.model import ARTIFACT_FORMAT, COUNT_FEATURES, ArtifactError, BestLR
+from skillcoach.ml.promotion import HeldOut
 
 __all__ = ["REGULARIZATION_C", "TrainReport", "TrainingError", "train_and_store"]
 
@@ -51,6 +58,17 @@ class TrainReport:
     metrics: dict[str, Any]
     seconds: float
 
+    @property
+    def held_out(self) -> HeldOut:
+        return HeldOut(auc=self.metrics["auc"], log_loss=self.metrics["log_loss"])
+
+    @property
+    def live_held_out(self) -> HeldOut | None:
+        """The live model's scores on the same held-out attempts (None: no live model)."""
+        if self.metrics.get("live_log_loss") is None:
+            return None
+        return HeldOut(auc=self.metrics["live_auc"], log_loss=self.metrics["live_log_loss"])
+
     def summary(self) -> str:
         m = self.metrics
 
@@ -71,6 +89,11 @@ class TrainReport:
                 f"  precision@3 {fmt('precision_at_3')}"
                 f"  baseline precision@3 {fmt('baseline_precision_at_3')}"
                 f" ({m.get('n_precision_learners')} learners)"
+            )
+        if m.get("live_version") is not None:
+            lines.append(
+                f"  live v{m['live_version']} on the same attempts: auc {fmt('live_auc')}"
+                f"  log_loss {fmt('live_log_loss')}"
             )
         lines.append(
             f"  fit {m['fit_seconds']:.1f} s, total {self.seconds:.1f} s"
@@ -227,6 +250,7 @@ def train_and_store(engine: Engine, *, seed: int, test_fraction: float) -> Train
         "C": REGULARIZATION_C,
     }
     metrics.update(_truth_metrics(snap, test, model, p_model))
+    metrics.update(_live_metrics(engine, test, test_counts))
     schema = {
         "artifact_format": ARTIFACT_FORMAT,
         "feature_names": feature_names(snap.skill_ids, snap.exercise_ids),
@@ -248,6 +272,26 @@ def train_and_store(engine: Engine, *, seed: int, test_fraction: float) -> Train
             feature_schema=schema,
         )
     return TrainReport(version=version, metrics=metrics, seconds=time.perf_counter() - started)
+
+
+def _live_metrics(engine: Engine, test: AttemptLog, test_counts: CountFeatures) -> dict[str, Any]:
+    """The promoted model scored on this run's held-out attempts, for the promotion gate."""
+    out: dict[str, Any] = {"live_version": None, "live_auc": None, "live_log_loss": None}
+    with engine.connect() as conn:
+        record = fetch_promoted(conn)
+    if record is None or record.artifact is None:
+        return out
+    try:
+        live = BestLR.from_artifact(record.artifact, sha256=record.sha256)
+    except ArtifactError:
+        return out  # an unreadable live model cannot block a good one
+    p_live = quality.bestlr_success(live, test.exercise_ids, test.skill_ids, test_counts)
+    out.update(
+        live_version=record.version,
+        live_auc=quality.auc_or_none(test.correct, p_live),
+        live_log_loss=float(log_loss(test.correct, p_live, labels=[False, True])),
+    )
+    return out
 
 
 def _truth_metrics(
