@@ -49,7 +49,9 @@ ADMIN_USER = "pgbouncer_admin"
 
 
 def default_template_path() -> Path:
-    """The PgBouncer config template shipped with this package."""
+    """The PgBouncer config template shipped with this package. In the checkout it is a
+    symlink to the Helm chart's deploy/pgbouncer/files/pgbouncer.ini.tmpl, the one source both
+    render from; a built wheel carries the file itself."""
     return Path(__file__).resolve().parent / "templates" / "pgbouncer.ini.tmpl"
 
 
@@ -76,6 +78,26 @@ class PgBouncerConfig:
     max_db_connections: int = 50
     max_client_conn: int = 500
     query_wait_timeout: int = 10
+    # Where PgBouncer logs, keeps its pid and reads its userlist; None: in runtime_dir, as the
+    # daemon this module runs needs. The Helm chart renders the same template with "" (stderr,
+    # no pidfile in the foreground) and the userlist its init container writes.
+    logfile: str | None = None
+    pidfile: str | None = None
+    auth_file: str | None = None
+
+    @property
+    def logfile_path(self) -> str:
+        return str(self.runtime_dir / "pgbouncer.log") if self.logfile is None else self.logfile
+
+    @property
+    def pidfile_path(self) -> str:
+        return str(self.runtime_dir / "pgbouncer.pid") if self.pidfile is None else self.pidfile
+
+    @property
+    def auth_file_path(self) -> str:
+        if self.auth_file is None:
+            return str(self.runtime_dir / "userlist.txt")
+        return self.auth_file
 
     def database_entries(self) -> str:
         server = f"host={self.server_host} port={self.server_port}"
@@ -91,7 +113,9 @@ def render_config(template: str, cfg: PgBouncerConfig) -> str:
         database_entries=cfg.database_entries(),
         listen_addr=cfg.listen_addr,
         listen_port=cfg.listen_port,
-        runtime_dir=str(cfg.runtime_dir),
+        logfile=cfg.logfile_path,
+        pidfile=cfg.pidfile_path,
+        auth_file=cfg.auth_file_path,
         admin_user=cfg.admin_user,
         default_pool_size=cfg.default_pool_size,
         reserve_pool_size=cfg.reserve_pool_size,
@@ -123,17 +147,18 @@ class PgBouncer:
     def ini_path(self) -> Path:
         return self.config.runtime_dir / "pgbouncer.ini"
 
+    # The daemon writes these, so they must be set (not "") in a config it runs.
     @property
     def userlist_path(self) -> Path:
-        return self.config.runtime_dir / "userlist.txt"
+        return Path(self.config.auth_file_path)
 
     @property
     def pidfile(self) -> Path:
-        return self.config.runtime_dir / "pgbouncer.pid"
+        return Path(self.config.pidfile_path)
 
     @property
     def logfile(self) -> Path:
-        return self.config.runtime_dir / "pgbouncer.log"
+        return Path(self.config.logfile_path)
 
     def url(self, user: str, database: str, *, driver: str = "postgresql+psycopg2") -> str:
         password = quote(self.users[user], safe="")

@@ -81,6 +81,19 @@ def test_rendered_config_has_transaction_pooling_and_the_values() -> None:
     assert ini["databases"]["*"] == "host=127.0.0.1 port=5433"
 
 
+def test_runtime_files_can_be_placed_elsewhere() -> None:
+    # How the Helm chart renders the same template: stderr, no pidfile, a mounted userlist.
+    cfg = _config(logfile="", pidfile="", auth_file="/etc/pgbouncer/auth/userlist.txt")
+    pg = _parse(render_config(TEMPLATE, cfg))["pgbouncer"]
+    assert (pg["logfile"], pg["pidfile"]) == ("", "")
+    assert pg["auth_file"] == "/etc/pgbouncer/auth/userlist.txt"
+    bouncer = PgBouncer(config=cfg, users={}, template_path=Path("/n"))
+    assert bouncer.userlist_path == Path("/etc/pgbouncer/auth/userlist.txt")
+    default = PgBouncer(config=_config(), users={}, template_path=Path("/n"))
+    assert default.pidfile == Path("/tmp/skillcoach-pgbouncer-7777/pgbouncer.pid")
+    assert default.logfile == Path("/tmp/skillcoach-pgbouncer-7777/pgbouncer.log")
+
+
 def test_every_placeholder_is_filled() -> None:
     assert "${" not in render_config(TEMPLATE, _config())
     assert "$" not in render_config(TEMPLATE, _config())
