@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 REPLICAS ?= 1
 
-.PHONY: help venv .venv up down status scale services test lint typecheck check docs bench bench-check bench-locust
+.PHONY: help venv .venv up down status scale services test lint typecheck check docs tools image lock bench bench-check bench-locust
 
 help:
 	@echo "make up [REPLICAS=N]  start PostgreSQL, PgBouncer, Redis and the API; print URL, key, curl"
@@ -22,6 +22,8 @@ help:
 	@echo "make test             ensure services, run the test suite"
 	@echo "make check            lint, typecheck, test (what .ci/run does)"
 	@echo "make docs             regenerate the README's configuration table from Settings"
+	@echo "make image            build the API and operator images with podman (sizes printed)"
+	@echo "make lock             regenerate requirements/*.lock from the pyproject files"
 	@echo "make bench            every target at 1..1000 connections + plots, scale, model (~7 min)"
 	@echo "make bench-locust     locust scenarios of realistic use against the 'make up' stack"
 	@echo "make bench-check      throughput/p99 ratios vs loadtests/baseline.json (a few minutes)"
@@ -50,7 +52,11 @@ scale: $(STAMP)
 services: $(STAMP)
 	$(PY) -m skillcoach_devstack.ensure
 
-test: services
+# helm, kubectl, the prometheus-operator models and checkov, pinned, into .tools/.
+tools: $(STAMP)
+	$(PY) -m skillcoach_devstack.tools
+
+test: services tools
 	$(VENV)/bin/pytest -q
 
 lint: $(STAMP)
@@ -62,6 +68,15 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 check: lint typecheck test
+
+# The API and operator images (podman as root, a debootstrap base made once; see
+# devstack/skillcoach_devstack/images.py), tagged localhost/skillcoach-{api,operator}:VERSION.
+image: $(STAMP)
+	$(PY) -m skillcoach_devstack.images build
+
+# The images' pinned, hashed dependencies, after any change of a pyproject's dependencies.
+lock: $(STAMP)
+	$(PY) -m skillcoach_devstack.images lock
 
 # Regenerate what is generated in the docs (the README's configuration table).
 docs: $(STAMP)

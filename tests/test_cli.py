@@ -33,6 +33,9 @@ def test_seed_train_promote_and_key_through_the_cli(
     # A second seed without --replace refuses in one line instead of mixing data.
     assert main(["seed", "--learners", "60", "--quiet"]) == 1
     assert "skillcoach seed:" in capsys.readouterr().err
+    # --if-empty (the chart's demo-data job) leaves existing data alone and succeeds.
+    assert main(["seed", "--learners", "60", "--quiet", "--if-empty"]) == 0
+    assert "not seeded:" in capsys.readouterr().out
     assert main(["train"]) == 0
     assert main(["promote", "1"]) == 0
     assert main(["promote", "99"]) == 1

@@ -1,6 +1,6 @@
 """The `skillcoach` command line: migrate, seed, train, promote, models, apikey, serve,
-pgbouncer-exporter, and the subcommands of installed plugins (the `skillcoach.cli` entry-point
-group; a development install adds `stack`)."""
+pgbouncer-exporter, pgbouncer-reloader, and the subcommands of installed plugins (the
+`skillcoach.cli` entry-point group; a development install adds `stack`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from skillcoach.settings import Settings, SettingsError, load_settings
 
@@ -42,9 +43,17 @@ def _cmd_seed(args: argparse.Namespace) -> int:
         attempts_per_learner=args.attempts_per_learner,
         seed=args.seed,
     )
+    from skillcoach.ml.seeding import SeedConflict
+
     engine = create_sync_engine(_settings().sqlalchemy_url)
     try:
         report = seed_database(engine, params, progress=not args.quiet, replace=args.replace)
+    except SeedConflict as exc:
+        if not args.if_empty:
+            raise
+        # A demo job that runs on every install must leave real data alone.
+        print(f"not seeded: {exc}")
+        return 0
     finally:
         engine.dispose()
     print(report.summary())
@@ -56,18 +65,29 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from skillcoach.ml.training import train_and_store
 
     engine = create_sync_engine(_settings().sqlalchemy_url)
+    verdict = None
     try:
         report = train_and_store(engine, seed=args.seed, test_fraction=args.test_fraction)
         if args.promote:
             from skillcoach.data.model_registry import promote
+            from skillcoach.ml.promotion import Verdict, judge
 
-            with engine.begin() as conn:
-                promote(conn, version=report.version)
+            live = report.metrics.get("live_version")
+            verdict = (
+                Verdict(True, "--force")
+                if args.force
+                else judge(report.held_out, report.live_held_out, live_version=live)
+            )
+            if verdict.promote:
+                with engine.begin() as conn:
+                    promote(conn, version=report.version)
     finally:
         engine.dispose()
     print(report.summary())
-    if args.promote:
-        print(f"promoted model version {report.version}")
+    if verdict is not None:
+        # Not promoting is the gate working, not a failure: the live model stays.
+        action = "promoted" if verdict.promote else "kept the live model; did not promote"
+        print(f"{action} model version {report.version}: {verdict.reason}")
     return 0
 
 
@@ -148,6 +168,42 @@ def _cmd_pgbouncer_exporter(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pgbouncer_reloader(args: argparse.Namespace) -> int:
+    import logging
+    import os
+
+    from skillcoach.pgbouncer.reloader import heartbeat_age, serve
+
+    if args.check_heartbeat is not None:
+        # A liveness probe: 0 while the loop still touches the file.
+        age = heartbeat_age(args.check_heartbeat)
+        if age is None or age > args.max_age:
+            state = "missing" if age is None else f"{age:.0f}s old"
+            print(f"skillcoach pgbouncer-reloader: heartbeat {state}", file=sys.stderr)
+            return 1
+        return 0
+    admin_url = args.admin_url or os.environ.get("SKILLCOACH_PGBOUNCER_ADMIN_URL", "")
+    if args.config is None or not admin_url:
+        print(
+            "skillcoach pgbouncer-reloader: give --config and --admin-url (or"
+            " SKILLCOACH_PGBOUNCER_ADMIN_URL)",
+            file=sys.stderr,
+        )
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    serve(args.config, admin_url, interval=args.interval, heartbeat=args.heartbeat)
+    return 0
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skillcoach", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -163,13 +219,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attempts-per-learner", type=int, default=100)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--replace", action="store_true", help="delete existing data first")
+    p.add_argument(
+        "--if-empty",
+        action="store_true",
+        help="seed only an empty database; with data present, change nothing and exit 0",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_seed)
 
     p = sub.add_parser("train", help="fit a Best-LR model and store it in the registry")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--promote", action="store_true", help="promote the new version at once")
+    p.add_argument(
+        "--promote",
+        action="store_true",
+        help="promote the new version unless it is worse than the live one on the same"
+        " held-out attempts (AUC and log loss)",
+    )
+    p.add_argument("--force", action="store_true", help="with --promote: skip the quality gate")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("promote", help="make a stored model version the live one")
@@ -202,6 +269,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=9127)
     p.set_defaults(func=_cmd_pgbouncer_exporter)
+
+    p = sub.add_parser(
+        "pgbouncer-reloader",
+        help="RELOAD PgBouncer when its config file's content changes (clients stay connected)",
+    )
+    p.add_argument("--config", type=Path, default=None, help="the pgbouncer.ini to watch")
+    p.add_argument(
+        "--admin-url",
+        default=None,
+        help="PgBouncer admin console URL (default: $SKILLCOACH_PGBOUNCER_ADMIN_URL; the"
+        " environment keeps the password out of `ps`)",
+    )
+    p.add_argument("--interval", type=_positive_float, default=5.0, help="seconds between looks")
+    p.add_argument("--heartbeat", type=Path, default=None, help="file touched on every pass")
+    p.add_argument(
+        "--check-heartbeat",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="only check that PATH was touched within --max-age seconds (a liveness probe)",
+    )
+    p.add_argument("--max-age", type=_positive_float, default=60.0)
+    p.set_defaults(func=_cmd_pgbouncer_reloader)
     _add_plugins(sub)
     return parser
 
