@@ -13,9 +13,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import httpx
 import pytest
@@ -132,6 +133,8 @@ def client(api_bouncer_url: str, keys: Keys) -> Iterator[TestClient]:
         pool_size=4,
         max_overflow=2,
         model_refresh_seconds=0.2,
+        # In-process: /metrics on the API port (the only port a TestClient has).
+        metrics_port=0,
     )
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         c.headers["Authorization"] = f"Bearer {keys.write}"
@@ -139,20 +142,35 @@ def client(api_bouncer_url: str, keys: Keys) -> Iterator[TestClient]:
 
 
 @contextlib.contextmanager
-def run_server(database_url: str, **env: str) -> Iterator[tuple[str, str]]:
-    """`skillcoach serve` as a real process on free ports, configured by SKILLCOACH_* only;
-    yields (base URL, metrics URL). Its log goes to a file (a full pipe would stall it)."""
+def run_server(
+    database_url: str,
+    *,
+    log_file: Path | None = None,
+    otel: Mapping[str, str] | None = None,
+    **env: str,
+) -> Iterator[tuple[str, str]]:
+    """`skillcoach serve` as a real process on free ports, configured by SKILLCOACH_* (env)
+    and OTEL_* (otel) only; yields (base URL, metrics URL). Its log (stdout and stderr) goes
+    to a file (a full pipe would stall it): `log_file`, kept for the caller to read, or a
+    temporary one. The caller's own OTEL_* variables are not passed on."""
     port, metrics_port = free_port(), free_port()
     full_env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("SKILLCOACH_")},
+        **{k: v for k, v in os.environ.items() if not k.startswith(("SKILLCOACH_", "OTEL_"))},
         "SKILLCOACH_DATABASE_URL": database_url,
         "SKILLCOACH_PORT": str(port),
         "SKILLCOACH_METRICS_PORT": str(metrics_port),
         "SKILLCOACH_ENVIRONMENT": "test",
         "SKILLCOACH_LOG_LEVEL": "warning",
         **{f"SKILLCOACH_{k.upper()}": v for k, v in env.items()},
+        **(otel or {}),
     }
-    with tempfile.TemporaryFile() as log:
+    with contextlib.ExitStack() as stack:
+        if log_file is None:
+            log = stack.enter_context(tempfile.TemporaryFile())
+        else:
+            # Appending: the child's writes land at the end even after a seek of ours.
+            log_file.write_bytes(b"")
+            log = stack.enter_context(log_file.open("a+b"))
         proc = subprocess.Popen(
             [sys.executable, "-m", "skillcoach.cli", "serve"],
             env=full_env,

@@ -51,3 +51,13 @@ def test_a_password_from_its_own_variable_joins_the_database_url() -> None:
     assert load_settings(database_url="postgresql://app:x@h/db").sqlalchemy_url.endswith(
         "app:x@h/db"
     )
+
+
+def test_metrics_have_their_own_port_by_default_and_logs_are_json() -> None:
+    s = load_settings()
+    assert (s.metrics_port, s.log_format, s.access_log) == (9000, "json", False)
+    assert load_settings(metrics_port=0).metrics_port == 0  # development: on the API port
+    with pytest.raises(SettingsError, match="metrics_port must differ"):
+        load_settings(port=9100, metrics_port=9100)
+    with pytest.raises(SettingsError, match="SKILLCOACH_LOG_FORMAT"):
+        load_settings(log_format="xml")

@@ -42,13 +42,24 @@ class Settings(BaseSettings):
     host: str = Field(default="127.0.0.1", description="address the API listens on")
     port: int = Field(default=8000, ge=1, le=65535, description="the API port")
     metrics_port: int = Field(
-        default=0,
+        default=9000,
         ge=0,
         le=65535,
-        description="a separate port for `/metrics`; 0 serves it on `PORT` only",
+        description="the port of `/metrics` (the API port then answers it 404); 0 serves it on"
+        " `PORT` instead (development only)",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="log level of the replica"
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="`json`: one JSON object per line on stderr (with request and trace ids);"
+        " `text` for reading by eye",
+    )
+    access_log: bool = Field(
+        default=False,
+        description="one log line per request served (method, route template, status,"
+        " duration, request and trace ids); probes and `/metrics` excluded",
     )
     auth_enabled: bool = Field(
         default=True, description="bearer API keys required (cannot be false in `prod`)"
@@ -236,6 +247,8 @@ class Settings(BaseSettings):
     def _safe_outside_dev(self) -> Settings:
         if self.environment == "prod" and not self.auth_enabled:
             raise ValueError("auth_enabled may only be false outside prod")
+        if self.metrics_port == self.port:
+            raise ValueError("metrics_port must differ from port (0 serves /metrics on port)")
         return self
 
     @property

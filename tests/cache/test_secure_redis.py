@@ -297,7 +297,10 @@ def test_an_untrusted_certificate_is_refused_and_the_cache_degrades(
     source, fast = served_while_refused(cache)
     assert source.calls == 30 and fast == [None] * 30
     counted = errors(registry)
-    assert counted and {reason for _, reason in counted} == {"tls"}, counted
+    # Refused for the certificate; a handshake that overran its deadline on a busy machine
+    # counts as a timeout, which is also a refusal, never a success.
+    reasons = {reason for _, reason in counted}
+    assert "tls" in reasons and reasons <= {"tls", "timeout"}, counted
     assert counted.get(("lookup", "tls"), 0) == (1 if topology == "standalone" else 0)
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text  # the log says why
     assert str(server.password) not in caplog.text

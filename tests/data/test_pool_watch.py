@@ -12,8 +12,8 @@ import pytest
 
 from skillcoach.data.database import PoolConfig
 from skillcoach.data.pool_file import PoolFile, PoolFileError, read_pool_file, write_pool_file
-from skillcoach.data.pool_sizing import Budget, plan_pools
 from skillcoach.data.pool_watch import initial_pool
+from skillcoach_operator.sizing import Budget, plan_pools
 from tests.fixtures_api import Keys, run_server
 
 FALLBACK = PoolConfig(pool_size=20, max_overflow=30, pool_timeout=2, pool_recycle=3600)
@@ -40,6 +40,28 @@ def test_file_round_trip_and_errors(tmp_path: Path) -> None:
         read_pool_file(path)
     path.write_text("{")
     with pytest.raises(PoolFileError):
+        read_pool_file(path)
+
+
+def test_the_client_budget_is_optional_and_carried_to_the_pool(tmp_path: Path) -> None:
+    path = tmp_path / "pool.json"
+    # A file of the format before client_budget: still valid, budget unknown (0).
+    path.write_text(
+        '{"pool_size": 6, "max_overflow": 0, "pool_timeout": 2, "pool_recycle": 60,'
+        ' "generation": 3}'
+    )
+    assert read_pool_file(path).client_budget is None
+    assert initial_pool(path, FALLBACK)[0].client_budget == 0
+    # Written without a budget, the file stays in the old format for older replicas.
+    write_pool_file(path, pool(3, 4, 7))
+    assert "client_budget" not in path.read_text()
+    plan = plan_pools(Budget(), replicas=30)
+    write_pool_file(path, PoolFile.from_plan(plan, generation=8, client_budget=950))
+    assert read_pool_file(path).client_budget == 950
+    config, generation = initial_pool(path, FALLBACK)
+    assert (config.client_budget, config.capacity, generation) == (950, 16, 8)
+    path.write_text(path.read_text().replace("950", "-1"))
+    with pytest.raises(PoolFileError, match="client_budget"):
         read_pool_file(path)
 
 

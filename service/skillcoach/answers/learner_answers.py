@@ -3,6 +3,7 @@ PostgreSQL with the served model (one pooled connection, one snapshot) and store
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from skillcoach.data.database import Database
 from skillcoach.data.learner_reads import fetch_exercise_history, fetch_skill_evidence
 from skillcoach.data.records import ExerciseHistory, SkillEvidence
 from skillcoach.ml.analysis import focus_skills, rank_weaknesses, recommend
+from skillcoach.ml.inference import Inference
 from skillcoach.ml.live_model import ServedModel
 from skillcoach.ml.model import BestLR
 from skillcoach.settings import Settings
@@ -49,31 +51,42 @@ class AnswerConfig:
 
 
 _RecommendationInputs = tuple[
-    SkillEvidence, np.ndarray[Any, Any], np.ndarray[Any, Any], ExerciseHistory
+    SkillEvidence, np.ndarray[Any, Any], np.ndarray[Any, Any], ExerciseHistory, float
 ]
 
 
 def _recommendation_inputs(
     conn: Connection, *, learner_id: int, model: BestLR, catalog: Catalog, skill_count: int
 ) -> _RecommendationInputs | None:
-    """Both reads in one transaction (one pooled connection, one consistent snapshot)."""
+    """Both reads in one transaction (one pooled connection, one consistent snapshot), and
+    the seconds the model spent choosing the skills between them."""
     evidence = fetch_skill_evidence(conn, learner_id=learner_id)
     if evidence is None:
         return None
+    start = time.perf_counter()
     skills, mastery = focus_skills(model, evidence, count=skill_count)
+    focus_seconds = time.perf_counter() - start
     candidates, _ = catalog.exercises_of(skills)
     history = fetch_exercise_history(conn, learner_id=learner_id, exercise_ids=candidates)
-    return evidence, skills, mastery, history
+    return evidence, skills, mastery, history, focus_seconds
 
 
 class LearnerAnswers:
     """Weaknesses and recommendations of a learner as finished JSON bodies (None: no such
     learner). Without a cache every call computes."""
 
-    def __init__(self, db: Database, cache: Cache | None, config: AnswerConfig) -> None:
+    def __init__(
+        self,
+        db: Database,
+        cache: Cache | None,
+        config: AnswerConfig,
+        *,
+        inference: Inference | None = None,
+    ) -> None:
         self.db = db
         self.cache = cache
         self.config = config
+        self.inference = Inference(None) if inference is None else inference
 
     # -- through the cache --------------------------------------------------------------
     async def weaknesses(
@@ -130,9 +143,10 @@ class LearnerAnswers:
         evidence = await self.db.run(fetch_skill_evidence, learner_id=learner_id, retry=True)
         if evidence is None:
             return None
-        ranked = rank_weaknesses(
-            served.model, evidence, min_attempts=self.config.min_attempts, limit=limit
-        )
+        with self.inference.timed("weaknesses"):
+            ranked = rank_weaknesses(
+                served.model, evidence, min_attempts=self.config.min_attempts, limit=limit
+            )
         body = weaknesses_body(learner_id, served.version, served.catalog.skill_names, ranked)
         return body, evidence.data_version
 
@@ -149,19 +163,20 @@ class LearnerAnswers:
         )
         if loaded is None:
             return None
-        evidence, skills, mastery, history = loaded
+        evidence, skills, mastery, history, focus_seconds = loaded
         ids, skill_ids = served.catalog.exercises_of(skills)
-        recs = recommend(
-            served.model,
-            evidence,
-            skills=skills,
-            skill_mastery=mastery,
-            candidate_ids=ids,
-            candidate_skill_ids=skill_ids,
-            history=history,
-            target=target,
-            limit=limit,
-        )
+        with self.inference.timed("recommendations", earlier=focus_seconds):
+            recs = recommend(
+                served.model,
+                evidence,
+                skills=skills,
+                skill_mastery=mastery,
+                candidate_ids=ids,
+                candidate_skill_ids=skill_ids,
+                history=history,
+                target=target,
+                limit=limit,
+            )
         names = served.catalog.skill_names
         body = recommendations_body(learner_id, served.version, target, names, recs)
         return body, evidence.data_version

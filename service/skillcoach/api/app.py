@@ -6,11 +6,15 @@ import contextlib
 import functools
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from typing import Any
 
 import anyio
+import anyio.to_thread
 from anyio.abc import TaskGroup
 from prometheus_client import Counter
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 
 from skillcoach.answers.learner_answers import AnswerConfig, LearnerAnswers
@@ -19,8 +23,9 @@ from skillcoach.api.admission import AdmissionMiddleware
 from skillcoach.api.auth import KeyCache
 from skillcoach.api.error_handlers import exception_handlers
 from skillcoach.api.hit_path import CacheHitPath
-from skillcoach.api.http_metrics import HttpMetricsMiddleware, new_registry
+from skillcoach.api.http_metrics import HttpMetrics, HttpMetricsMiddleware, new_registry
 from skillcoach.api.routes import catalog, learners, ops
+from skillcoach.api.server_spans import ServerSpanMiddleware
 from skillcoach.api.state import AppState
 from skillcoach.cache.store import Cache, CacheConfig, connect_redis
 from skillcoach.data.database import Database, PoolConfig
@@ -30,8 +35,10 @@ from skillcoach.data.pool_watch import initial_pool, watch_pool_file
 from skillcoach.data.readiness import HealthProbe
 from skillcoach.errors import DatabaseUnavailable
 from skillcoach.limits import in_flight_limit
+from skillcoach.ml.inference import Inference
 from skillcoach.ml.live_model import LiveModel, ModelCollector
 from skillcoach.settings import Settings
+from skillcoach.telemetry.tracing import Tracing, tracing_from_env, untraced
 
 __all__ = ["create_app"]
 
@@ -39,15 +46,24 @@ log = logging.getLogger(__name__)
 
 LONG_HELD_SCAN_SECONDS = 1.0
 
+# How a background task is started: as it is, or with instrumentation suppressed.
+Background = Callable[
+    [Callable[..., Coroutine[Any, Any, Any]]], Callable[..., Coroutine[Any, Any, Any]]
+]
 
-async def _refresh_model_forever(state: AppState, tg: TaskGroup) -> None:
+
+async def _refresh_model_forever(
+    state: AppState,
+    tg: TaskGroup,
+    background: Background,
+) -> None:
     interval = state.settings.model_refresh_seconds
     while True:
         # Jitter: replicas started together must not poll the registry in lockstep.
         await anyio.sleep(interval * random.uniform(0.8, 1.2))
         try:
             if await state.live_model.refresh(state.db):
-                tg.start_soon(_warm, state)
+                tg.start_soon(background(_warm), state)
         except DatabaseUnavailable as exc:
             log.warning("model refresh skipped: %s", exc)
 
@@ -78,12 +94,37 @@ async def _scan_long_held_forever(db: Database) -> None:
         db.check_long_held()
 
 
-def create_app(settings: Settings) -> Starlette:
+class ReadyCollector(Collector):
+    """skillcoach_ready: what /readyz would answer, from its last probe (an alert on a replica
+    that is not ready needs no kube-state-metrics)."""
+
+    def __init__(self, state: AppState) -> None:
+        self._state = state
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "skillcoach_ready",
+            "1 when this replica would answer /readyz 200 (database reachable at the last"
+            " probe, model loaded), else 0",
+            value=1 if self._state.ready() else 0,
+        )
+
+
+def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlette:
+    """The replica's application. `tracing` defaults to the one the OTEL_* variables
+    configure (off unless an OTLP endpoint is set)."""
     registry = new_registry()
     holder: dict[str, Database] = {}
+    tracing = tracing_from_env() if tracing is None else tracing
+    spans = tracing.spans()
+    # Background work is not traced: each registry poll or warming run would be a trace.
+    background: Background = untraced if tracing.enabled else _as_is
+    http_metrics = HttpMetrics(registry)
+    inference = Inference(registry, spans)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        tracing.start()
         pool, generation = initial_pool(settings.pool_file, PoolConfig.from_settings(settings))
         db = Database(
             settings.sqlalchemy_url,
@@ -92,6 +133,7 @@ def create_app(settings: Settings) -> Starlette:
             request_timeout=settings.request_timeout,
             long_checkout_seconds=settings.long_checkout_seconds,
             registry=registry,
+            on_engine=tracing.instrument_engine if tracing.enabled else None,
         )
         db.generation = generation
         holder["db"] = db
@@ -99,7 +141,7 @@ def create_app(settings: Settings) -> Starlette:
         cache = None
         if settings.cache_enabled:
             config = CacheConfig.from_settings(settings)
-            cache = Cache(connect_redis(config), config, registry)
+            cache = Cache(connect_redis(config), config, registry, spans=spans)
         state = AppState(
             settings=settings,
             db=db,
@@ -107,7 +149,9 @@ def create_app(settings: Settings) -> Starlette:
             live_model=LiveModel(),
             keys=KeyCache(settings.api_key_cache_seconds),
             registry=registry,
-            answers=LearnerAnswers(db, cache, AnswerConfig.from_settings(settings)),
+            answers=LearnerAnswers(
+                db, cache, AnswerConfig.from_settings(settings), inference=inference
+            ),
             cache=cache,
         )
         registry.register(PoolCollector(db.stats))
@@ -117,25 +161,28 @@ def create_app(settings: Settings) -> Starlette:
             registry=registry,
         )
         registry.register(ModelCollector(state.live_model))
+        registry.register(ReadyCollector(state))
         app.state.skillcoach = state
         try:
-            await state.live_model.refresh(db)
+            await background(state.live_model.refresh)(db)
         except DatabaseUnavailable as exc:
             # Start anyway (liveness stays green); readiness reports the missing model.
             log.warning("no model at start-up: %s", exc)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_refresh_model_forever, state, tg)
+            tg.start_soon(background(_refresh_model_forever), state, tg, background)
             if cache is not None:
-                tg.start_soon(_retry_invalidations_forever, cache)
-                tg.start_soon(_warm, state)
+                tg.start_soon(background(_retry_invalidations_forever), cache)
+                tg.start_soon(background(_warm), state)
             tg.start_soon(_scan_long_held_forever, db)
             tg.start_soon(
-                functools.partial(
-                    prune_forever,
-                    db,
-                    retention_seconds=settings.idempotency_retention_seconds,
-                    every_seconds=settings.idempotency_prune_seconds,
-                    pruned=pruned,
+                background(
+                    functools.partial(
+                        prune_forever,
+                        db,
+                        retention_seconds=settings.idempotency_retention_seconds,
+                        every_seconds=settings.idempotency_prune_seconds,
+                        pruned=pruned,
+                    )
                 )
             )
             if settings.pool_file is not None:
@@ -150,6 +197,8 @@ def create_app(settings: Settings) -> Starlette:
         if cache is not None:
             await cache.aclose()
         db.dispose()
+        # Last: the spans of the final requests are flushed to the collector.
+        await anyio.to_thread.run_sync(tracing.shutdown)
 
     def admitted() -> int:
         db = holder.get("db")
@@ -157,7 +206,11 @@ def create_app(settings: Settings) -> Starlette:
         return in_flight_limit(pool_capacity=capacity, queue_allowance=settings.queue_allowance)
 
     app = Starlette(
-        routes=[*ops.routes, *learners.routes, *catalog.routes],
+        routes=[
+            *ops.routes(metrics_on_api_port=settings.metrics_port == 0),
+            *learners.routes,
+            *catalog.routes,
+        ],
         lifespan=lifespan,
         exception_handlers=exception_handlers(),
     )
@@ -168,10 +221,29 @@ def create_app(settings: Settings) -> Starlette:
         request_timeout=settings.request_timeout,
         registry=registry,
     )
-    app.add_middleware(HttpMetricsMiddleware, registry=registry)
-    # Outermost: a cache hit skips everything above (see hit_path).
     app.add_middleware(
-        CacheHitPath, state=lambda: getattr(app.state, "skillcoach", None), registry=registry
+        HttpMetricsMiddleware,
+        metrics=http_metrics,
+        traced=tracing.enabled,
+        access_log=settings.access_log,
     )
+    # A cache hit skips everything above (see hit_path) and records its own metrics.
+    app.add_middleware(
+        CacheHitPath,
+        state=lambda: getattr(app.state, "skillcoach", None),
+        registry=registry,
+        metrics=http_metrics,
+        traced=tracing.enabled,
+        access_log=settings.access_log,
+    )
+    tracer = tracing.tracer()
+    if tracer is not None:
+        # Outermost of ours: hits get their server span too. Only when tracing is on.
+        app.add_middleware(ServerSpanMiddleware, tracer=tracer)
     app.state.metrics_registry = registry
+    app.state.tracing = tracing
     return app
+
+
+def _as_is(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Coroutine[Any, Any, Any]]:
+    return fn

@@ -86,7 +86,8 @@ def _get(
 
 
 @cache
-def openapi_document() -> dict[str, Any]:
+def openapi_document(*, metrics_on_api_port: bool = False) -> dict[str, Any]:
+    """The document of the API port: `/metrics` is on it only with METRICS_PORT=0."""
     _, defs = models_json_schema(
         [(m, "serialization") for m in _MODELS], ref_template="#/components/schemas/{model}"
     )
@@ -185,12 +186,17 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": {"description": "ready"}, **_errors(503)},
                 }
             },
-            "/metrics": {
-                "get": {
-                    "summary": "Prometheus metrics",
-                    "security": [],
-                    "responses": {"200": {"description": "OK"}},
-                }
-            },
+            **(_METRICS if metrics_on_api_port else {}),
         },
     }
+
+
+_METRICS = {
+    "/metrics": {
+        "get": {
+            "summary": "Prometheus metrics",
+            "security": [],
+            "responses": {"200": {"description": "OK"}},
+        }
+    }
+}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+from typing import Any
 
 import uvicorn
 from prometheus_client import start_http_server
@@ -10,6 +10,7 @@ from starlette.types import ASGIApp
 
 from skillcoach.api.app import create_app
 from skillcoach.settings import Settings
+from skillcoach.telemetry.logs import configure_logging
 
 __all__ = ["SERVER_OPTIONS", "run_app", "serve"]
 
@@ -22,18 +23,24 @@ SERVER_OPTIONS: dict[str, object] = {
 }
 
 
-def run_app(app: ASGIApp, *, host: str, port: int, log_level: str) -> None:
-    """uvicorn with SERVER_OPTIONS: every replica, and the benchmarks' reference apps."""
-    uvicorn.run(app, host=host, port=port, log_level=log_level, **SERVER_OPTIONS)  # type: ignore[arg-type]
+def run_app(
+    app: ASGIApp, *, host: str, port: int, log_level: str, own_logging: bool = False
+) -> None:
+    """uvicorn with SERVER_OPTIONS: every replica, and the benchmarks' reference apps.
+    `own_logging`: the process has configured logging itself (uvicorn's loggers then write
+    through the root handler, in its format)."""
+    options: dict[str, Any] = dict(SERVER_OPTIONS)
+    if own_logging:
+        options["log_config"] = None
+    uvicorn.run(app, host=host, port=port, log_level=log_level, **options)
 
 
 def serve(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings)
     app = create_app(settings)
     if settings.metrics_port:
         # A thread of its own: scrapes keep answering even if the event loop is saturated.
         start_http_server(settings.metrics_port, settings.host, app.state.metrics_registry)
-    run_app(app, host=settings.host, port=settings.port, log_level=settings.log_level)
+    run_app(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, own_logging=True
+    )

@@ -31,6 +31,10 @@ class AppState:
     answers: LearnerAnswers
     cache: Cache | None = None
 
+    def ready(self) -> bool:
+        """What /readyz answered last: database reachable at its probe, and a model loaded."""
+        return self.probe.last == "ok" and self.live_model.current is not None
+
     def served_model(self) -> ServedModel:
         served = self.live_model.current
         if served is None:

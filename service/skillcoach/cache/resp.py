@@ -161,9 +161,13 @@ class PipelinedRedis:
         password: str | None = None,
         db: int = 0,
         retry_after: float = 1.0,
+        open_timeout: float | None = None,
         on_failure: Callable[[Exception], None] | None = None,
     ) -> None:
         self._timeout = timeout
+        # Opening (connect, TLS handshake, AUTH) happens once per node and costs more than a
+        # reply; on a busy machine a handshake overruns a reply's deadline.
+        self._open_timeout = timeout * 4 if open_timeout is None else open_timeout
         self._tls = tls
         # Built once; the bytes hold the password, so they are never logged or repr'd.
         self._auth = _auth(username, password)
@@ -190,7 +194,7 @@ class PipelinedRedis:
         self._opening[key] = fut
         try:
             # One bound for connect, TLS handshake and AUTH together.
-            opened = await asyncio.wait_for(self._open(host, port), self._timeout * 4)
+            opened = await asyncio.wait_for(self._open(host, port), self._open_timeout)
             self._conns[key] = opened
             self._failed_at.pop(key, None)
             fut.set_result(opened)

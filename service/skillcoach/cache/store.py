@@ -33,10 +33,12 @@ import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 import anyio
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -47,6 +49,7 @@ from skillcoach.cache.breaker import Breaker
 from skillcoach.cache.cache_metrics import CacheMetrics, error_reason
 from skillcoach.cache.resp import PipelinedRedis
 from skillcoach.settings import Settings
+from skillcoach.telemetry.tracing import NO_SPANS, Spans
 
 __all__ = ["Cache", "CacheConfig", "RedisTarget", "connect_redis", "parse_redis_url", "tls_context"]
 
@@ -247,6 +250,11 @@ def connect_redis(config: CacheConfig) -> Redis | RedisCluster:
     return Redis(connection_pool=pool)
 
 
+def _span_attributes(op: str) -> dict[str, str]:
+    """A cache span's attributes: which call, never which key (keys hold the learner id)."""
+    return {"db.system": "redis", "skillcoach.cache.op": op}
+
+
 @dataclass(slots=True)
 class _Flight:
     done: anyio.Event = field(default_factory=anyio.Event)
@@ -265,9 +273,16 @@ class Cache:
         client: Redis | RedisCluster,
         config: CacheConfig,
         registry: CollectorRegistry | None = None,
+        *,
+        spans: Spans = NO_SPANS,
     ) -> None:
         self._client = client
         self._config = config
+        # A span per Redis call of a traced request ("cache.lookup", "cache.get", ...); the
+        # names and attributes carry the operation and the answer kind, never a key (keys
+        # hold the learner id) or a value.
+        self._spans = spans
+        self._traced = spans.enabled
         self.breaker = Breaker(
             config.breaker_failures, config.breaker_cooldown, min_span=config.breaker_min_span
         )
@@ -275,6 +290,12 @@ class Cache:
         self._logged: dict[tuple[str, str], float] = {}
         self.metrics = CacheMetrics(registry)
         self._fast = self._fast_client(client, config)
+        # A standalone server's address, found once: every hit needs it, and an isinstance
+        # check against redis-py's Protocol-based client classes costs microseconds.
+        self._server: tuple[str, int] | None = None
+        if not isinstance(client, RedisCluster):
+            kwargs = client.connection_pool.connection_kwargs
+            self._server = str(kwargs.get("host", "127.0.0.1")), int(kwargs.get("port", 6379))
         self.metrics.breaker.set_function(lambda: self.breaker.state)
         self._inflight: dict[str, _Flight] = {}
         # Learners whose new version did not reach Redis (-> that version): served from
@@ -298,6 +319,7 @@ class Cache:
             password=password,
             db=db,
             retry_after=config.breaker_cooldown,
+            open_timeout=max(config.socket_timeout * 4, config.call_timeout * 4),
             on_failure=lambda exc: self._failed("lookup", exc),
         )
 
@@ -319,6 +341,12 @@ class Cache:
         if not self.breaker.allow():
             self.metrics.skipped.inc()
             return FAILED
+        if self._traced:
+            with self._spans.child(f"cache.{op}", _span_attributes(op), kind=SpanKind.CLIENT):
+                return await self._timed_call(op, fn)
+        return await self._timed_call(op, fn)
+
+    async def _timed_call(self, op: str, fn: Callable[[], Awaitable[Any]]) -> Any:
         t0 = time.perf_counter()
         try:
             result = await fn()
@@ -352,6 +380,16 @@ class Cache:
 
         One pipelined MGET on the lean connection (see resp.py). Counts only hits: a miss is
         counted by the get_or_compute that follows it."""
+        # Every hit comes here: a request the sampler dropped makes no span at all.
+        if self._traced and trace.get_current_span().is_recording():
+            attributes = {**_span_attributes("lookup"), "skillcoach.cache.kind": kind}
+            with self._spans.child("cache.lookup", attributes, kind=SpanKind.CLIENT):
+                body = await self._lookup(learner_id, kind, variant)
+                trace.get_current_span().set_attribute("skillcoach.cache.hit", body is not None)
+                return body
+        return await self._lookup(learner_id, kind, variant)
+
+    async def _lookup(self, learner_id: int, kind: str, variant: str) -> bytes | None:
         # Only while the breaker is closed: the half-open probe belongs to the full path,
         # which reports its outcome to the breaker.
         if learner_id in self.dirty or self.breaker.state != Breaker.CLOSED:
@@ -376,14 +414,14 @@ class Cache:
 
     def _node(self, key: str) -> tuple[str, int] | None:
         """Where the key lives: the standalone server, or the cluster client's slot map."""
-        if isinstance(self._client, RedisCluster):
-            try:
-                node = self._client.get_node_from_key(key)
-            except Exception:  # slot map not loaded yet or being rebuilt
-                return None
-            return None if node is None else (str(node.host), int(node.port))
-        kwargs = self._client.connection_pool.connection_kwargs
-        return str(kwargs.get("host", "127.0.0.1")), int(kwargs.get("port", 6379))
+        if self._server is not None:
+            return self._server
+        cluster = cast(RedisCluster, self._client)
+        try:
+            node = cluster.get_node_from_key(key)
+        except Exception:  # slot map not loaded yet or being rebuilt
+            return None
+        return None if node is None else (str(node.host), int(node.port))
 
     async def get_or_compute(
         self,
@@ -529,7 +567,10 @@ class Cache:
         vkey, _, _ = _keys(learner_id, "", "")
         try:
             # Not under the breaker: a write must raise the version even while reads skip Redis.
-            await self._client.eval(STORE, 2, vkey, f"{vkey}:none", version, b"", 0)
+            with self._spans.child(
+                "cache.version", _span_attributes("version"), kind=SpanKind.CLIENT
+            ):
+                await self._client.eval(STORE, 2, vkey, f"{vkey}:none", version, b"", 0)
         except Exception as exc:  # any failure: see _call
             # Evidence for the breaker like any call: once a learner is dirty its reads skip
             # Redis, so the retries may be the only calls left that can show an outage.

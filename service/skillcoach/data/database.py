@@ -68,6 +68,8 @@ class PoolConfig:
     pool_timeout: float
     pool_recycle: int
     pool_pre_ping: bool = True
+    # PgBouncer's client budget this pool was sized against (from the pool file; 0: unknown).
+    client_budget: int = 0
 
     @property
     def capacity(self) -> int:
@@ -109,6 +111,8 @@ def create_sync_engine(
     return create_engine(
         url,
         pool_logging_name=name,
+        # Bound values (learner data, key hashes) never reach an error message or a log line.
+        hide_parameters=True,
         # Through PgBouncer a reset must not rely on session state; rollback is enough.
         pool_reset_on_return="rollback",
         connect_args={"connect_timeout": 3, "application_name": name},
@@ -133,10 +137,14 @@ class Database:
         request_timeout: float = 5.0,
         long_checkout_seconds: float = 5.0,
         registry: CollectorRegistry | None = None,
+        on_engine: Callable[[Engine], None] | None = None,
     ) -> None:
         self._url = url
         self.pool_config = pool
-        self.engine = create_sync_engine(url, pool, explicit_transactions=True)
+        # Called with every engine this Database opens (at start and on each resize): the
+        # tracing's SQL instrumentation.
+        self._on_engine = on_engine
+        self.engine = self._new_engine(pool)
         self.generation = 0
         self._retiring: list[Engine] = []
         self._statement_timeout_ms = int(statement_timeout_ms)
@@ -149,6 +157,12 @@ class Database:
         self._held: dict[int, _Checkout] = {}
         self._held_lock = threading.Lock()
         self._tokens = itertools.count()
+
+    def _new_engine(self, pool: PoolConfig) -> Engine:
+        engine = create_sync_engine(self._url, pool, explicit_transactions=True)
+        if self._on_engine is not None:
+            self._on_engine(engine)
+        return engine
 
     # -- the transaction, on a worker thread ------------------------------------------------
     def _transaction(
@@ -271,7 +285,7 @@ class Database:
         """New checkouts use a new pool at once; the old one is disposed when its connections
         have come back (see `dispose_retired`), so no in-flight request fails."""
         old = self.engine
-        self.engine = create_sync_engine(self._url, pool, explicit_transactions=True)
+        self.engine = self._new_engine(pool)
         self.pool_config = pool
         self.generation = generation
         # Growing wakes waiters at once; shrinking lets current holders finish first.
@@ -299,6 +313,7 @@ class Database:
             idle=int(pool.checkedin()),  # type: ignore[attr-defined]
             overflow=max(0, int(pool.overflow())),  # type: ignore[attr-defined]
             capacity=self.pool_config.capacity,
+            client_budget=self.pool_config.client_budget,
             waiters=int(self.limiter.statistics().tasks_waiting),
             long_held=self.check_long_held(),
             generation=self.generation,

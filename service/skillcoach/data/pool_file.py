@@ -2,10 +2,14 @@
 replica watches, so pool sizes change without a restart.
 
     {"pool_size": 16, "max_overflow": 0, "pool_timeout": 2, "pool_recycle": 3600,
-     "generation": 7}
+     "generation": 7, "client_budget": 950}
 
 `generation` only grows; a replica ignores a file whose generation is not newer than the one
 it applied, so a stale ConfigMap projection can never undo a newer decision.
+
+`client_budget` (optional; files without it stay valid) is PgBouncer's client budget the
+pool was sized against: the replica exports it (skillcoach_db_pool_client_budget) so that the
+sum of the replicas' pool maximums can be compared with it.
 """
 
 from __future__ import annotations
@@ -13,13 +17,26 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from skillcoach.data.pool_sizing import PoolPlan
+__all__ = ["PlannedPool", "PoolFile", "PoolFileError", "read_pool_file", "write_pool_file"]
 
-__all__ = ["PoolFile", "PoolFileError", "read_pool_file", "write_pool_file"]
+
+class PlannedPool(Protocol):
+    """What a sizing decision (skillcoach_operator.sizing) gives one pod; the service only
+    reads pool files, it never sizes pools itself."""
+
+    @property
+    def pool_size(self) -> int: ...
+    @property
+    def max_overflow(self) -> int: ...
+    @property
+    def pool_timeout(self) -> float: ...
+    @property
+    def pool_recycle(self) -> int: ...
 
 
 class PoolFileError(ValueError):
@@ -34,15 +51,19 @@ class PoolFile(BaseModel):
     pool_timeout: float = Field(gt=0, le=60)
     pool_recycle: int = Field(ge=-1)
     generation: int = Field(ge=0)
+    client_budget: int | None = Field(default=None, ge=0)
 
     @classmethod
-    def from_plan(cls, plan: PoolPlan, *, generation: int) -> PoolFile:
+    def from_plan(
+        cls, plan: PlannedPool, *, generation: int, client_budget: int | None = None
+    ) -> PoolFile:
         return cls(
             pool_size=plan.pool_size,
             max_overflow=plan.max_overflow,
             pool_timeout=plan.pool_timeout,
             pool_recycle=plan.pool_recycle,
             generation=generation,
+            client_budget=client_budget,
         )
 
 
@@ -64,7 +85,8 @@ def write_pool_file(path: Path, pool: PoolFile) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(orjson.dumps(pool.model_dump(), option=orjson.OPT_INDENT_2))
+            # Without a budget the file is exactly what older replicas wrote and read.
+            f.write(orjson.dumps(pool.model_dump(exclude_none=True), option=orjson.OPT_INDENT_2))
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:

@@ -26,6 +26,8 @@ class PoolStats:
     long_held: int
     generation: int
     retiring_pools: int
+    # PgBouncer's client budget the pool file was sized against (0: unknown).
+    client_budget: int = 0
 
 
 class DbMetrics:
@@ -83,10 +85,20 @@ class PoolCollector(Collector):
             ("checked_out", s.checked_out, "Connections in use by requests"),
             ("idle", s.idle, "Connections idle in the pool"),
             ("overflow", s.overflow, "Connections open beyond pool_size"),
-            ("capacity", s.capacity, "pool_size + max_overflow"),
+            (
+                "capacity",
+                s.capacity,
+                "This replica's pool maximum, pool_size + max_overflow (sum it over replicas"
+                " to compare with skillcoach_db_pool_client_budget)",
+            ),
             ("waiters", s.waiters, "Requests waiting for a DB connection"),
             ("long_held", s.long_held, "Connections held longer than long_checkout_seconds"),
             ("generation", s.generation, "Generation of the applied pool file (0: settings)"),
             ("retiring", s.retiring_pools, "Replaced pools still returning connections"),
+            (
+                "client_budget",
+                s.client_budget,
+                "PgBouncer's client budget the applied pool file was sized against (0: unknown)",
+            ),
         ):
             yield GaugeMetricFamily(f"skillcoach_db_pool_{name}", doc, value=value)

@@ -23,6 +23,7 @@ def _config(pool: PoolFile, pre_ping: bool) -> PoolConfig:
         pool_timeout=pool.pool_timeout,
         pool_recycle=pool.pool_recycle,
         pool_pre_ping=pre_ping,
+        client_budget=pool.client_budget or 0,
     )
 
 

@@ -22,6 +22,8 @@ class HealthProbe:
     def __init__(self, url: str, *, deadline: float = 2.0) -> None:
         self._engine: Engine = create_sync_engine(url, PROBE_POOL, name="skillcoach-probe")
         self._deadline = deadline
+        # The outcome of the last probe (None: not probed yet), for skillcoach_ready.
+        self.last: str | None = None
 
     def _ping(self) -> None:
         with self._engine.connect() as conn:
@@ -29,6 +31,10 @@ class HealthProbe:
 
     async def database(self) -> str:
         """ "ok", or why the database is not reachable."""
+        self.last = await self._probe()
+        return self.last
+
+    async def _probe(self) -> str:
         try:
             with anyio.fail_after(self._deadline):
                 # abandon_on_cancel: a hung connect must not hold the probe past its deadline.

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Connection
 
 from skillcoach.data.catalog_reads import Catalog, load_catalog
 from skillcoach.data.database import Database
 from skillcoach.data.model_registry import fetch_promoted, promoted_fingerprint
+from skillcoach.errors import DatabaseUnavailable
 from skillcoach.ml.model import ArtifactError, BestLR
 
 __all__ = ["LiveModel", "ModelCollector", "ServedModel"]
@@ -50,19 +52,29 @@ class LiveModel:
     def __init__(self) -> None:
         self.current: ServedModel | None = None
         self.last_error: str | None = None
+        # Unix time of the last poll that found the served model up to date (None: never),
+        # and the polls that failed (registry unreachable, or a promoted model refused).
+        self.refreshed_at: float | None = None
+        self.refresh_failures = 0
 
     async def refresh(self, db: Database) -> bool:
         """Load the promoted model if it differs from the served one; True if it changed."""
         served = self.current
         known = None if served is None else (served.version, served.sha256)
-        loaded = await db.run(_load, known, retry=True)
+        try:
+            loaded = await db.run(_load, known, retry=True)
+        except DatabaseUnavailable:
+            self.refresh_failures += 1
+            raise
         if loaded is None:
+            self.refreshed_at = time.time()
             return False
         record, catalog = loaded
         try:
             model = BestLR.from_artifact(record.artifact, sha256=record.sha256)
         except ArtifactError as exc:
             # Keep serving the previous model; a broken artifact must not take replicas down.
+            self.refresh_failures += 1
             self.last_error = f"model v{record.version}: {exc}"
             log.error("refusing promoted model: %s", self.last_error)
             return False
@@ -77,22 +89,44 @@ class LiveModel:
             catalog=catalog,
         )
         self.last_error = None
+        self.refreshed_at = time.time()
         log.info("serving model v%d (%d exercises)", record.version, len(catalog))
         return True
 
 
 class ModelCollector(Collector):
-    """skillcoach_model_version at scrape time: every replica should show the same."""
+    """The served model at scrape time: every replica should show the same."""
 
     def __init__(self, live: LiveModel) -> None:
         self._live = live
 
     def collect(self) -> Iterator[Metric]:
-        served = self._live.current
+        live = self._live
+        served = live.current
         yield GaugeMetricFamily(
             "skillcoach_model_version",
             "Version of the served model (0: none loaded)",
             value=0 if served is None else served.version,
+        )
+        info = GaugeMetricFamily(
+            "skillcoach_model_info",
+            "1 for the version this replica serves (no series while none is loaded)",
+            labels=["version"],
+        )
+        if served is not None:
+            info.add_metric([str(served.version)], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "skillcoach_model_refresh_timestamp_seconds",
+            "Unix time of the last poll of the model registry that left the served model up"
+            " to date (0: none yet)",
+            value=live.refreshed_at or 0,
+        )
+        yield CounterMetricFamily(
+            "skillcoach_model_refresh_failures",
+            "Polls of the model registry that failed: registry unreachable, or the promoted"
+            " model refused",
+            value=live.refresh_failures,
         )
 
 

@@ -1,6 +1,8 @@
 """Health, readiness, model status, metrics and the OpenAPI document.
 
-Only model status needs a key: probes and scrapers must work without one."""
+Only model status needs a key: probes and scrapers must work without one. `/metrics` is on
+the API port only with METRICS_PORT=0 (development); otherwise its own port serves it and the
+API port answers 404."""
 
 from __future__ import annotations
 
@@ -77,14 +79,16 @@ async def metrics(request: Request) -> Response:
 
 
 async def openapi(request: Request) -> Response:
-    return json_response(openapi_document())
+    on_api_port = app_state(request).settings.metrics_port == 0
+    return json_response(openapi_document(metrics_on_api_port=on_api_port))
 
 
-routes = [
-    Route("/healthz", healthz, methods=["GET"]),
-    Route("/readyz", readyz, methods=["GET"]),
-    Route("/v1/model-status", model_status, methods=["GET"]),
-    Route("/model-status", model_status, methods=["GET"]),
-    Route("/metrics", metrics, methods=["GET"]),
-    Route("/openapi.json", openapi, methods=["GET"]),
-]
+def routes(*, metrics_on_api_port: bool) -> list[Route]:
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/v1/model-status", model_status, methods=["GET"]),
+        Route("/model-status", model_status, methods=["GET"]),
+        *([Route("/metrics", metrics, methods=["GET"])] if metrics_on_api_port else []),
+        Route("/openapi.json", openapi, methods=["GET"]),
+    ]
