@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 levels[str(c)] = {t.name: measure_wrk(t, c, args, key) for t in order}
             shed = {sc.name: _shed(sc, args, key, sc)}
             # The same replica behind HAProxy, which refuses what the replica would not admit.
-            limit = proxy.in_flight_limit(sc.url)
+            limit = proxy.in_flight_limit(sc.metrics_url)
             with proxy.haproxy_in_front(sc.port, limit, args.haproxy_timeout_queue) as lb:
                 via = Target(VIA_HAPROXY, sc.proc, lb.config.listen_port, lb.logfile)
                 wait_ready(via, "/readyz")  # the replica is UP in HAProxy (health checks)

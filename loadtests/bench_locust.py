@@ -310,10 +310,15 @@ def main(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 2
-    # The replicas' own view while locust drives them: pool use, waiters, cache hits.
+    # The replicas' own view while locust drives them (each one's metrics port): pool use,
+    # waiters, cache hits.
     replicas = {
-        f"replica-{url.rsplit(':', 1)[1]}": url
-        for url in stack.get("SKILLCOACH_REPLICA_URLS", "").split()
+        f"replica-{url.rsplit(':', 1)[1]}": metrics_url
+        for url, metrics_url in zip(
+            stack.get("SKILLCOACH_REPLICA_URLS", "").split(),
+            stack.get("SKILLCOACH_REPLICA_METRICS_URLS", "").split(),
+            strict=False,
+        )
         if not args.host or args.host == stack.get("SKILLCOACH_URL")
     }
     ranges = _ranges(args, stack)

@@ -95,7 +95,7 @@ def _serve(name: str, env: dict[str, str], tmp: Path) -> Target:
     port = free_port()
     sc_env = env | {
         "SKILLCOACH_PORT": str(port),
-        "SKILLCOACH_METRICS_PORT": "0",
+        "SKILLCOACH_METRICS_PORT": str(free_port()),
         "SKILLCOACH_ENVIRONMENT": "dev",
         "SKILLCOACH_LOG_LEVEL": "warning",
     }
@@ -321,8 +321,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         replica_pids = {
             f"replica-{url.rsplit(':', 1)[1]}": pid for url, pid in stack.replica_pids().items()
         }
-        metrics = {OFF: targets[OFF].url, CACHED: targets[CACHED].url} | {
-            f"replica-{url.rsplit(':', 1)[1]}": url for url in stack.replica_urls()
+        metrics = {OFF: targets[OFF].metrics_url, CACHED: targets[CACHED].metrics_url} | {
+            f"replica-{url.rsplit(':', 1)[1]}": metrics_url
+            for url, metrics_url in zip(
+                stack.replica_urls(), stack.replica_metrics_urls(), strict=True
+            )
         }
         pids = {n: t.proc.pid for n, t in targets.items()} | replica_pids
         ready_s = round(time.monotonic() - started, 1)

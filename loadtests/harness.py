@@ -144,10 +144,17 @@ class Target:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
+    # Where a skillcoach replica serves /metrics (None: another server, or on `port`).
+    metrics_port: int | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def metrics_url(self) -> str:
+        port = self.port if self.metrics_port is None else self.metrics_port
+        return f"http://127.0.0.1:{port}/metrics"
 
 
 def raise_nofile() -> int:
@@ -171,10 +178,12 @@ def serve_cmd() -> list[str]:
 def serve_env(
     base: dict[str, str], *, port: int, database_url: str, redis_url: str | None = None
 ) -> dict[str, str]:
-    """`skillcoach serve` settings: dev, warnings only, cached on redis_url (None: cache off)."""
+    """`skillcoach serve` settings: dev, warnings only, cached on redis_url (None: cache off),
+    /metrics on a free port of its own (spawn records it in the Target)."""
     env = base | {
         "SKILLCOACH_DATABASE_URL": database_url,
         "SKILLCOACH_PORT": str(port),
+        "SKILLCOACH_METRICS_PORT": str(free_port()),
         "SKILLCOACH_CACHE_ENABLED": "false" if redis_url is None else "true",
         "SKILLCOACH_ENVIRONMENT": "dev",
         "SKILLCOACH_LOG_LEVEL": "warning",
@@ -185,12 +194,15 @@ def serve_env(
 
 
 def spawn(name: str, cmd: list[str], env: dict[str, str], port: int, logdir: Path) -> Target:
+    """Start cmd; a skillcoach replica's metrics port is read from its SKILLCOACH_METRICS_PORT
+    (0 or unset: /metrics on `port`)."""
     log = logdir / f"{name}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             cmd, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
         )
-    return Target(name, proc, port, log)
+    metrics = int(env.get("SKILLCOACH_METRICS_PORT") or 0)
+    return Target(name, proc, port, log, metrics_port=metrics or None)
 
 
 def spawn_naive(name: str, database_url: str, env: dict[str, str], logdir: Path) -> Target:
@@ -247,7 +259,7 @@ def stop(t: Target) -> None:
 def scrape(t: Target) -> Scrape:
     """skillcoach_* samples of /metrics (no histogram buckets) and the scrape's own time."""
     t0 = time.perf_counter()
-    status, body = http_get(t.url + "/metrics", timeout=5)
+    status, body = http_get(t.metrics_url, timeout=5)
     took = round((time.perf_counter() - t0) * 1000, 1)
     if status != 200:
         return f"scrape failed after {took} ms: HTTP {status or 'no answer'}"

@@ -2,9 +2,10 @@
 
 The benchmark drives the stack exactly as `make up` starts it (HAProxy -> N replicas ->
 PgBouncer, the replicas cached on a 6-node Redis Cluster, pool files from the sizing plan),
-but beside any stack the developer already runs: every port is a free one, and the role and
-database are the benchmark's own (`up` resets its role's password, so sharing "skillcoach"
-would lock the developer's PgBouncer out). `stop` runs `stack down` and drops both.
+but beside any stack the developer already runs: every port is a free one (the replicas'
+metrics ports and the stack's Prometheus included), and the role and database are the
+benchmark's own (`up` resets its role's password, so sharing "skillcoach" would lock the
+developer's PgBouncer out). `stop` runs `stack down` and drops both.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from loadtests.harness import admin_sql, clean_env
 from skillcoach_devstack import envfile
+from skillcoach_devstack.config import METRICS_PORT_OFFSET
 from skillcoach_devstack.processes import ApiReplica, free_port, free_port_block, log_tail
 from skillcoach_devstack.redis_cluster import free_base_port
 
@@ -54,8 +57,16 @@ class LocalStack:
     def database(self) -> str:
         return self.env["SKILLCOACH_STACK_DATABASE"]
 
+    @property
+    def prometheus_url(self) -> str:
+        return self.values["SKILLCOACH_PROMETHEUS_URL"]
+
     def replica_urls(self) -> list[str]:
         return self.values["SKILLCOACH_REPLICA_URLS"].split()
+
+    def replica_metrics_urls(self) -> list[str]:
+        """Each replica's /metrics (its metrics port), in the order of replica_urls."""
+        return self.values["SKILLCOACH_REPLICA_METRICS_URLS"].split()
 
     def replica_pids(self) -> dict[str, int | None]:
         """Replica URL -> its pid (None when it is not running)."""
@@ -66,11 +77,18 @@ class LocalStack:
         }
 
 
-def stack_env(replicas: int, learners: int) -> dict[str, str]:
+def stack_env(replicas: int, learners: int, *, scrape_interval: int = 5) -> dict[str, str]:
     tag = uuid.uuid4().hex[:8]
+    # Blocks below the ephemeral range: see free_port_block. The replicas' metrics ports sit
+    # METRICS_PORT_OFFSET above their API ports.
+    api = free_port_block(replicas + 1, low=23000, high=25000, offsets=(0, METRICS_PORT_OFFSET))
     return {
-        # Blocks below the ephemeral range: see free_port_block.
-        "SKILLCOACH_STACK_API_PORT": str(free_port_block(replicas + 1, low=23000, high=25000)),
+        "SKILLCOACH_STACK_API_PORT": str(api),
+        "SKILLCOACH_STACK_METRICS_PORT_OFFSET": str(METRICS_PORT_OFFSET),
+        "SKILLCOACH_STACK_PROMETHEUS_PORT": str(free_port()),
+        "SKILLCOACH_STACK_SCRAPE_INTERVAL": str(scrape_interval),
+        "SKILLCOACH_STACK_OTLP_GRPC_PORT": str(free_port()),
+        "SKILLCOACH_STACK_OTLP_HTTP_PORT": str(free_port()),
         "SKILLCOACH_STACK_REDIS_CLUSTER_PORT": str(free_base_port()),
         "SKILLCOACH_STACK_PGBOUNCER_PORT": str(free_port()),
         "SKILLCOACH_STACK_REDIS_PORT": str(free_port()),
@@ -92,10 +110,19 @@ def _stack_cli(stack: LocalStack, action: str, timeout: float) -> subprocess.Com
     )
 
 
-def start_stack(root: Path, *, replicas: int, learners: int) -> LocalStack:
-    """`skillcoach stack up --replicas N` in root; raises with its output if it fails."""
+def start_stack(
+    root: Path,
+    *,
+    replicas: int,
+    learners: int,
+    scrape_interval: int = 5,
+    settings: Mapping[str, str] | None = None,
+) -> LocalStack:
+    """`skillcoach stack up --replicas N` in root; raises with its output if it fails.
+    settings: SKILLCOACH_* variables for the replicas (they pass through `stack up`)."""
     root.mkdir(parents=True, exist_ok=True)
-    stack = LocalStack(root=root, env=stack_env(replicas, learners), replicas=replicas)
+    env = stack_env(replicas, learners, scrape_interval=scrape_interval) | dict(settings or {})
+    stack = LocalStack(root=root, env=env, replicas=replicas)
     stack.log = root / "stack-up.log"
     proc = _stack_cli(stack, "up", UP_TIMEOUT)
     stack.log.write_text(proc.stdout + proc.stderr)

@@ -113,14 +113,14 @@ def haproxy_in_front(
         stop_haproxy(lb)
 
 
-def in_flight_limit(replica_url: str) -> int:
-    """The replica's own admission limit (pool capacity + queue allowance), from its /metrics:
-    HAProxy's maxconn for it."""
-    with urllib.request.urlopen(f"{replica_url}/metrics", timeout=5) as r:
+def in_flight_limit(metrics_url: str) -> int:
+    """The replica's own admission limit (pool capacity + queue allowance), from its /metrics
+    (metrics_url, on its metrics port): HAProxy's maxconn for it."""
+    with urllib.request.urlopen(metrics_url, timeout=5) as r:
         text = r.read().decode()
     m = re.search(r"^skillcoach_http_in_flight_limit ([0-9.e+]+)$", text, re.M)
     if m is None:
-        raise RuntimeError(f"no skillcoach_http_in_flight_limit in {replica_url}/metrics")
+        raise RuntimeError(f"no skillcoach_http_in_flight_limit in {metrics_url}")
     return int(float(m.group(1)))
 
 

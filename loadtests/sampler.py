@@ -1,11 +1,12 @@
 """What the servers report while the benchmark drives them: a time series.
 
 A background thread reads every `interval` seconds, in parallel, each skillcoach process's
-/metrics (pool size / checked out / waiters, cache hits and misses, requests in flight, shed
-503s) and every process's resident memory from /proc, and tags each sample with the phase the
-runner announced (target and connection count). A scrape that does not answer within the
-timeout is recorded as missing, not waited for: at 1,000 connections a replica's /metrics
-queues behind the load like any other request, and a stalled sampler would blur the series.
+/metrics on its metrics port (pool size / checked out / waiters, cache hits and misses,
+requests in flight, shed 503s) and every process's resident memory from /proc, and tags each
+sample with the phase the runner announced (target and connection count). A scrape that does
+not answer within the timeout is recorded as missing, not waited for: a replica loaded with
+1,000 connections may answer late even on its metrics port, and a stalled sampler would blur
+the series.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def peak_rss_mb(pid: int) -> float | None:
 
 def _scrape(url: str, timeout: float) -> dict[str, float] | None:
     try:
-        with urllib.request.urlopen(f"{url}/metrics", timeout=timeout) as r:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
             return parse_metrics(r.read().decode())
     except (OSError, urllib.error.URLError, ValueError):
         return None
@@ -90,7 +91,7 @@ def _scrape(url: str, timeout: float) -> dict[str, float] | None:
 class Sampler:
     """Start with `start()`, announce phases with `phase(label)`, `stop()` returns samples.
 
-    metrics: process name -> base URL of a skillcoach process (its /metrics);
+    metrics: process name -> the /metrics URL of a skillcoach process (on its metrics port);
     pids: process name -> pid, for memory (every target, skillcoach or not).
     """
 

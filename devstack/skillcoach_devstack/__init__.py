@@ -1,5 +1,7 @@
 """The local stack (`skillcoach stack up|down|status|scale`): PostgreSQL, PgBouncer (and its
-exporter), Redis, API replicas behind HAProxy.
+exporter), Redis, API replicas behind HAProxy, Prometheus with the alert rules, and (with
+SKILLCOACH_STACK_OTLP=1) an OTLP receiver for traces. The Grafana dashboards are built here
+too (skillcoach_devstack.dashboards).
 
 State lives in ROOT/.stack/ (pid files, logs, generated secrets, the sourceable `env`); PgBouncer's
 runtime files live in /tmp/skillcoach-pgbouncer-<port>/ because it runs as the postgres user.

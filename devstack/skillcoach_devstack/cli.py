@@ -13,7 +13,8 @@ __all__ = ["register"]
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "stack",
-        help="the local stack: PostgreSQL, PgBouncer, Redis, API replicas behind HAProxy",
+        help="the local stack: PostgreSQL, PgBouncer, Redis, API replicas behind HAProxy,"
+        " Prometheus",
         description="up [--replicas N] starts everything (N API replicas, default 1, behind"
         " HAProxy on one port); scale N (or scale --replicas N) changes the number of"
         " replicas of a running stack and resizes every replica's pool; down stops it;"

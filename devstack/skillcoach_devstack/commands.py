@@ -1,9 +1,14 @@
 """`skillcoach stack up|down|status|scale`: the local stack, one progress line per step.
 
 up: packages -> postgres -> pool plan -> pgbouncer -> redis -> redis cluster -> pgbouncer
-exporter -> migrate -> seed (if empty) -> train (if no live model) -> api key -> pool files ->
-api replicas -> haproxy -> .stack/env. Every step reuses what already runs and is healthy, so a
-second `up` is quick and changes nothing.
+exporter -> migrate -> seed (if empty) -> train (if no live model) -> api key -> OTLP receiver
+(with SKILLCOACH_STACK_OTLP=1, `make up OTLP=1`) -> pool files -> api replicas -> haproxy ->
+prometheus -> .stack/env. Every step reuses what already runs and is healthy, so a second `up`
+is quick and changes nothing.
+
+Each replica serves /metrics on its own metrics port (its API port + 1000 by default), never on
+the API port; Prometheus (prometheus.py) scrapes them all, HAProxy and the PgBouncer exporter,
+with the alert rules of the Helm chart loaded, and follows `scale` through its target file.
 
 The replicas' cache is the 6-node Redis Cluster (redis_cluster.py; SKILLCOACH_REDIS_URL is its
 redis+cluster:// URL); the standalone redis-server runs beside it for comparison
@@ -11,7 +16,7 @@ redis+cluster:// URL); the standalone redis-server runs beside it for comparison
 
 HAProxy always owns the API port (SKILLCOACH_STACK_API_PORT, default 8000), even in front of
 one replica; the replicas listen on the ports after it. Each replica's pool comes from
-plan_pools (skillcoach.data.pool_sizing) through its pool file .stack/pool/api-<port>.json, which
+plan_pools (skillcoach_operator.sizing) through its pool file .stack/pool/api-<port>.json, which
 the replica watches; `scale N` recomputes the plan, starts or retires replicas (a retired one
 is taken out of HAProxy by a soft reload before it is stopped) and rewrites every pool file.
 """
@@ -32,7 +37,6 @@ from pydantic import TypeAdapter, ValidationError
 
 from skillcoach import limits
 from skillcoach.data.pool_file import PoolFile
-from skillcoach.data.pool_sizing import Budget, PoolPlan, plan_pools
 from skillcoach.pgbouncer.admin import admin_query
 from skillcoach.settings import Settings
 from skillcoach_devstack import envfile, packages, postgres
@@ -41,6 +45,7 @@ from skillcoach_devstack.errors import StackError
 from skillcoach_devstack.exporter import ExporterProcess
 from skillcoach_devstack.haproxy import HAProxy, HAProxyConfig, Server, server_name
 from skillcoach_devstack.haproxy import default_template_path as default_haproxy_template
+from skillcoach_devstack.otlp import OtlpReceiver
 from skillcoach_devstack.pgbouncer import (
     ADMIN_USER,
     PgBouncer,
@@ -49,6 +54,7 @@ from skillcoach_devstack.pgbouncer import (
     runtime_dir_for,
 )
 from skillcoach_devstack.pools import (
+    client_budget,
     plan_scale,
     pool_path,
     prune_pool_files,
@@ -65,8 +71,11 @@ from skillcoach_devstack.processes import (
     log_tail,
     run_bounded,
 )
+from skillcoach_devstack.prometheus import PrometheusConfig, PrometheusServer, Target
+from skillcoach_devstack.prometheus import default_rules_path as default_prometheus_rules
 from skillcoach_devstack.redis import RedisServer
 from skillcoach_devstack.redis_cluster import RedisClusterNodes
+from skillcoach_operator.sizing import Budget, PoolPlan, plan_pools
 
 __all__ = ["down", "scale", "status", "up"]
 
@@ -169,6 +178,32 @@ def make_redis_cluster(cfg: StackConfig) -> RedisClusterNodes:
 
 def make_exporter(cfg: StackConfig) -> ExporterProcess:
     return ExporterProcess(port=cfg.exporter_port, state_dir=cfg.state_dir)
+
+
+def make_otlp(cfg: StackConfig) -> OtlpReceiver:
+    return OtlpReceiver(
+        grpc_port=cfg.otlp_grpc_port, http_port=cfg.otlp_http_port, state_dir=cfg.state_dir
+    )
+
+
+def make_replica(cfg: StackConfig, port: int) -> ApiReplica:
+    return ApiReplica(port=port, state_dir=cfg.state_dir, metrics_port=cfg.metrics_port(port))
+
+
+def make_prometheus(cfg: StackConfig, replicas: Sequence[ApiReplica] = ()) -> PrometheusServer:
+    """The stack's Prometheus scraping these replicas' metrics ports, HAProxy and the
+    PgBouncer exporter (no replicas: only good for pid, status and stop)."""
+    config = PrometheusConfig(
+        port=cfg.prometheus_port,
+        scrape_interval=cfg.scrape_interval,
+        replicas=tuple(Target(pod=r.name, port=r.metrics_port) for r in replicas if r.metrics_port),
+        haproxy=Target(pod="haproxy", port=cfg.haproxy_stats_port),
+        exporter=Target(pod="pgbouncer-exporter", port=cfg.exporter_port),
+        rules_file=default_prometheus_rules(),
+    )
+    return PrometheusServer(
+        config=config, runtime_dir=cfg.prometheus_dir, logfile=cfg.logs_dir / "prometheus.log"
+    )
 
 
 def _direct_url(cfg: StackConfig, secrets: Secrets) -> str:
@@ -325,6 +360,9 @@ class _Running:
     cfg: StackConfig
     root: Path
     settings: dict[str, str]
+    budget: Budget
+    # Where the replicas send traces (the OTLP receiver's endpoint), or None: no tracing.
+    otlp_endpoint: str | None = None
 
 
 def _retire(cfg: StackConfig, replica: ApiReplica, *, drained: bool) -> None:
@@ -345,7 +383,8 @@ def _reconcile(run: _Running, replicas: int, plan: PoolPlan) -> tuple[list[ApiRe
 
     # Shrinking pools (and new replicas' files) before replicas are added...
     shrink_first, grow_last = split_by_direction(cfg.pool_dir, ports, plan)
-    for pool_change in write_pools(cfg.pool_dir, shrink_first, plan):
+    clients = client_budget(run.budget)
+    for pool_change in write_pools(cfg.pool_dir, shrink_first, plan, budget=clients):
         _say("pool", pool_change.describe())
 
     surplus = [known[p] for p in change.stop]
@@ -355,15 +394,20 @@ def _reconcile(run: _Running, replicas: int, plan: PoolPlan) -> tuple[list[ApiRe
             _retire(cfg, replica, drained=False)
         surplus = []
 
-    wanted = [ApiReplica(port=p, state_dir=cfg.state_dir) for p in ports]
+    wanted = [make_replica(cfg, p) for p in ports]
     for replica in wanted:
         settings = {
             **run.settings,
             "SKILLCOACH_HOST": replica.host,
             "SKILLCOACH_PORT": str(replica.port),
-            "SKILLCOACH_METRICS_PORT": "0",
+            "SKILLCOACH_METRICS_PORT": str(replica.metrics_port),
             "SKILLCOACH_POOL_FILE": str(pool_path(cfg.pool_dir, replica.port).resolve()),
         }
+        if run.otlp_endpoint is not None:
+            settings |= {
+                "OTEL_EXPORTER_OTLP_ENDPOINT": run.otlp_endpoint,
+                "OTEL_RESOURCE_ATTRIBUTES": f"service.instance.id={replica.name}",
+            }
         # Caller's SKILLCOACH_* settings pass through (e.g. CACHE_ENABLED=false for a bench);
         # the stack's own and the start-up pool (the plan's numbers) win.
         env = {"SKILLCOACH_CACHE_ENABLED": "true", **os.environ, **settings, **_pool_env(plan)}
@@ -407,10 +451,16 @@ def _reconcile(run: _Running, replicas: int, plan: PoolPlan) -> tuple[list[ApiRe
             _retire(cfg, replica, drained=True)
 
     # ...growing ones once the surplus replicas are gone.
-    for pool_change in write_pools(cfg.pool_dir, grow_last, plan):
+    for pool_change in write_pools(cfg.pool_dir, grow_last, plan, budget=clients):
         _say("pool", pool_change.describe())
     prune_pool_files(cfg.pool_dir, ports)  # left by replicas stopped with `down`
     return wanted, lb
+
+
+def _apply_prometheus(cfg: StackConfig, replicas: Sequence[ApiReplica]) -> PrometheusServer:
+    server = make_prometheus(cfg, replicas)
+    _say("prometheus", server.apply())
+    return server
 
 
 def _write_env(
@@ -422,6 +472,8 @@ def _write_env(
     cache: RedisServer,
     lb: HAProxy,
     replicas: Sequence[ApiReplica],
+    prometheus: PrometheusServer,
+    otlp_endpoint: str | None,
 ) -> None:
     envfile.write_env(
         cfg.env_file,
@@ -434,9 +486,12 @@ def _write_env(
             standalone_redis_url=cache.url,
             pgbouncer_admin_url=bouncer.admin_url,
             replica_urls=[r.url for r in replicas],
+            replica_metrics_urls=[r.metrics_url or "" for r in replicas],
             pgbouncer_metrics_url=make_exporter(cfg).url,
             haproxy_stats_url=lb.stats_url,
             haproxy_metrics_url=lb.metrics_url,
+            prometheus_url=prometheus.url,
+            otlp_endpoint=otlp_endpoint,
         ),
     )
     _say("env", f"wrote {cfg.env_file}")
@@ -453,7 +508,7 @@ def up(root: Path, *, replicas: int) -> int:
         "packages",
         f"installed {' '.join(installed)}"
         if installed
-        else "pgbouncer, redis-server, haproxy present",
+        else "pgbouncer, redis-server, haproxy, prometheus present",
     )
 
     started = postgres.ensure_running(cfg.pg_admin_dsn)
@@ -545,7 +600,18 @@ def up(root: Path, *, replicas: int) -> int:
     if not api_key:
         api_key = new_key()
 
-    wanted, lb = _reconcile(_Running(cfg=cfg, root=root, settings=stack_settings), replicas, plan)
+    receiver = make_otlp(cfg)
+    if cfg.otlp:
+        _say("otlp", receiver.ensure())
+    elif receiver.stop():
+        _say("otlp", "stopped (start it with `make up OTLP=1`); the replicas restart untraced")
+    otlp_endpoint = receiver.endpoint if cfg.otlp else None
+
+    running = _Running(
+        cfg=cfg, root=root, settings=stack_settings, budget=budget, otlp_endpoint=otlp_endpoint
+    )
+    wanted, lb = _reconcile(running, replicas, plan)
+    prometheus = _apply_prometheus(cfg, wanted)
 
     auth = {"Authorization": f"Bearer {api_key}"}
     if http_status(f"{lb.url}/v1/learners/1/weaknesses", headers=auth, timeout=10) in (401, 403):
@@ -561,13 +627,25 @@ def up(root: Path, *, replicas: int) -> int:
         cache=cache,
         lb=lb,
         replicas=wanted,
+        prometheus=prometheus,
+        otlp_endpoint=otlp_endpoint,
+    )
+    traces = (
+        f"{receiver.logfile} (OTLP receiver on {receiver.endpoint})"
+        if otlp_endpoint is not None
+        else "off (`make up OTLP=1` prints them to .stack/logs/otlp.log)"
     )
     print(
         "\nskillcoach is up.\n"
-        f"  URL:     {lb.url}  (HAProxy -> {len(wanted)} replica(s);"
+        f"  URL:        {lb.url}  (HAProxy -> {len(wanted)} replica(s);"
         f" `skillcoach stack scale N` to change)\n"
-        f"  API key: {api_key}\n"
-        f"  env:     . {cfg.env_file}\n"
+        f"  API key:    {api_key}\n"
+        f"  Prometheus: {prometheus.url}  (every replica, HAProxy, PgBouncer; alert rules"
+        f" loaded: {prometheus.url}/alerts)\n"
+        f"  metrics:    {' '.join(r.metrics_url or '' for r in wanted)}\n"
+        f"  traces:     {traces}\n"
+        f"  logs:       {cfg.logs_dir}/\n"
+        f"  env:        . {cfg.env_file}\n"
         "  try:\n"
         f"    curl -sS -H 'Authorization: Bearer {api_key}' {lb.url}/v1/learners/1/weaknesses\n",
         flush=True,
@@ -600,8 +678,18 @@ def scale(root: Path, *, replicas: int) -> int:
             raise StackError(f"{name} is not running: run `skillcoach stack up`")
     _say("pgbouncer", _apply_pgbouncer(bouncer))
 
-    run = _Running(cfg=cfg, root=root, settings=_stack_settings(bouncer, cluster, cfg))
+    # Tracing stays as `up` left it: a scale must not restart the replicas it keeps.
+    receiver = make_otlp(cfg)
+    otlp_endpoint = receiver.endpoint if receiver.pid() is not None else None
+    run = _Running(
+        cfg=cfg,
+        root=root,
+        settings=_stack_settings(bouncer, cluster, cfg),
+        budget=budget,
+        otlp_endpoint=otlp_endpoint,
+    )
     wanted, lb = _reconcile(run, replicas, plan)
+    prometheus = _apply_prometheus(cfg, wanted)
     _write_env(
         cfg,
         secrets=secrets,
@@ -610,6 +698,8 @@ def scale(root: Path, *, replicas: int) -> int:
         cache=cache,
         lb=lb,
         replicas=wanted,
+        prometheus=prometheus,
+        otlp_endpoint=otlp_endpoint,
     )
     print(f"\nskillcoach runs {len(wanted)} replica(s) behind {lb.url}.", flush=True)
     return 0
@@ -623,6 +713,10 @@ def down(root: Path) -> int:
     for replica in known_replicas(cfg.state_dir):
         stopped = replica.stop()
         _say("api", f"{'stopped' if stopped else 'not running'} on port {replica.port}")
+    stopped = make_prometheus(cfg).stop()
+    _say("prometheus", "stopped (its data is kept)" if stopped else "not running")
+    stopped = make_otlp(cfg).stop()
+    _say("otlp", "stopped" if stopped else "not running")
     stopped = make_exporter(cfg).stop()
     _say("exporter", "stopped" if stopped else "not running")
     if not cfg.secrets_file.exists():
@@ -691,6 +785,30 @@ def status(root: Path) -> int:
             f"{lb.url} (pid {pid}, {n_up}/{len(states or {})} replicas UP; stats {lb.stats_url})",
         )
     replicas = known_replicas(cfg.state_dir)
+    prometheus = make_prometheus(cfg)
+    pid = prometheus.pid()
+    health = prometheus.targets_health() if pid is not None else None
+    if pid is None:
+        line("prometheus", False, f"{prometheus.url} (not running)")
+    elif health is None:
+        line("prometheus", False, f"{prometheus.url} (pid {pid}, not answering)")
+    else:
+        n_up = sum(1 for h in health.values() if h == "up")
+        line(
+            "prometheus",
+            True,
+            f"{prometheus.url} (pid {pid}, {n_up}/{len(health)} targets up,"
+            f" every {cfg.scrape_interval}s; alerts {prometheus.url}/alerts)",
+        )
+    receiver = make_otlp(cfg)
+    pid = receiver.pid()
+    # Optional: not running is not a failure of the stack.
+    _say(
+        "otlp",
+        f"up   {receiver.endpoint} (pid {pid}, spans in {receiver.logfile})"
+        if pid is not None
+        else "off  (`make up OTLP=1` starts it)",
+    )
     if not replicas:
         line("api", False, "no replica started (run `skillcoach stack up`)")
     for replica in replicas:
@@ -707,9 +825,14 @@ def status(root: Path) -> int:
             if pool is None
             else f"pool file {pool.pool_size}+{pool.max_overflow} generation {pool.generation}"
         )
+        if replica.metrics_url is None:
+            scraped = "no metrics port"
+        else:
+            state = (health or {}).get(replica.metrics_url, "not a Prometheus target")
+            scraped = f"metrics {replica.metrics_url} ({state})"
         line(
             "api",
             ready == 200,
-            f"{replica.url} (pid {pid}, {detail}, HAProxy: {lb_state}, {sizes})",
+            f"{replica.url} (pid {pid}, {detail}, HAProxy: {lb_state}, {sizes}, {scraped})",
         )
     return 0 if ok else 1

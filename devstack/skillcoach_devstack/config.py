@@ -1,9 +1,10 @@
 """Where the local stack listens and keeps its state, read once from the environment.
 
 Ports and the PostgreSQL admin DSN come from SKILLCOACH_STACK_* variables (defaults: API 8000
-(HAProxy; the replicas listen on 8001..), HAProxy stats 8404, PgBouncer 6432, PgBouncer exporter
-9127, Redis 6390, the Redis Cluster's six nodes 7000..7005 (bus ports 17000..17005),
-postgres@127.0.0.1:5432), and so do the application's role and database
+(HAProxy; the replicas listen on 8001.., each with its /metrics port 1000 above: 9001..),
+HAProxy stats 8404, PgBouncer 6432, PgBouncer exporter 9127, Prometheus 9190, the OTLP receiver
+4317 (gRPC) and 4318 (HTTP), Redis 6390, the Redis Cluster's six nodes 7000..7005 (bus ports
+17000..17005), postgres@127.0.0.1:5432), and so do the application's role and database
 (SKILLCOACH_STACK_APP_USER, SKILLCOACH_STACK_DATABASE, both "skillcoach"): a second stack beside
 the first (the benchmark's) needs its own role too, since `up` resets the role's password to its
 own secret. Generated passwords live in ROOT/.stack/secrets.json (mode 0600) so a second `up`
@@ -31,6 +32,11 @@ DEFAULT_PG_ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 MAX_REPLICAS = 32
 # The cluster's six nodes take base..base+5 and their bus ports base+10000..base+10005.
 MAX_REDIS_CLUSTER_PORT = 65535 - 10000 - 5
+# A replica's /metrics port is its API port plus this (SKILLCOACH_STACK_METRICS_PORT_OFFSET).
+METRICS_PORT_OFFSET = 1000
+# Not Prometheus' usual 9090: installing Debian's package starts a system Prometheus there on
+# machines that run systemd.
+PROMETHEUS_PORT = 9190
 # Role and database names go into PgBouncer's ini and URLs unquoted: plain identifiers only.
 _IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
@@ -46,6 +52,15 @@ def _env_int(env: Mapping[str, str], name: str, default: int, *, low: int, high:
     if not low <= value <= high:
         raise StackError(f"{name}: {value} is outside [{low}, {high}]")
     return value
+
+
+def _env_flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise StackError(f"{name}: expected 1 or 0 (true or false), got {raw!r}")
 
 
 def _env_identifier(env: Mapping[str, str], name: str, default: str) -> str:
@@ -66,6 +81,14 @@ class StackConfig:
     redis_cluster_port: int = 7000
     haproxy_stats_port: int = 8404
     exporter_port: int = 9127
+    metrics_port_offset: int = METRICS_PORT_OFFSET
+    prometheus_port: int = PROMETHEUS_PORT
+    # Seconds between scrapes and between rule evaluations of the stack's Prometheus.
+    scrape_interval: int = 5
+    # The OTLP receiver (`make up OTLP=1`): the replicas send their traces to it.
+    otlp: bool = False
+    otlp_grpc_port: int = 4317
+    otlp_http_port: int = 4318
     pg_admin_dsn: str = DEFAULT_PG_ADMIN_DSN
     demo_learners: int = 2000
     ready_timeout: float = 180.0
@@ -94,6 +117,20 @@ class StackConfig:
                 env, "SKILLCOACH_STACK_HAPROXY_STATS_PORT", 8404, low=1, high=65535
             ),
             exporter_port=_env_int(env, "SKILLCOACH_STACK_EXPORTER_PORT", 9127, low=1, high=65535),
+            metrics_port_offset=_env_int(
+                env, "SKILLCOACH_STACK_METRICS_PORT_OFFSET", METRICS_PORT_OFFSET, low=1, high=30000
+            ),
+            prometheus_port=_env_int(
+                env, "SKILLCOACH_STACK_PROMETHEUS_PORT", PROMETHEUS_PORT, low=1, high=65535
+            ),
+            scrape_interval=_env_int(env, "SKILLCOACH_STACK_SCRAPE_INTERVAL", 5, low=1, high=60),
+            otlp=_env_flag(env, "SKILLCOACH_STACK_OTLP"),
+            otlp_grpc_port=_env_int(
+                env, "SKILLCOACH_STACK_OTLP_GRPC_PORT", 4317, low=1, high=65535
+            ),
+            otlp_http_port=_env_int(
+                env, "SKILLCOACH_STACK_OTLP_HTTP_PORT", 4318, low=1, high=65535
+            ),
             pg_admin_dsn=env.get("SKILLCOACH_STACK_PG_ADMIN_DSN") or DEFAULT_PG_ADMIN_DSN,
             demo_learners=_env_int(env, "SKILLCOACH_DEMO_LEARNERS", 2000, low=1, high=1_000_000),
             ready_timeout=float(
@@ -137,6 +174,11 @@ class StackConfig:
         return self.state_dir / "haproxy"
 
     @property
+    def prometheus_dir(self) -> Path:
+        """Prometheus' configuration, its scrape targets and its data."""
+        return self.state_dir / "prometheus"
+
+    @property
     def pg_host(self) -> str:
         return parse_dsn(self.pg_admin_dsn).get("host") or "127.0.0.1"
 
@@ -149,9 +191,17 @@ class StackConfig:
         front of them (even for one replica, so SKILLCOACH_URL is always the load balancer)."""
         if not 1 <= replicas <= MAX_REPLICAS:
             raise StackError(f"replicas must be in [1, {MAX_REPLICAS}], got {replicas}")
-        if self.api_port + replicas > 65535:
-            raise StackError(f"{replicas} replicas do not fit above port {self.api_port}")
+        if self.api_port + replicas + self.metrics_port_offset > 65535:
+            raise StackError(
+                f"{replicas} replicas (and their metrics ports {self.metrics_port_offset} above)"
+                f" do not fit above port {self.api_port}"
+            )
         return [self.api_port + i for i in range(1, replicas + 1)]
+
+    def metrics_port(self, api_port: int) -> int:
+        """The /metrics port of the replica on api_port (the service serves /metrics only on
+        its metrics port, so a saturated API port never delays a scrape)."""
+        return api_port + self.metrics_port_offset
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,22 +26,31 @@ def stack_env(
     redis_url: str,
     pgbouncer_admin_url: str,
     replica_urls: list[str],
+    replica_metrics_urls: list[str],
     pgbouncer_metrics_url: str,
     haproxy_stats_url: str,
     haproxy_metrics_url: str,
+    prometheus_url: str | None = None,
+    otlp_endpoint: str | None = None,
     standalone_redis_url: str | None = None,
 ) -> dict[str, str]:
     """The variables of a running stack; DATABASE_URL and REDIS_URL are the replicas' own.
-    api_url is the load balancer's; replica_urls reach each replica directly.
+    api_url is the load balancer's; replica_urls reach each replica directly, and
+    replica_metrics_urls are their /metrics (on each replica's metrics port, in the same
+    order). prometheus_url: the stack's Prometheus; otlp_endpoint: where the replicas send
+    traces (their OTEL_EXPORTER_OTLP_ENDPOINT), when the receiver runs.
     standalone_redis_url: the stack's single redis-server, beside the cluster that REDIS_URL
     names, for comparing the two (e.g. SKILLCOACH_REDIS_URL=$SKILLCOACH_STANDALONE_REDIS_URL)."""
+    if len(replica_metrics_urls) != len(replica_urls):
+        raise ValueError("one metrics URL per replica")
     values = {
         "SKILLCOACH_URL": api_url,
         "SKILLCOACH_API_KEY": api_key,
-        # /metrics is served on the API port (SKILLCOACH_METRICS_PORT=0); through the load
-        # balancer it is whichever replica answers: scrape SKILLCOACH_REPLICA_URLS for each.
-        "SKILLCOACH_METRICS_URL": f"{api_url}/metrics",
+        # /metrics is served on each replica's metrics port only, never through the load
+        # balancer: this is the first replica's; SKILLCOACH_REPLICA_METRICS_URLS has each.
+        "SKILLCOACH_METRICS_URL": replica_metrics_urls[0] if replica_metrics_urls else "",
         "SKILLCOACH_REPLICA_URLS": " ".join(replica_urls),
+        "SKILLCOACH_REPLICA_METRICS_URLS": " ".join(replica_metrics_urls),
         "SKILLCOACH_PGBOUNCER_METRICS_URL": pgbouncer_metrics_url,
         "SKILLCOACH_HAPROXY_STATS_URL": haproxy_stats_url,
         "SKILLCOACH_HAPROXY_METRICS_URL": haproxy_metrics_url,
@@ -50,6 +59,10 @@ def stack_env(
         "SKILLCOACH_REDIS_URL": redis_url,
         "SKILLCOACH_PGBOUNCER_ADMIN_URL": pgbouncer_admin_url,
     }
+    if prometheus_url is not None:
+        values["SKILLCOACH_PROMETHEUS_URL"] = prometheus_url
+    if otlp_endpoint is not None:
+        values["SKILLCOACH_OTLP_ENDPOINT"] = otlp_endpoint
     if standalone_redis_url is not None:
         values["SKILLCOACH_STANDALONE_REDIS_URL"] = standalone_redis_url
     return values

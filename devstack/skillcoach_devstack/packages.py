@@ -23,6 +23,9 @@ REQUIRED: tuple[tuple[str, str], ...] = (
     ("wrk", "wrk"),
     # Certificates for the TLS Redis servers of the tests.
     ("openssl", "openssl"),
+    # The stack's Prometheus; promtool checks and unit-tests the alert rules (tests/observability).
+    ("prometheus", "prometheus"),
+    ("promtool", "prometheus"),
 )
 
 # Daemons live in sbin, which a non-root PATH often lacks.
@@ -43,7 +46,8 @@ def require_binary(name: str, *, package: str) -> str:
 
 
 def missing_packages(required: Sequence[tuple[str, str]] = REQUIRED) -> list[str]:
-    return [package for binary, package in required if find_binary(binary) is None]
+    # One package may provide several binaries: name it once.
+    return list(dict.fromkeys(p for binary, p in required if find_binary(binary) is None))
 
 
 def ensure_packages(

@@ -1,9 +1,12 @@
 """The local stack's side of the pool-sizing contract (docs/architecture.md): its connection budget,
 the replicas' pool files in ROOT/.stack/pool/, and which replicas a scale starts or stops.
 
-The sizes come from skillcoach.data.pool_sizing.plan_pools, the one sizing function; this module
+The sizes come from skillcoach_operator.sizing.plan_pools, the one sizing function; this module
 only supplies the stack's budget and writes the result. Each write of a pool file takes a new
 generation (persisted in .stack/pool/generation), so a replica never re-applies an old one.
+Every file also carries the client budget it was sized against (`client_budget`: PgBouncer's
+max_client_conn less the reserve), which the replicas export so that the sum of their pools
+can be compared with it (skillcoach_db_pool_client_budget).
 """
 
 from __future__ import annotations
@@ -16,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from skillcoach.data.pool_file import PoolFile, PoolFileError, read_pool_file, write_pool_file
-from skillcoach.data.pool_sizing import Budget, PoolPlan
+from skillcoach_operator.sizing import Budget, PoolPlan
 
 __all__ = [
     "PoolChange",
     "ScalePlan",
+    "client_budget",
     "last_generation",
     "plan_scale",
     "pool_path",
@@ -54,6 +58,12 @@ def stack_budget(*, max_client_conn: int, max_connections: int, reserve_pool_siz
         pgbouncer_replicas=1,
         pgbouncer_reserve_pool=reserve_pool_size,
     )
+
+
+def client_budget(budget: Budget) -> int:
+    """The client connections of PgBouncer that the replicas' pools share (plan_pools divides
+    exactly this among the replicas and the surge)."""
+    return budget.max_client_conn - budget.client_reserve
 
 
 def pool_path(pool_dir: Path, port: int) -> Path:
@@ -141,10 +151,13 @@ def split_by_direction(
     return first, last
 
 
-def write_pools(pool_dir: Path, ports: Iterable[int], plan: PoolPlan) -> list[PoolChange]:
-    """Write plan's sizes to the pool file of each port whose file differs (or is missing);
-    all of them take one new generation. Returns what changed, nothing if nothing did."""
-    wanted = PoolFile.from_plan(plan, generation=0)
+def write_pools(
+    pool_dir: Path, ports: Iterable[int], plan: PoolPlan, *, budget: int | None = None
+) -> list[PoolChange]:
+    """Write plan's sizes (and the client budget they were sized against) to the pool file of
+    each port whose file differs (or is missing); all of them take one new generation.
+    Returns what changed, nothing if nothing did."""
+    wanted = PoolFile.from_plan(plan, generation=0, client_budget=budget)
     stale: list[tuple[int, PoolFile | None]] = []
     for port in ports:
         current = _read(pool_path(pool_dir, port))
@@ -155,7 +168,7 @@ def write_pools(pool_dir: Path, ports: Iterable[int], plan: PoolPlan) -> list[Po
     generation = last_generation(pool_dir) + 1
     # The counter first: a crash between the two can only skip a generation, never reuse one.
     _persist_generation(pool_dir, generation)
-    after = PoolFile.from_plan(plan, generation=generation)
+    after = PoolFile.from_plan(plan, generation=generation, client_budget=budget)
     changes = []
     for port, before in stale:
         write_pool_file(pool_path(pool_dir, port), after)

@@ -255,11 +255,15 @@ def log_tail(path: Path, lines: int = 20) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ApiReplica:
-    """One `skillcoach serve` process on its own port, detached, with pid file and log."""
+    """One `skillcoach serve` process on its own port, detached, with pid file and log.
+
+    metrics_port: where it serves /metrics (recorded in api-<port>.metrics beside its pid file
+    when it starts; None for a replica started without one)."""
 
     port: int
     state_dir: Path
     host: str = "127.0.0.1"
+    metrics_port: int | None = None
 
     @property
     def pidfile(self) -> Path:
@@ -272,6 +276,22 @@ class ApiReplica:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def metrics_port_file(self) -> Path:
+        return self.state_dir / f"api-{self.port}.metrics"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Its /metrics, or None when it has no metrics port of its own."""
+        if self.metrics_port is None:
+            return None
+        return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def name(self) -> str:
+        """How HAProxy, Prometheus (the `pod` label) and the logs call it."""
+        return f"api-{self.port}"
 
     def pid(self) -> int | None:
         return owned_pid(self.pidfile, "skillcoach")
@@ -304,6 +324,13 @@ class ApiReplica:
         ensure_port_free(
             self.host, self.port, who="api", hint="set SKILLCOACH_STACK_API_PORT to move the stack"
         )
+        if self.metrics_port is not None:
+            ensure_port_free(
+                self.host,
+                self.metrics_port,
+                who=f"api on port {self.port} (its metrics port)",
+                hint="set SKILLCOACH_STACK_METRICS_PORT_OFFSET or SKILLCOACH_STACK_API_PORT",
+            )
         self.logfile.parent.mkdir(parents=True, exist_ok=True)
         with self.logfile.open("ab") as log:
             # A new session: the replica outlives this command and ignores its terminal's ^C.
@@ -318,6 +345,10 @@ class ApiReplica:
             )
         self.pidfile.write_text(f"{proc.pid}\n")
         self.fingerprint_file.write_text(self.fingerprint(settings or {}) + "\n")
+        if self.metrics_port is None:
+            self.metrics_port_file.unlink(missing_ok=True)
+        else:
+            self.metrics_port_file.write_text(f"{self.metrics_port}\n")
         return proc.pid
 
     def wait_ready(self, timeout: float) -> None:
@@ -339,15 +370,20 @@ class ApiReplica:
     def stop(self, timeout: float = 15.0) -> bool:
         """Stop it if it runs; True if something was stopped."""
         return stop_owned(
-            self.pidfile, "skillcoach", timeout=timeout, forget=[self.fingerprint_file]
+            self.pidfile,
+            "skillcoach",
+            timeout=timeout,
+            forget=[self.fingerprint_file, self.metrics_port_file],
         )
 
 
 def known_replicas(state_dir: Path) -> list[ApiReplica]:
-    """Every replica that has a pid file, running or not, by port."""
+    """Every replica that has a pid file, running or not, by port, with the metrics port it
+    was started with."""
     replicas = []
     for path in sorted(state_dir.glob("api-*.pid")):
         port = path.stem.removeprefix("api-")
         if port.isdigit():
-            replicas.append(ApiReplica(port=int(port), state_dir=state_dir))
+            metrics = read_pidfile(path.with_suffix(".metrics"))
+            replicas.append(ApiReplica(port=int(port), state_dir=state_dir, metrics_port=metrics))
     return replicas

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 
-from skillcoach.data.pool_sizing import plan_pools
 from skillcoach_devstack.commands import (
     RESERVE_POOL_SIZE,
     SURGE,
@@ -19,6 +18,7 @@ from skillcoach_devstack.config import Secrets, StackConfig
 from skillcoach_devstack.haproxy import default_template_path as haproxy_template
 from skillcoach_devstack.pgbouncer import default_template_path
 from skillcoach_devstack.pools import stack_budget
+from skillcoach_operator.sizing import plan_pools
 
 SECRETS = Secrets(app_password="a", admin_password="b")
 

@@ -91,3 +91,42 @@ def test_corrupt_secrets_are_reported(tmp_path: Path) -> None:
     path.write_text("{")
     with pytest.raises(StackError, match="delete it"):
         load_or_create_secrets(path)
+
+
+def test_observability_defaults_and_overrides() -> None:
+    cfg = StackConfig.from_env(Path("/r"), {})
+    # Each replica's /metrics 1000 above its API port; Prometheus off Debian's own 9090.
+    assert cfg.metrics_port(8001) == 9001
+    assert (cfg.prometheus_port, cfg.scrape_interval, cfg.otlp) == (9190, 5, False)
+    assert (cfg.otlp_grpc_port, cfg.otlp_http_port) == (4317, 4318)
+    assert cfg.prometheus_dir == Path("/r/.stack/prometheus")
+    cfg = StackConfig.from_env(
+        Path("/r"),
+        {
+            "SKILLCOACH_STACK_METRICS_PORT_OFFSET": "500",
+            "SKILLCOACH_STACK_PROMETHEUS_PORT": "19190",
+            "SKILLCOACH_STACK_SCRAPE_INTERVAL": "1",
+            "SKILLCOACH_STACK_OTLP": "1",
+            "SKILLCOACH_STACK_OTLP_GRPC_PORT": "14317",
+            "SKILLCOACH_STACK_OTLP_HTTP_PORT": "14318",
+        },
+    )
+    assert cfg.metrics_port(8001) == 8501
+    assert (cfg.prometheus_port, cfg.scrape_interval, cfg.otlp) == (19190, 1, True)
+    assert (cfg.otlp_grpc_port, cfg.otlp_http_port) == (14317, 14318)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("", False), ("0", False), ("true", True)])
+def test_the_otlp_flag(raw: str, expected: bool) -> None:
+    assert StackConfig.from_env(Path("/r"), {"SKILLCOACH_STACK_OTLP": raw}).otlp is expected
+
+
+def test_bad_observability_settings_are_refused() -> None:
+    with pytest.raises(StackError, match="SKILLCOACH_STACK_OTLP"):
+        StackConfig.from_env(Path("/r"), {"SKILLCOACH_STACK_OTLP": "maybe"})
+    with pytest.raises(StackError, match="SKILLCOACH_STACK_SCRAPE_INTERVAL"):
+        StackConfig.from_env(Path("/r"), {"SKILLCOACH_STACK_SCRAPE_INTERVAL": "0"})
+    # The replicas' metrics ports must fit too.
+    cfg = StackConfig.from_env(Path("/r"), {"SKILLCOACH_STACK_API_PORT": "64990"})
+    with pytest.raises(StackError, match="metrics ports"):
+        cfg.api_ports(2)

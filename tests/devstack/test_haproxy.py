@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from skillcoach.data.pool_sizing import PoolPlan
 from skillcoach.settings import Settings
 from skillcoach_devstack.commands import in_flight_limit, make_haproxy, queue_allowance
 from skillcoach_devstack.config import StackConfig
@@ -31,6 +30,7 @@ from skillcoach_devstack.haproxy import (
 )
 from skillcoach_devstack.packages import find_binary
 from skillcoach_devstack.processes import free_port, pid_alive, wait_until
+from skillcoach_operator.sizing import PoolPlan
 
 TEMPLATE = default_template_path().read_text()
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from skillcoach.data.pool_file import read_pool_file
-from skillcoach.data.pool_sizing import Budget, plan_pools
 from skillcoach_devstack.pools import (
+    client_budget,
     last_generation,
     plan_scale,
     pool_path,
@@ -16,6 +16,7 @@ from skillcoach_devstack.pools import (
     split_by_direction,
     write_pools,
 )
+from skillcoach_operator.sizing import Budget, plan_pools
 
 # A small client budget, so the per-replica pool changes with the replica count.
 # A generous per-pod cap, so these tests exercise how the client budget is split.
@@ -87,3 +88,20 @@ def test_pruning_keeps_only_the_wanted_replicas_files(tmp_path: Path) -> None:
     write_pools(tmp_path, [8001, 8002, 8003], plan_pools(BUDGET, replicas=3))
     assert prune_pool_files(tmp_path, [8001]) == [8002, 8003]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["api-8001.json", "generation"]
+
+
+def test_pool_files_carry_the_client_budget_they_were_sized_against(tmp_path: Path) -> None:
+    plan = plan_pools(BUDGET, replicas=2, surge=1)
+    clients = client_budget(BUDGET)
+    assert clients == 120  # max_client_conn less the reserve: what plan_pools divides
+    # A file written before budgets were recorded is rewritten, with a new generation.
+    write_pools(tmp_path, [8001], plan)
+    assert read_pool_file(pool_path(tmp_path, 8001)).client_budget is None
+    [change] = write_pools(tmp_path, [8001], plan, budget=clients)
+    pool = read_pool_file(pool_path(tmp_path, 8001))
+    assert (pool.client_budget, pool.generation) == (120, 2)
+    assert change.before is not None and change.before.client_budget is None
+    # The same plan and budget again: nothing to write.
+    assert write_pools(tmp_path, [8001], plan, budget=clients) == []
+    # The sum of the pools fits the budget they record (plan_pools' promise, with the surge).
+    assert 2 * (pool.pool_size + pool.max_overflow) <= pool.client_budget

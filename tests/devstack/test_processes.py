@@ -76,3 +76,32 @@ def test_free_port_block_skips_blocks_with_a_taken_port() -> None:
             free_port_block(1, low=taken - 5, high=taken - 4, offsets=(0, 5), attempts=5)
     base = free_port_block(3, low=21000, high=22000, offsets=(0, 100))
     assert all(bindable(base + i + o) for o in (0, 100) for i in range(3))
+
+
+def test_a_replica_records_its_metrics_port(tmp_path: Path) -> None:
+    port, metrics = free_port(), free_port()
+    replica = ApiReplica(port=port, state_dir=tmp_path, metrics_port=metrics)
+    assert replica.metrics_url == f"http://127.0.0.1:{metrics}/metrics"
+    assert replica.name == f"api-{port}"
+    code = "import time; time.sleep(60)"
+    env = {"PATH": "/usr/bin:/bin"}
+    # `skillcoach` must be on its command line to count as ours: a stand-in that sleeps.
+    proc = subprocess.Popen([sys.executable, "-c", code, "skillcoach"], env=env)
+    try:
+        replica.pidfile.write_text(f"{proc.pid}\n")
+        replica.metrics_port_file.write_text(f"{metrics}\n")
+        [known] = known_replicas(tmp_path)
+        assert (known.port, known.metrics_port) == (port, metrics)
+        assert known.pid() == proc.pid
+        assert known.stop(timeout=5)
+        assert not replica.metrics_port_file.exists()
+        assert known_replicas(tmp_path) == []
+    finally:
+        proc.kill()
+        proc.wait(5)
+
+
+def test_a_replica_started_without_a_metrics_port_has_no_metrics_url(tmp_path: Path) -> None:
+    (tmp_path / "api-8001.pid").write_text("1\n")
+    [known] = known_replicas(tmp_path)
+    assert known.metrics_port is None and known.metrics_url is None

@@ -86,6 +86,7 @@ def test_env_file_carries_both_urls() -> None:
         standalone_redis_url="redis://127.0.0.1:6390/0",
         pgbouncer_admin_url="postgresql://a:x@127.0.0.1:6432/pgbouncer",
         replica_urls=["http://127.0.0.1:8001"],
+        replica_metrics_urls=["http://127.0.0.1:9001/metrics"],
         pgbouncer_metrics_url="http://127.0.0.1:9127/metrics",
         haproxy_stats_url="http://127.0.0.1:8404/stats",
         haproxy_metrics_url="http://127.0.0.1:8404/metrics",

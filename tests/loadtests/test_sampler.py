@@ -93,7 +93,7 @@ def test_rss_of_this_process() -> None:
 @pytest.mark.integration
 def test_sampler_reads_a_real_replica_and_tags_phases(server: tuple[str, str]) -> None:
     _base, metrics = server
-    sampler = Sampler({"api": metrics, "down": "http://127.0.0.1:9"}, {"me": os.getpid()},
+    sampler = Sampler({"api": f"{metrics}/metrics", "down": "http://127.0.0.1:9/metrics"}, {"me": os.getpid()},
                       interval=0.2, timeout=1.0).start()  # fmt: skip
     sampler.phase("api c=1")
     time.sleep(0.7)
