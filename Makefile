@@ -11,17 +11,21 @@ PY := $(VENV)/bin/python
 # Re-install only when pyproject.toml changes (the stamp is newer than it otherwise).
 STAMP := $(VENV)/.installed
 REPLICAS ?= 1
+# OTLP=1: `make up` also starts a local OTLP receiver and the replicas send it their traces.
+OTLP ?= 0
 
-.PHONY: help venv .venv up down status scale services test lint typecheck check docs tools image lock bench bench-check bench-locust
+.PHONY: help venv .venv up down status scale services test lint typecheck check docs dashboards tools image lock bench bench-check bench-locust
 
 help:
-	@echo "make up [REPLICAS=N]  start PostgreSQL, PgBouncer, Redis and the API; print URL, key, curl"
+	@echo "make up [REPLICAS=N] [OTLP=1]  start PostgreSQL, PgBouncer, Redis, the API and Prometheus;"
+	@echo "                      print URL, key, curl (OTLP=1: traces to .stack/logs/otlp.log)"
 	@echo "make down             stop what 'make up' started (data is kept)"
 	@echo "make status           show each component of the stack"
 	@echo "make scale REPLICAS=N change the replica count of the running stack (pools resized)"
 	@echo "make test             ensure services, run the test suite"
 	@echo "make check            lint, typecheck, test (what .ci/run does)"
 	@echo "make docs             regenerate the README's configuration table from Settings"
+	@echo "make dashboards       regenerate the Grafana dashboards' JSON from their builders"
 	@echo "make image            build the API and operator images with podman (sizes printed)"
 	@echo "make lock             regenerate requirements/*.lock from the pyproject files"
 	@echo "make bench            every target at 1..1000 connections + plots, scale, model (~7 min)"
@@ -37,7 +41,7 @@ $(STAMP): pyproject.toml devstack/pyproject.toml operator/pyproject.toml
 venv .venv: $(STAMP)
 
 up: $(STAMP)
-	$(VENV)/bin/skillcoach stack up --replicas $(REPLICAS)
+	SKILLCOACH_STACK_OTLP=$(OTLP) $(VENV)/bin/skillcoach stack up --replicas $(REPLICAS)
 
 down: $(STAMP)
 	$(VENV)/bin/skillcoach stack down
@@ -81,6 +85,11 @@ lock: $(STAMP)
 # Regenerate what is generated in the docs (the README's configuration table).
 docs: $(STAMP)
 	$(PY) -m skillcoach_devstack.settings_doc README.md
+
+# The Grafana dashboards (overview, pool, cache) from their builders in
+# devstack/skillcoach_devstack/dashboards/, into deploy/helm/skillcoach/files/dashboards/.
+dashboards: $(STAMP)
+	$(PY) -m skillcoach_devstack.dashboards
 
 # The full benchmark (manual, about seven minutes): the side-by-side suite (bare, naive,
 # cache-off, warm-cached, the multi-replica stack; table, JSON and PNG plots), the history-length

@@ -1,4 +1,5 @@
-"""The kopf operator that tunes per-pod DB pool sizes (see docs/architecture.md)."""
+"""The pool-budget operator: per-pod DB pool sizes and PgBouncer pools that follow the API
+Deployment's replica count within one connection budget (docs/operator.md)."""
 
 from importlib.metadata import PackageNotFoundError, version
 

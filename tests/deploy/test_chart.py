@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from skillcoach.api.server import SERVER_OPTIONS
 from skillcoach.cli import build_parser
 from skillcoach.settings import Settings, load_settings
 from skillcoach_devstack.tools import Tools
+from skillcoach_operator.rbac import NAMED_ONLY, PERMISSIONS
 from tests.deploy.tooling import (
     ROOT,
     Helm,
@@ -595,7 +597,14 @@ def test_hpa_and_pdb(renders: dict[str, list[Doc]], value_set: str) -> None:
         assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0
         down = behavior["scaleDown"]["stabilizationWindowSeconds"]
         assert down == values["autoscaling"]["scaleDownStabilizationSeconds"] > 0
-    pdbs = [d for d in docs if d["kind"] == "PodDisruptionBudget" and ours(d)]
+    # The API's PDB (the operator's own is checked with the operator).
+    pdbs = [
+        d
+        for d in docs
+        if d["kind"] == "PodDisruptionBudget"
+        and ours(d)
+        and d["metadata"]["labels"]["app.kubernetes.io/component"] == "api"
+    ]
     if values["pdb"]["enabled"]:
         [pdb] = pdbs
         assert selects(
@@ -658,7 +667,7 @@ def test_network_policies_select_every_pod_of_the_chart(
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
-def test_api_reaches_only_pgbouncer_redis_and_dns(
+def test_api_reaches_only_pgbouncer_redis_dns_and_the_collector(
     renders: dict[str, list[Doc]], value_set: str
 ) -> None:
     docs = renders[value_set]
@@ -684,12 +693,20 @@ def test_api_reaches_only_pgbouncer_redis_and_dns(
         elif ports == {values["pgbouncer"]["service"]["port"]}:
             assert not values["pgbouncer"]["enabled"]
             seen.add("pgbouncer")
+        elif values["tracing"]["enabled"] and ports == {collector_port(values)}:
+            cidr = values["tracing"]["collectorCIDR"]
+            assert rule.get("to", []) == ([{"ipBlock": {"cidr": cidr}}] if cidr else [])
+            seen.add("collector")
         else:
             assert values["cache"]["enabled"] and ports == redis_ports, ports
             cidr = values["networkPolicy"]["redisCIDR"]
             assert rule.get("to", []) == ([{"ipBlock": {"cidr": cidr}}] if cidr else [])
             seen.add("redis")
-    assert seen == {"dns", "pgbouncer"} | ({"redis"} if values["cache"]["enabled"] else set())
+    assert seen == (
+        {"dns", "pgbouncer"}
+        | ({"redis"} if values["cache"]["enabled"] else set())
+        | ({"collector"} if values["tracing"]["enabled"] else set())
+    )
 
     ingress_ports = [{p["port"] for p in rule["ports"]} for rule in policy["spec"]["ingress"]]
     assert sorted(map(sorted, ingress_ports)) == [["http"], ["metrics"]]
@@ -700,6 +717,29 @@ def test_api_reaches_only_pgbouncer_redis_and_dns(
         [peer] = api_rule["from"]
         assert peer["podSelector"]["matchLabels"] == {f"{FULLNAME}-client": "true"}
         assert selects(peer["podSelector"], pods["test"]["metadata"]["labels"])
+
+
+def collector_port(values: dict[str, Any]) -> int:
+    url = urllib.parse.urlsplit(values["tracing"]["endpoint"])
+    return url.port or (443 if url.scheme == "https" else 80)
+
+
+@pytest.mark.parametrize("value_set", VALUE_SETS)
+def test_tracing_is_configured_by_the_standard_variables_or_not_at_all(
+    renders: dict[str, list[Doc]], value_set: str
+) -> None:
+    values = merged_values(value_set)
+    api = find(renders[value_set], "Deployment", FULLNAME)
+    env = [e["name"] for e in api["spec"]["template"]["spec"]["containers"][0]["env"]]
+    otel = [n for n in env if n.startswith("OTEL_")]
+    if not values["tracing"]["enabled"]:
+        assert otel == []
+        return
+    assert {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_TRACES_SAMPLER_ARG", "OTEL_SERVICE_NAME"} <= set(
+        otel
+    )
+    # $(POD_NAME) in the resource attributes expands only if POD_NAME comes first.
+    assert env.index("POD_NAME") < env.index("OTEL_RESOURCE_ATTRIBUTES")
 
 
 @pytest.mark.parametrize("value_set", VALUE_SETS)
@@ -794,18 +834,26 @@ def test_train_promote_is_a_cli_flag_of_the_service() -> None:
 
 
 def test_operator_has_a_minimal_namespaced_role(renders: dict[str, list[Doc]]) -> None:
+    """The Role grants exactly what skillcoach_operator.rbac lists (tests/operator checks that
+    the running operator uses all of it and nothing else); ConfigMap reads and writes are
+    limited to the two ConfigMaps it manages."""
     docs = renders["operator-values.yaml"]
     name = f"{FULLNAME}-operator"
     assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
-    assert not [d for d in docs if d["kind"] == "CustomResourceDefinition"]
     role = find(docs, "Role", name)
-    rules = {(tuple(r["apiGroups"]), tuple(r["resources"])): r for r in role["rules"]}
-    assert set(rules[(("apps",), ("deployments",))]["verbs"]) == {"get", "list", "watch", "patch"}
-    configmaps = rules[(("",), ("configmaps",))]
-    assert configmaps["resourceNames"] == [f"{FULLNAME}-pool"]
-    assert set(configmaps["verbs"]) == {"get", "patch", "update"}
-    assert rules[(("", "events.k8s.io"), ("events",))]["verbs"] == ["create"]
-    assert len(rules) == 3
+    granted: dict[tuple[str, str], set[str]] = {}
+    for rule in role["rules"]:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), set()).update(rule["verbs"])
+                if (group, resource) in NAMED_ONLY and "resourceNames" in rule:
+                    assert set(rule["verbs"]) <= NAMED_ONLY[(group, resource)]
+                    assert rule["resourceNames"] == [f"{FULLNAME}-pool", f"{RELEASE}-pgbouncer"]
+    assert granted == {key: set(verbs) for key, verbs in PERMISSIONS.items()}
+    named = [r for r in role["rules"] if "resourceNames" in r]
+    assert [(r["resources"], sorted(r["verbs"])) for r in named] == [
+        (["configmaps"], ["get", "patch"])
+    ]
     binding = find(docs, "RoleBinding", name)
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -814,12 +862,32 @@ def test_operator_has_a_minimal_namespaced_role(renders: dict[str, list[Doc]]) -
     }
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": NAMESPACE}]
     deployment = find(docs, "Deployment", name)
-    assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == name
-    image = container(deployment["spec"]["template"], "operator")["image"]
-    assert image.split("@")[0].rsplit(":", 1)[0].endswith("skillcoach-operator")
+    pod = deployment["spec"]["template"]
+    assert pod["spec"]["serviceAccountName"] == name
+    operator = container(pod, "operator")
+    assert operator["image"].split("@")[0].rsplit(":", 1)[0].endswith("skillcoach-operator")
+    assert operator["command"] == ["skillcoach-operator"] and "args" not in operator
+    env = {e["name"]: e for e in operator["env"]}
+    assert env["SKILLCOACH_OPERATOR_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.namespace"
+    )
+    # Liveness is kopf's endpoint, on the port the probe names.
+    liveness = env["SKILLCOACH_OPERATOR_LIVENESS"]["value"]
+    assert liveness == "http://0.0.0.0:8080/healthz"
+    assert operator["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert operator["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pdb = find(docs, "PodDisruptionBudget", name)
+    assert selects(pdb["spec"]["selector"], pod["metadata"]["labels"])
+    assert pdb["spec"]["maxUnavailable"] == 1
     for value_set, other in renders.items():
+        # The CRD ships with the chart (crds/), whatever the values.
+        assert find(other, "CustomResourceDefinition", "poolpolicies.skillcoach.io")
         if not merged_values(value_set)["operator"]["enabled"]:
-            assert not [d for d in other if d["kind"] in ("Role", "RoleBinding")], value_set
+            assert not [d for d in other if d["kind"] in ("Role", "RoleBinding", "PoolPolicy")], (
+                value_set
+            )
 
 
 def test_secrets_by_name_and_a_demo_secret(renders: dict[str, list[Doc]]) -> None:
@@ -976,4 +1044,8 @@ def test_long_release_names_stay_dns_labels(helm: Helm, chart: Path) -> None:
     ).stdout
     for doc in parse_manifests(text):
         name = doc["metadata"]["name"]
+        if doc["kind"] == "CustomResourceDefinition":
+            # <plural>.<group>, a DNS subdomain the release does not touch.
+            assert name == "poolpolicies.skillcoach.io"
+            continue
         assert len(name) <= 63 and re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name), name

@@ -23,7 +23,6 @@ import pytest
 import yaml
 from sqlalchemy.engine import make_url
 
-from skillcoach.data.pool_sizing import Budget, plan_pools
 from skillcoach.pgbouncer.admin import admin_query
 from skillcoach_devstack.pgbouncer import (
     ADMIN_USER,
@@ -35,6 +34,7 @@ from skillcoach_devstack.pgbouncer import (
 )
 from skillcoach_devstack.processes import free_port, wait_until
 from skillcoach_devstack.tools import Tools
+from skillcoach_operator.sizing import Budget, plan_pools
 from tests.deploy.tooling import (
     ROOT,
     Helm,

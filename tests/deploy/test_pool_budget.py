@@ -1,4 +1,4 @@
-"""The chart's pool budget is skillcoach.data.pool_sizing.plan_pools: rendered with helm for a
+"""The chart's pool budget is skillcoach_operator.sizing.plan_pools: rendered with helm for a
 grid of budgets and replica counts, the pool file (read by skillcoach.data.pool_file) and the
 outcome (rendered, or refused naming "pool budget") agree with the Python function; the rule
 holds for every shipped value set; and an overcommitting value set fails to render."""
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from skillcoach.data.pool_file import PoolFile, read_pool_file
-from skillcoach.data.pool_sizing import Budget, PoolPlan, plan_pools
+from skillcoach_operator.sizing import Budget, PoolPlan, plan_pools
 from tests.deploy.test_chart import (
     FULLNAME,
     NAMESPACE,
@@ -190,7 +190,8 @@ def test_chart_and_plan_pools_agree_on_a_grid(helm: Helm, chart: Path, tmp_path:
             continue
         assert want.plan is not None
         got, configmap = pool_file_of(stdout, tmp_path)
-        if got != PoolFile.from_plan(want.plan, generation=1):
+        client_budget = case.max_client_conn * case.min_available - case.client_reserve
+        if got != PoolFile.from_plan(want.plan, generation=1, client_budget=client_budget):
             mismatches.append(f"{case}: chart {got}, plan_pools {want.plan}")
         notes = configmap["metadata"]["annotations"]
         if int(notes["skillcoach.io/pgbouncer-default-pool-size"]) != (
@@ -240,6 +241,7 @@ def test_every_value_set_keeps_the_pool_budget(
         pool_timeout=budget["poolTimeout"],
         pool_recycle=budget["poolRecycle"],
         generation=1,
+        client_budget=case.max_client_conn * case.min_available - case.client_reserve,
     )
     notes = configmap["metadata"]["annotations"]
     assert int(notes["skillcoach.io/pool-replicas"]) == case.replicas

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import yaml
 
@@ -97,15 +98,48 @@ def parse_manifests(text: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(text) if d]
 
 
+def crd_schemas(docs: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> openAPIV3Schema of every version the CRDs among docs serve."""
+    schemas: dict[tuple[str, str], dict[str, Any]] = {}
+    for doc in docs:
+        if doc.get("kind") != CRD_KIND or doc.get("apiVersion") != "apiextensions.k8s.io/v1":
+            continue
+        spec = doc["spec"]
+        for version in spec["versions"]:
+            key = (f"{spec['group']}/{version['name']}", spec["names"]["kind"])
+            schemas[key] = version["schema"]["openAPIV3Schema"]
+    return schemas
+
+
+def validate_custom_resource(doc: dict[str, Any], schema: dict[str, Any]) -> None:
+    """A custom resource against its CRD's schema: OpenAPI 3.0, whose boolean
+    exclusiveMinimum and friends are JSON Schema draft 4's (x-kubernetes-* are ignored)."""
+    errors = sorted(
+        jsonschema.Draft4Validator(schema).iter_errors(doc), key=lambda e: list(e.absolute_path)
+    )
+    if errors:
+        name = f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+        found = "; ".join(f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in errors)
+        raise ToolError(f"{name} does not match its CRD's schema: {found}")
+
+
 def validate_kubernetes(
     docs: Iterable[dict[str, Any]], versions: Sequence[str] = KUBERNETES_VERSIONS
 ) -> int:
     """Validate every core/apps/... manifest strictly for each version; returns how many were
-    checked. Prometheus-operator kinds are left to validate_prometheus; anything else that has
-    no schema is an error, never a silent pass."""
+    checked. Prometheus-operator kinds are left to validate_prometheus; a custom resource whose
+    CRD is among docs (the chart's crds/) is checked against that CRD's schema; anything else
+    that has no schema is an error, never a silent pass."""
+    docs = list(docs)
+    custom = crd_schemas(docs)
     checked = 0
     for doc in docs:
         if doc.get("kind") in PROMETHEUS_KINDS:
+            continue
+        schema = custom.get((str(doc.get("apiVersion")), str(doc.get("kind"))))
+        if schema is not None:
+            validate_custom_resource(doc, schema)
+            checked += 1
             continue
         for version in versions:
             try:

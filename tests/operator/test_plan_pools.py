@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from skillcoach.data.pool_sizing import Budget, plan_pools
+from skillcoach_operator.sizing import Budget, plan_pools
 
 
 def test_one_replica_gets_the_per_pod_cap_as_a_steady_pool() -> None:

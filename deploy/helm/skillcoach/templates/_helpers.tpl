@@ -215,6 +215,7 @@ database-password
   "SKILLCOACH_QUEUE_ALLOWANCE" (toString (int .Values.config.queueAllowance))
   "SKILLCOACH_REQUEST_TIMEOUT" (toString .Values.config.requestTimeout)
   "SKILLCOACH_CACHE_ENABLED" (toString .Values.cache.enabled)
+  "SKILLCOACH_ACCESS_LOG" (toString .Values.config.accessLog)
 -}}
 {{- if .Values.cache.enabled -}}
 {{- $_ := set $s "SKILLCOACH_REDIS_URL" (include "skillcoach.redis.url" .) -}}
@@ -278,7 +279,7 @@ seccompProfile:
       port: 53
 {{- end }}
 
-{{/* ---- The pool budget: skillcoach.data.pool_sizing.plan_pools, in template form ----
+{{/* ---- The pool budget: skillcoach_operator.sizing.plan_pools, in template form ----
 Every figure below is an integer rendered as text; callers convert with int.
 Client side: PgBouncer's client budget must still hold when the PDB lets all but
 pdb.minAvailable PgBouncer pods go, and the API's static pool must hold at the largest
@@ -340,6 +341,7 @@ generation is the release revision: every upgrade is newer than what the pods ap
   "pool_timeout" .Values.poolBudget.poolTimeout
   "pool_recycle" (int .Values.poolBudget.poolRecycle)
   "generation" (int .Release.Revision)
+  "client_budget" (int (include "skillcoach.pool.clientBudget" .))
 -}}
 {{- toJson $file -}}
 {{- end -}}
@@ -500,4 +502,41 @@ release (hooks may run before or beside it), only the settings and the password 
   value: {{ $value | quote }}
 {{- end }}
 {{ include "skillcoach.env.databasePassword" . }}
+{{- end -}}
+
+{{/* OpenTelemetry: the standard OTEL_* variables, with the pod's identity from the Downward
+API (defined first: OTEL_RESOURCE_ATTRIBUTES refers to them). Nothing when tracing is off. */}}
+{{- define "skillcoach.env.tracing" -}}
+{{- if .Values.tracing.enabled }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
+- name: OTEL_SERVICE_NAME
+  value: skillcoach-api
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ .Values.tracing.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: http/protobuf
+- name: OTEL_TRACES_SAMPLER
+  value: parentbased_traceidratio
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ .Values.tracing.samplingRatio | toString | quote }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: "k8s.pod.name=$(POD_NAME),k8s.namespace.name=$(POD_NAMESPACE),k8s.node.name=$(NODE_NAME),service.version={{ .Chart.AppVersion }}"
+{{- end }}
+{{- end -}}
+
+{{/* The collector's port, from tracing.endpoint (4318 when the URL names none). */}}
+{{- define "skillcoach.tracing.port" -}}
+{{- $host := (urlParse .Values.tracing.endpoint).host -}}
+{{- if contains ":" $host -}}{{ last (splitList ":" $host) }}{{- else if hasPrefix "https" .Values.tracing.endpoint -}}443{{- else -}}80{{- end -}}
 {{- end -}}
