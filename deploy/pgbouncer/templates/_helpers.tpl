@@ -49,7 +49,7 @@ app.kubernetes.io/part-of: skillcoach
 {{- define "pgbouncer.heartbeat" -}}/run/reloader/heartbeat{{- end -}}
 
 {{/*
-The server budget, as skillcoach.data.pool_sizing.plan_pools computes it:
+The server budget, as skillcoach_operator.sizing.plan_pools computes it:
 default_pool_size = max(1, (maxConnections - serverReserve) // replicaCount - reservePoolSize).
 */}}
 {{- define "pgbouncer.serverBudget" -}}
