@@ -147,12 +147,14 @@ def run_server(
     *,
     log_file: Path | None = None,
     otel: Mapping[str, str] | None = None,
+    procs: list[subprocess.Popen[bytes]] | None = None,
     **env: str,
 ) -> Iterator[tuple[str, str]]:
     """`skillcoach serve` as a real process on free ports, configured by SKILLCOACH_* (env)
     and OTEL_* (otel) only; yields (base URL, metrics URL). Its log (stdout and stderr) goes
     to a file (a full pipe would stall it): `log_file`, kept for the caller to read, or a
-    temporary one. The caller's own OTEL_* variables are not passed on."""
+    temporary one. The caller's own OTEL_* variables are not passed on. `procs`, if given,
+    receives the process (to signal it and read its exit status)."""
     port, metrics_port = free_port(), free_port()
     full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SKILLCOACH_", "OTEL_"))},
@@ -177,6 +179,8 @@ def run_server(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        if procs is not None:
+            procs.append(proc)
 
         def output() -> str:
             log.seek(0)

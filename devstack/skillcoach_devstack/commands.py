@@ -301,7 +301,8 @@ def _cli(
         timeout=timeout,
         ok_codes=range(256),  # judged below, once the output is in the log
     )
-    log.write_text(f"$ skillcoach {' '.join(args)}\n{result.stdout}\n{result.stderr}")
+    # Private: `apikey create` prints the demo key.
+    envfile.write_private(log, f"$ skillcoach {' '.join(args)}\n{result.stdout}\n{result.stderr}")
     if result.returncode != 0:
         raise StackError(
             f"`skillcoach {' '.join(args)}` failed (exit {result.returncode}); log {log}:\n"

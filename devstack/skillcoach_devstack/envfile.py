@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["read_env", "render_env", "stack_env", "write_env"]
+__all__ = ["read_env", "render_env", "stack_env", "write_env", "write_private"]
 
 _NAME = re.compile(r"[A-Z_][A-Z0-9_]*")
 
@@ -85,6 +85,17 @@ def write_env(path: Path, values: Mapping[str, str]) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(render_env(values))
     os.replace(tmp, path)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it may echo a secret, such as the demo API
+    key a `skillcoach apikey create` log shows); an existing file is made private too."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # O_CREAT's mode applies only to a new file: an older, world-readable one is fixed here.
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def read_env(path: Path) -> dict[str, str]:

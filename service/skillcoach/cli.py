@@ -5,12 +5,18 @@ pgbouncer-exporter, pgbouncer-reloader, and the subcommands of installed plugins
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from skillcoach.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 __all__ = ["build_parser", "main"]
 
@@ -125,24 +131,103 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _expiry(args: argparse.Namespace) -> datetime | None:
+    """--expires-in DAYS or --expires-at ISO (a time without a zone is UTC); never the past."""
+    if args.expires_in is not None:
+        return datetime.now(UTC) + timedelta(days=args.expires_in)
+    if args.expires_at is None:
+        return None
+    when = datetime.fromisoformat(args.expires_at)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    if when <= datetime.now(UTC):
+        raise ValueError(f"--expires-at {args.expires_at} is not in the future")
+    return when
+
+
 def _cmd_apikey(args: argparse.Namespace) -> int:
     from skillcoach.data.api_keys import Scope, create_api_key
-    from skillcoach.data.database import create_sync_engine
 
     try:
         scopes = Scope.parse_list(args.scope)
+        expires_at = _expiry(args)
     except ValueError as exc:
         print(f"skillcoach: {exc}", file=sys.stderr)
         return 2
-    engine = create_sync_engine(_settings().sqlalchemy_url)
-    try:
-        with engine.begin() as conn:
-            key = create_api_key(conn, name=args.name, scopes=scopes)
-    finally:
-        engine.dispose()
+    with _engine() as engine, engine.begin() as conn:
+        key = create_api_key(conn, name=args.name, scopes=scopes, expires_at=expires_at)
     # Printed once: only its hash is stored.
     print(key)
     return 0
+
+
+def _cmd_apikey_list(args: argparse.Namespace) -> int:
+    import json
+
+    from skillcoach.data.api_keys import list_api_keys
+
+    with _engine() as engine, engine.connect() as conn:
+        records = list_api_keys(conn)
+
+    def iso(when: datetime | None) -> str | None:
+        return None if when is None else when.astimezone(UTC).isoformat(timespec="seconds")
+
+    rows = [
+        {
+            "id": r.id,
+            "name": r.name,
+            "scopes": list(r.scopes),
+            "created_at": iso(r.created_at),
+            "expires_at": iso(r.expires_at),
+            "last_used_at": iso(r.last_used_at),
+            "revoked_at": iso(r.revoked_at),
+        }
+        for r in records
+    ]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    columns = ("id", "name", "scopes", "created_at", "expires_at", "last_used_at", "revoked_at")
+    table = [[str(c).upper() for c in columns]]
+    for row in rows:
+        scopes = ",".join(row["scopes"])  # type: ignore[arg-type]
+        table.append([scopes if c == "scopes" else str(row[c] or "-") for c in columns])
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for line in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    return 0
+
+
+def _cmd_apikey_revoke(args: argparse.Namespace) -> int:
+    from skillcoach.data.api_keys import AmbiguousKeyName, revoke_api_keys
+
+    try:
+        with _engine() as engine, engine.begin() as conn:
+            revoked = revoke_api_keys(conn, ident=args.key, every=args.all)
+    except AmbiguousKeyName as exc:
+        print(f"skillcoach apikey revoke: {exc}", file=sys.stderr)
+        return 1
+    if not revoked:
+        print(
+            f"skillcoach apikey revoke: no active key with id or name {args.key!r}", file=sys.stderr
+        )
+        return 1
+    cached = _settings().api_key_cache_seconds
+    for key_id in revoked:
+        # The bound is the replicas' key cache (docs/security.md).
+        print(f"revoked key {key_id}; refused by every replica within {cached:g} s")
+    return 0
+
+
+@contextlib.contextmanager
+def _engine() -> Iterator[Engine]:
+    from skillcoach.data.database import create_sync_engine
+
+    engine = create_sync_engine(_settings().sqlalchemy_url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -251,7 +336,23 @@ def build_parser() -> argparse.ArgumentParser:
     c = apikey.add_parser("create", help="create a key and print it once")
     c.add_argument("--scope", default="read", help="comma-separated: read,write,admin")
     c.add_argument("--name", default="cli")
+    expiry = c.add_mutually_exclusive_group()
+    expiry.add_argument(
+        "--expires-in", type=_positive_float, metavar="DAYS", help="the key expires after DAYS"
+    )
+    expiry.add_argument(
+        "--expires-at", metavar="ISO", help="the key expires at this time (no zone: UTC)"
+    )
     c.set_defaults(func=_cmd_apikey)
+    c = apikey.add_parser("list", help="list keys (never their secrets or hashes)")
+    c.add_argument("--json", action="store_true", help="a JSON array instead of a table")
+    c.set_defaults(func=_cmd_apikey_list)
+    c = apikey.add_parser("revoke", help="revoke a key by id or name")
+    c.add_argument("key", metavar="ID|NAME", help="the key's id (all digits) or its name")
+    c.add_argument(
+        "--all", action="store_true", help="revoke every active key of that name, not just one"
+    )
+    c.set_defaults(func=_cmd_apikey_revoke)
 
     p = sub.add_parser("serve", help="run one API replica (configured by SKILLCOACH_* only)")
     p.set_defaults(func=_cmd_serve)

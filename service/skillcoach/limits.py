@@ -18,6 +18,7 @@ __all__ = [
     "CLOCK_SKEW",
     "EXERCISE_ID",
     "IDEMPOTENCY_KEY_MAX_CHARS",
+    "IDEMPOTENCY_KEY_PATTERN",
     "LEARNER_ID",
     "MAX_BODY_BYTES",
     "RECOMMENDATIONS_LIMIT",
@@ -77,6 +78,9 @@ CATALOG_CURSOR = IntParam(0, MAX_INT32, default=0)
 # POST /v1/learners/{id}/attempts
 ATTEMPTS_PER_BATCH = IntRange(1, 500)
 IDEMPOTENCY_KEY_MAX_CHARS = 200
+# Visible ASCII, inner spaces allowed: HTTP strips a header value's outer spaces, and
+# anything else would not survive every client and proxy unchanged.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$"
 MAX_BODY_BYTES = 1024 * 1024
 # How far in the future an answered_at may lie (clocks of clients drift).
 CLOCK_SKEW = timedelta(minutes=5)

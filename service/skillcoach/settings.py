@@ -61,15 +61,52 @@ class Settings(BaseSettings):
         description="one log line per request served (method, route template, status,"
         " duration, request and trace ids); probes and `/metrics` excluded",
     )
+    shutdown_drain_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        le=120,
+        description="after SIGTERM, seconds the replica answers `/readyz` 503 while still"
+        " serving, so load balancers stop routing to it before the graceful shutdown starts",
+    )
+    body_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=300,
+        description="deadline to receive a whole request body; a slower client gets 408",
+    )
     auth_enabled: bool = Field(
         default=True, description="bearer API keys required (cannot be false in `prod`)"
     )
     api_key_cache_seconds: float = Field(
-        default=30.0,
+        default=5.0,
         ge=0,
         le=3600,
-        description="a key lookup is cached this long per replica (a revoked key stops"
-        " working within it)",
+        description="a key lookup is cached this long per replica: a revoked or expired key"
+        " stops working within this many seconds on every replica (an expired key one"
+        " replica has cached is refused at once)",
+    )
+    # Off by default: the benchmarks drive thousands of requests a second with one key from
+    # one address; deployments set them (the chart's values, docs/security.md).
+    rate_limit_per_key: float = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="requests a second one API key may make, across all replicas (0: no"
+        " limit); beyond it 429 with Retry-After",
+    )
+    rate_limit_per_client: float = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="requests a second one client address may make to authenticated routes,"
+        " across all replicas (0: no limit)",
+    )
+    rate_limit_window_seconds: float = Field(
+        default=1.0,
+        ge=0.1,
+        le=3600,
+        description="the rate limits' fixed window: a key or client may make rate x window"
+        " requests in each (the burst)",
     )
 
     # -- database pool ----------------------------------------------------------------------
@@ -173,6 +210,15 @@ class Settings(BaseSettings):
     )
     cache_max_connections: int = Field(
         default=64, ge=1, le=10_000, description="Redis connections per replica"
+    )
+    # A failover promotes a replica, which may not have a raise yet (asynchronous
+    # replication); a raise that too few replicas acknowledged is treated as failed.
+    cache_version_replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=16,
+        description="replicas that must acknowledge a learner's cache version raise (WAIT)"
+        " before a write is answered; unset: 1 for a cluster URL, 0 for a standalone one",
     )
     # redis-py's per-command health check is a measurable share of a hit; the timeouts and
     # the breaker already catch a dead connection.

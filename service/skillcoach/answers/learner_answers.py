@@ -85,6 +85,9 @@ class LearnerAnswers:
     ) -> None:
         self.db = db
         self.cache = cache
+        if cache is not None:
+            # Failed version raises are listed in this database for every replica to see.
+            cache.use_database(db)
         self.config = config
         self.inference = Inference(None) if inference is None else inference
 

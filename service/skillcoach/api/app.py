@@ -20,7 +20,9 @@ from starlette.applications import Starlette
 from skillcoach.answers.learner_answers import AnswerConfig, LearnerAnswers
 from skillcoach.answers.warming import warm_cache
 from skillcoach.api.admission import AdmissionMiddleware
-from skillcoach.api.auth import KeyCache
+from skillcoach.api.auth import KeyCache, run_key_background
+from skillcoach.api.background import Drain, Supervisor
+from skillcoach.api.body_deadline import BodyDeadlineMiddleware
 from skillcoach.api.error_handlers import exception_handlers
 from skillcoach.api.hit_path import CacheHitPath
 from skillcoach.api.http_metrics import HttpMetrics, HttpMetricsMiddleware, new_registry
@@ -34,7 +36,7 @@ from skillcoach.data.pool_metrics import PoolCollector
 from skillcoach.data.pool_watch import initial_pool, watch_pool_file
 from skillcoach.data.readiness import HealthProbe
 from skillcoach.errors import DatabaseUnavailable
-from skillcoach.limits import in_flight_limit
+from skillcoach.limits import MAX_BODY_BYTES, in_flight_limit
 from skillcoach.ml.inference import Inference
 from skillcoach.ml.live_model import LiveModel, ModelCollector
 from skillcoach.settings import Settings
@@ -56,6 +58,7 @@ async def _refresh_model_forever(
     state: AppState,
     tg: TaskGroup,
     background: Background,
+    supervisor: Supervisor,
 ) -> None:
     interval = state.settings.model_refresh_seconds
     while True:
@@ -63,7 +66,8 @@ async def _refresh_model_forever(
         await anyio.sleep(interval * random.uniform(0.8, 1.2))
         try:
             if await state.live_model.refresh(state.db):
-                tg.start_soon(background(_warm), state)
+                warm = functools.partial(background(_warm), state)
+                tg.start_soon(supervisor.supervise, "warm", warm)
         except DatabaseUnavailable as exc:
             log.warning("model refresh skipped: %s", exc)
 
@@ -96,17 +100,18 @@ async def _scan_long_held_forever(db: Database) -> None:
 
 class ReadyCollector(Collector):
     """skillcoach_ready: what /readyz would answer, from its last probe (an alert on a replica
-    that is not ready needs no kube-state-metrics)."""
+    that is not ready needs no kube-state-metrics). 0 while draining for shutdown."""
 
-    def __init__(self, state: AppState) -> None:
+    def __init__(self, state: AppState, drain: Drain) -> None:
         self._state = state
+        self._drain = drain
 
     def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily(
             "skillcoach_ready",
             "1 when this replica would answer /readyz 200 (database reachable at the last"
             " probe, model loaded), else 0",
-            value=1 if self._state.ready() else 0,
+            value=1 if self._state.ready() and not self._drain.draining else 0,
         )
 
 
@@ -121,6 +126,8 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
     background: Background = untraced if tracing.enabled else _as_is
     http_metrics = HttpMetrics(registry)
     inference = Inference(registry, spans)
+    supervisor = Supervisor(registry)
+    drain = Drain()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -161,7 +168,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
             registry=registry,
         )
         registry.register(ModelCollector(state.live_model))
-        registry.register(ReadyCollector(state))
+        registry.register(ReadyCollector(state, drain))
         app.state.skillcoach = state
         try:
             await background(state.live_model.refresh)(db)
@@ -169,12 +176,26 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
             # Start anyway (liveness stays green); readiness reports the missing model.
             log.warning("no model at start-up: %s", exc)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(background(_refresh_model_forever), state, tg, background)
+
+            def start(name: str, fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+                # Supervised: one loop failing must not cancel the others (api/background).
+                tg.start_soon(supervisor.supervise, name, functools.partial(fn, *args))
+
+            start(
+                "model_refresh",
+                background(_refresh_model_forever),
+                state,
+                tg,
+                background,
+                supervisor,
+            )
             if cache is not None:
-                tg.start_soon(background(_retry_invalidations_forever), cache)
-                tg.start_soon(background(_warm), state)
-            tg.start_soon(_scan_long_held_forever, db)
-            tg.start_soon(
+                start("cache_retries", background(_retry_invalidations_forever), cache)
+                start("warm", background(_warm), state)
+            start("long_held_scan", _scan_long_held_forever, db)
+            start("keys", background(run_key_background), db, state.usage, state.limiter)
+            start(
+                "idempotency_prune",
                 background(
                     functools.partial(
                         prune_forever,
@@ -183,11 +204,15 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
                         every_seconds=settings.idempotency_prune_seconds,
                         pruned=pruned,
                     )
-                )
+                ),
             )
             if settings.pool_file is not None:
-                tg.start_soon(
-                    watch_pool_file, db, settings.pool_file, settings.pool_file_poll_seconds
+                start(
+                    "pool_watch",
+                    watch_pool_file,
+                    db,
+                    settings.pool_file,
+                    settings.pool_file_poll_seconds,
                 )
             try:
                 yield
@@ -213,6 +238,10 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
         ],
         lifespan=lifespan,
         exception_handlers=exception_handlers(),
+    )
+    # Innermost: a trickled body ends in 408 (and is counted by the HTTP metrics).
+    app.add_middleware(
+        BodyDeadlineMiddleware, timeout=settings.body_timeout_seconds, max_bytes=MAX_BODY_BYTES
     )
     # Added last = outermost: shed requests are counted by the HTTP metrics too.
     app.add_middleware(
@@ -241,6 +270,8 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
         # Outermost of ours: hits get their server span too. Only when tracing is on.
         app.add_middleware(ServerSpanMiddleware, tracer=tracer)
     app.state.metrics_registry = registry
+    # Flipped by the server on SIGTERM (api/server.py): /readyz then answers 503.
+    app.state.drain = drain
     app.state.tracing = tracing
     return app
 

@@ -8,6 +8,7 @@ its traceback, answered 500 without details.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from starlette.exceptions import HTTPException
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 
 # nginx's "client closed request": only ever seen by the metrics.
 CLIENT_CLOSED_REQUEST = 499
+
+LOG_EVERY_SECONDS = 5.0
+# When each 503 category was last logged at warning level (monotonic seconds).
+_last_logged: dict[str, float] = {}
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 
@@ -65,7 +70,15 @@ async def _db_unavailable(request: Request, exc: Exception) -> Response:
         detail, retry_after = "database too slow", 2
     else:
         detail, retry_after = "database unavailable", 2
-    problem = ServiceUnavailable(f"{detail}: {exc}", retry_after=retry_after)
+    # The driver's text (host, port, role) is for the log only: clients get the category.
+    # At most one warning per category every few seconds: an outage must not flood the log.
+    now = time.monotonic()
+    if now - _last_logged.get(detail, -LOG_EVERY_SECONDS) >= LOG_EVERY_SECONDS:
+        _last_logged[detail] = now
+        log.warning("%s on %s: %s", detail, request.url.path, exc)
+    else:
+        log.debug("%s on %s: %s", detail, request.url.path, exc)
+    problem = ServiceUnavailable(detail, retry_after=retry_after)
     return _response(problem, request.url.path)
 
 

@@ -29,9 +29,10 @@ from skillcoach.api.http_metrics import (
     name_server_span,
     request_id,
 )
+from skillcoach.api.rate_limit import RATE_DECISION, client_address
 from skillcoach.api.state import AppState
+from skillcoach.data.api_keys import ApiKey, hash_key, well_formed
 from skillcoach.data.api_keys import Scope as KeyScope
-from skillcoach.data.api_keys import hash_key
 from skillcoach.limits import LEARNER_ID, RECOMMENDATIONS_LIMIT, WEAKNESSES_LIMIT, IntParam
 
 __all__ = ["ROUTES", "CacheHitPath"]
@@ -129,8 +130,19 @@ class CacheHitPath:
                 rid = value
         # From here on the full path may follow: it reuses this request id.
         rid = scope[REQUEST_ID_KEY] = request_id(((REQUEST_ID_HEADER, rid),) if rid else ())
-        if authorization is None or not self._authorized(state, authorization):
+        key = None if authorization is None else self._authorized(state, authorization)
+        if key is None:
             return None
+        limiter = state.limiter
+        if limiter.enabled:
+            # Counted here once: the full path this may fall through to reads the decision
+            # (and answers a refusal with its 429) instead of counting again.
+            refusal = scope[RATE_DECISION] = limiter.check(
+                key_id=key.id, address=client_address(scope)
+            )
+            if refusal is not None:
+                return None
+        state.usage.seen(key.id)
         learner_id, kind = int(match.group(1)), match.group(2)
         limit = _limit(scope["query_string"], LIMITS[kind])
         if limit is None or learner_id not in LEARNER_ID:
@@ -144,14 +156,16 @@ class CacheHitPath:
         return None if body is None else (body, kind, rid)
 
     @staticmethod
-    def _authorized(state: AppState, authorization: bytes) -> bool:
-        # Only keys this replica has already looked up and cached as valid with read scope;
-        # everything else goes the full way (and gets its 401/403 there).
+    def _authorized(state: AppState, authorization: bytes) -> ApiKey | None:
+        # Only keys this replica has already looked up and cached as valid (not revoked for
+        # longer than the cache's TTL, not expired) with read scope; everything else goes the
+        # full way (and gets its 401/403 there).
         scheme, _, token = authorization.decode("latin-1").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
-        hit, key = state.keys.get(hash_key(token.strip()))
-        return hit and key is not None and key.allows(KeyScope.READ)
+        token = token.strip()
+        if scheme.lower() != "bearer" or not well_formed(token):
+            return None
+        _, key = state.keys.get(hash_key(token))
+        return key if key is not None and key.allows(KeyScope.READ) else None
 
 
 def _limit(query: bytes, bounds: IntParam) -> int | None:

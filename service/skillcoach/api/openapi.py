@@ -24,6 +24,7 @@ from skillcoach.limits import (
     CATALOG_CURSOR,
     CATALOG_PAGE_LIMIT,
     IDEMPOTENCY_KEY_MAX_CHARS,
+    IDEMPOTENCY_KEY_PATTERN,
     LEARNER_ID,
     RECOMMENDATION_TARGET,
     RECOMMENDATIONS_LIMIT,
@@ -144,10 +145,14 @@ def openapi_document(*, metrics_on_api_port: bool = False) -> dict[str, Any]:
                         {
                             "name": "Idempotency-Key",
                             "in": "header",
+                            "description": "Retries with the same key and batch are"
+                            " answered 200 with the first result, not recorded twice; the"
+                            " same key with another batch is 409.",
                             "schema": {
                                 "type": "string",
                                 "minLength": 1,
                                 "maxLength": IDEMPOTENCY_KEY_MAX_CHARS,
+                                "pattern": IDEMPOTENCY_KEY_PATTERN,
                             },
                         },
                     ],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import TypeVar
 
 import orjson
@@ -14,21 +15,66 @@ from skillcoach.api.problems import (
     UnsupportedMediaType,
     ValidationFailed,
 )
-from skillcoach.limits import MAX_BODY_BYTES, FloatRange, IntParam, IntRange
+from skillcoach.limits import (
+    IDEMPOTENCY_KEY_MAX_CHARS,
+    IDEMPOTENCY_KEY_PATTERN,
+    MAX_BODY_BYTES,
+    FloatRange,
+    IntParam,
+    IntRange,
+)
 
-__all__ = ["float_param", "int_param", "optional_int_param", "path_id", "read_json"]
+__all__ = [
+    "float_param",
+    "int_param",
+    "optional_int_param",
+    "parse_int",
+    "path_id",
+    "read_json",
+    "valid_idempotency_key",
+]
+
+_IDEMPOTENCY_KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
+
+
+def valid_idempotency_key(key: str) -> bool:
+    """The rule the OpenAPI document publishes for the Idempotency-Key header."""
+    return len(key) <= IDEMPOTENCY_KEY_MAX_CHARS and _IDEMPOTENCY_KEY.match(key) is not None
+
 
 M = TypeVar("M", bound=BaseModel)
 
 
+# Longer than any int64 written in decimal (with a sign): refused before int() is called,
+# which would raise for over 4300 digits (sys.get_int_max_str_digits) and is slow before that.
+MAX_INT_CHARS = 20
+
+
+def parse_int(raw: str) -> int | None:
+    """A plain decimal integer (optional leading '-', ASCII digits only: no spaces, '+' or
+    '_' that int() would accept), or None."""
+    digits = raw[1:] if raw.startswith("-") else raw
+    if len(raw) > MAX_INT_CHARS or not digits.isascii() or not digits.isdigit():
+        return None
+    return int(raw)
+
+
+def _shown(raw: str) -> str:
+    # A 4,000-digit id is not echoed back whole.
+    return repr(raw) if len(raw) <= 40 else f"{raw[:20]!r}... ({len(raw)} characters)"
+
+
 def path_id(request: Request, name: str, bounds: IntRange) -> int:
+    """A path id: 400 when it is not an integer within `bounds` (the OpenAPI document states
+    the range, so this is malformed input, not a missing resource: that is 404)."""
     raw = request.path_params[name]
-    if not raw.isascii() or not raw.isdigit() or int(raw) not in bounds:
+    value = parse_int(raw)
+    if value is None or value not in bounds:
         raise BadRequest(
-            f"{name} must be an integer from {bounds.low} to {bounds.high}, got {raw!r}",
+            f"{name} must be an integer from {bounds.low} to {bounds.high}, got {_shown(raw)}",
             param=name,
         )
-    return int(raw)
+    return value
 
 
 def int_param(request: Request, name: str, bounds: IntParam) -> int:
@@ -48,9 +94,10 @@ def float_param(request: Request, name: str, bounds: FloatRange, *, default: flo
     if raw is None:
         return default
     try:
-        value = float(raw)
+        # Bounded first: float() of a huge digit string is slow, and no bound needs it.
+        value = float(raw) if len(raw) <= 64 else float("nan")
     except ValueError:
-        raise BadRequest(f"{name} must be a number, got {raw!r}", param=name) from None
+        raise BadRequest(f"{name} must be a number, got {_shown(raw)}", param=name) from None
     if value not in bounds:  # NaN lies in no range
         raise BadRequest(
             f"{name} must be between {bounds.low} and {bounds.high}, got {value}", param=name
@@ -59,10 +106,10 @@ def float_param(request: Request, name: str, bounds: FloatRange, *, default: flo
 
 
 def _int(name: str, raw: str) -> int:
-    try:
-        return int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be an integer, got {raw!r}", param=name) from None
+    value = parse_int(raw)
+    if value is None:
+        raise BadRequest(f"{name} must be an integer, got {_shown(raw)}", param=name)
+    return value
 
 
 def _in_range(name: str, value: int, bounds: IntRange) -> int:

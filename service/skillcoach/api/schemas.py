@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    WithJsonSchema,
+)
 
-from skillcoach.limits import ATTEMPTS_PER_BATCH, EXERCISE_ID
+from skillcoach.limits import ATTEMPTS_PER_BATCH, CLOCK_SKEW, EXERCISE_ID
 
 __all__ = [
+    "ANSWERED_AT_PATTERN",
     "AttemptBatch",
     "AttemptIn",
     "AttemptsAccepted",
@@ -33,12 +43,49 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# RFC 3339 date-time (a space for the T, and no offset, are tolerated: naive is UTC), from
+# 1970 on, with a UTC offset within +-14:00 (the widest in use; PostgreSQL refuses some
+# wider ones). The schema publishes this pattern, so schema and validation agree.
+ANSWERED_AT_PATTERN = (
+    r"^(19[7-9][0-9]|[2-9][0-9]{3})-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}"
+    r"(\.[0-9]{1,6})?([Zz]|[+-](0[0-9]|1[0-3]):[0-5][0-9]|[+-]14:00)?$"
+)
+_ANSWERED_AT = re.compile(ANSWERED_AT_PATTERN)
+ANSWERED_AT_DESCRIPTION = (
+    "RFC 3339 date-time string, from 1970 on, UTC offset within +-14:00; without an offset"
+    f" it is taken as UTC. At most {int(CLOCK_SKEW.total_seconds() // 60)} minutes ahead of"
+    " the server's clock (allowed clock skew): a later one is refused with 422."
+)
+
+
+def _rfc3339(value: object) -> object:
+    # Before pydantic's own parsing, which would also take numbers (Unix time) and other
+    # ISO 8601 forms.
+    if not isinstance(value, str) or not _ANSWERED_AT.match(value):
+        raise ValueError(
+            "must be an RFC 3339 date-time string from 1970 on, UTC offset within +-14:00"
+        )
+    return value
+
+
+AnsweredAt = Annotated[
+    datetime,
+    BeforeValidator(_rfc3339),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "date-time",
+            "pattern": ANSWERED_AT_PATTERN,
+            "description": ANSWERED_AT_DESCRIPTION,
+        }
+    ),
+]
+
+
 class AttemptIn(_Strict):
     exercise_id: Annotated[StrictInt, Field(ge=EXERCISE_ID.low, le=EXERCISE_ID.high)]
     correct: StrictBool
-    answered_at: datetime = Field(
-        description="ISO 8601; without an offset it is taken as UTC. At most a few minutes ahead."
-    )
+    answered_at: AnsweredAt = Field(description=ANSWERED_AT_DESCRIPTION)
 
 
 class AttemptBatch(_Strict):

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import sys
+import time
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -9,10 +13,14 @@ from prometheus_client import start_http_server
 from starlette.types import ASGIApp
 
 from skillcoach.api.app import create_app
+from skillcoach.api.background import Drain
 from skillcoach.settings import Settings
 from skillcoach.telemetry.logs import configure_logging
 
-__all__ = ["SERVER_OPTIONS", "run_app", "serve"]
+__all__ = ["SERVER_OPTIONS", "DrainingServer", "run_app", "serve"]
+
+# uvicorn.main.STARTUP_FAILURE: the exit status of a server that never started.
+STARTUP_FAILURE = 3
 
 # Every replica, and the benchmarks' reference apps, run with exactly these settings.
 SERVER_OPTIONS: dict[str, object] = {
@@ -23,16 +31,62 @@ SERVER_OPTIONS: dict[str, object] = {
 }
 
 
+class DrainingServer(uvicorn.Server):
+    """uvicorn, but SIGTERM first drains: the app's Drain flag flips at once (/readyz 503,
+    skillcoach_ready 0) while requests, old and new, keep being served for `drain_seconds`
+    so load balancers notice; then uvicorn's graceful shutdown runs as usual. A second
+    SIGTERM, or SIGINT (a developer's Ctrl-C), skips the drain."""
+
+    def __init__(self, config: uvicorn.Config, *, drain: Drain, drain_seconds: float) -> None:
+        super().__init__(config)
+        self._drain = drain
+        self._drain_seconds = drain_seconds
+        self._exit_at: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig == signal.SIGTERM and self._exit_at is None and self._drain_seconds > 0:
+            # Runs in a signal handler: only attribute stores, the loop's tick does the rest.
+            self._drain.begin()
+            self._exit_at = time.monotonic() + self._drain_seconds
+            return
+        self._drain.begin()
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if drain_over(self._exit_at, time.monotonic()):
+            # Not through handle_exit: uvicorn would re-raise the recorded SIGTERM after its
+            # shutdown and the process would die by the signal instead of exiting 0.
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def drain_over(exit_at: float | None, now: float) -> bool:
+    return exit_at is not None and now >= exit_at
+
+
 def run_app(
-    app: ASGIApp, *, host: str, port: int, log_level: str, own_logging: bool = False
+    app: ASGIApp,
+    *,
+    host: str,
+    port: int,
+    log_level: str,
+    own_logging: bool = False,
+    drain: Drain | None = None,
+    drain_seconds: float = 0.0,
 ) -> None:
     """uvicorn with SERVER_OPTIONS: every replica, and the benchmarks' reference apps.
     `own_logging`: the process has configured logging itself (uvicorn's loggers then write
-    through the root handler, in its format)."""
+    through the root handler, in its format). `drain`: flipped on SIGTERM, `drain_seconds`
+    before the graceful shutdown starts (see DrainingServer)."""
     options: dict[str, Any] = dict(SERVER_OPTIONS)
     if own_logging:
         options["log_config"] = None
-    uvicorn.run(app, host=host, port=port, log_level=log_level, **options)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, **options)
+    server = DrainingServer(config, drain=drain or Drain(), drain_seconds=drain_seconds)
+    server.run()
+    if not server.started:
+        # As uvicorn.run: a failed start-up (port taken, lifespan error) is exit status 3.
+        sys.exit(STARTUP_FAILURE)
 
 
 def serve(settings: Settings) -> None:
@@ -42,5 +96,11 @@ def serve(settings: Settings) -> None:
         # A thread of its own: scrapes keep answering even if the event loop is saturated.
         start_http_server(settings.metrics_port, settings.host, app.state.metrics_registry)
     run_app(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, own_logging=True
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        own_logging=True,
+        drain=app.state.drain,
+        drain_seconds=settings.shutdown_drain_seconds,
     )

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 from starlette.requests import Request
 
 from skillcoach.answers.learner_answers import LearnerAnswers
-from skillcoach.api.auth import KeyCache, parse_bearer, require_scope
+from skillcoach.api.auth import KeyCache, KeyUsage, parse_bearer, require_scope
 from skillcoach.api.problems import ServiceUnavailable, Unauthorized
+from skillcoach.api.rate_limit import RATE_DECISION, UNDECIDED, RateLimiter, client_address
 from skillcoach.cache.store import Cache
-from skillcoach.data.api_keys import ApiKey, Scope, hash_key, lookup_key
+from skillcoach.data.api_keys import ApiKey, Scope, hash_key, lookup_key, well_formed
 from skillcoach.data.database import Database
 from skillcoach.data.readiness import HealthProbe
 from skillcoach.ml.live_model import LiveModel, ServedModel
@@ -30,6 +31,19 @@ class AppState:
     registry: CollectorRegistry
     answers: LearnerAnswers
     cache: Cache | None = None
+    usage: KeyUsage = field(default_factory=KeyUsage)
+    limiter: RateLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.limiter = RateLimiter(
+            per_key=s.rate_limit_per_key,
+            per_client=s.rate_limit_per_client,
+            window=s.rate_limit_window_seconds,
+            # The cache's own client: no second pool. Without a cache, limits are per replica.
+            redis=None if self.cache is None else self.cache.client,
+            registry=self.registry,
+        )
 
     def ready(self) -> bool:
         """What /readyz answered last: database reachable at its probe, and a model loaded."""
@@ -44,15 +58,34 @@ class AppState:
         return served
 
     async def authenticate(self, request: Request, scope: Scope) -> ApiKey | None:
+        # The hit path may have counted this request against the limits already (and then
+        # fallen through on a miss, or to answer its refusal here).
+        decided = request.scope.get(RATE_DECISION, UNDECIDED)
+        if decided is not UNDECIDED and decided is not None:
+            raise decided.problem()
+        limiter = self.limiter
+        if decided is UNDECIDED and limiter.client_limit:
+            refusal = limiter.check_client(client_address(request.scope))
+            if refusal is not None:
+                raise refusal.problem()
         if not self.settings.auth_enabled:
             return None
-        key_hash = hash_key(parse_bearer(request.headers.get("authorization")))
+        token = parse_bearer(request.headers.get("authorization"))
+        if not well_formed(token):
+            # Not a key we could have issued: no hashing, no cache entry, no lookup.
+            raise Unauthorized("unknown API key (malformed: not one this service issues)")
+        key_hash = hash_key(token)
         hit, key = self.keys.get(key_hash)
         if not hit:
             key = await self.db.run(lookup_key, key_hash=key_hash, retry=True)
             self.keys.put(key_hash, key)
         if key is None:
-            raise Unauthorized("unknown or revoked API key")
+            raise Unauthorized("unknown, revoked or expired API key")
+        if decided is UNDECIDED and limiter.key_limit:
+            refusal = limiter.check_key(key.id)
+            if refusal is not None:
+                raise refusal.problem()
+        self.usage.seen(key.id)
         require_scope(key, scope)
         return key
 

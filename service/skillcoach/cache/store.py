@@ -8,12 +8,22 @@ Correctness (read-your-writes on every replica): the version is the learner's da
 from PostgreSQL, bumped in every write transaction. An entry carries the data_version of the
 snapshot it was computed from; Redis keeps the newest version seen for the learner, and an
 entry is served only if the two match. A script stores an entry only if it is not older than
-that version, and a write raises the version (or stores its fresh answers with it) before it
-answers 201, so no replica serves pre-write data. Versions come from the database, so a lost
-or reset key can only be re-created with the current version. Keys also carry the model
-version, so a promotion makes every old entry unreachable at once. TTL (with jitter) is only a
-backstop. If Redis does not take a write's version, this replica serves that learner from
-PostgreSQL and retries every second; other replicas may serve the old entry until it lands.
+that version, and a write (or its replay) raises the version (or stores its fresh answers with
+it) before it answers, so no replica serves pre-write data. Versions come from the database,
+so a lost or reset key can only be re-created with the current version. Keys also carry the
+model version, so a promotion makes every old entry unreachable at once. TTL (with jitter) is
+only a backstop.
+
+A raise counts only once `version_replicas` replicas of the key's master acknowledged it
+(WAIT on the connection that raised it): Redis replicates asynchronously, and a failover to
+a replica that missed the raise would bring the pre-write entries back. A raise that fails
+(refused, timed out, unacknowledged) is recorded in PostgreSQL (data/cache_bypass.py) before
+the write is answered; every replica reloads that list every second and serves the listed
+learners from PostgreSQL until a repair re-raises the version. So another replica serves a
+pre-write entry at most one refresh (about a second) after the acknowledgement, and only when
+the raise failed. Should PostgreSQL be unreachable right after the commit too, this replica
+alone knows (Cache.dirty) and the failure is counted (skillcoach_cache_bypass_total,
+event="unrecorded"). See docs/redis.md.
 
 Redis is optional: every call has a short timeout, failures open a circuit breaker that skips
 Redis for a cool-down (then one probe), and the request is served from PostgreSQL.
@@ -26,6 +36,7 @@ reason `auth` or `tls`. No password reaches a log line, a repr or a metric label
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import random
@@ -39,15 +50,17 @@ from urllib.parse import unquote, urlsplit
 import anyio
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from skillcoach.cache.breaker import Breaker
 from skillcoach.cache.cache_metrics import CacheMetrics, error_reason
 from skillcoach.cache.resp import PipelinedRedis
+from skillcoach.data.cache_bypass import clear_bypass, load_bypass, record_bypass
+from skillcoach.data.database import Database
 from skillcoach.settings import Settings
 from skillcoach.telemetry.tracing import NO_SPANS, Spans
 
@@ -73,6 +86,31 @@ if ARGV[2] ~= '' and version >= current then
 end
 return current
 """
+
+# KEYS: version. ARGV: data_version. Raises the learner's version to ARGV[1] if newer, and
+# always writes the key: a write is what WAIT, on the same connection, waits for, and it
+# carries an earlier raise from another connection along (replication is in order).
+RAISE = """
+local current = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local version = tonumber(ARGV[1])
+if version > current then current = version end
+redis.call('SET', KEYS[1], current)
+return current
+"""
+# How many learners one repair round re-raises (the rest wait for the next round).
+REPAIR_BATCH = 1000
+
+
+def version_replicas(url: str, configured: int | None) -> int:
+    """Replicas that must acknowledge a version raise: as configured, else 1 for a cluster
+    URL (a failover promotes a replica) and 0 for a standalone server."""
+    if configured is not None:
+        return configured
+    return 1 if parse_redis_url(url).cluster else 0
+
+
+class UnreplicatedRaise(Exception):
+    """A version raise that fewer replicas acknowledged than required, within the wait."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +140,8 @@ class CacheConfig:
     password: str | None = field(default=None, repr=False)
     # The CA bundle that signed the servers' certificates (TLS URLs only; None: the system's).
     tls_ca_file: str | None = None
+    # Replicas that must acknowledge a version raise (WAIT); None: see version_replicas.
+    version_replicas: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> CacheConfig:
@@ -116,7 +156,18 @@ class CacheConfig:
             username=settings.redis_username,
             password=None if password is None else password.get_secret_value(),
             tls_ca_file=None if ca_file is None else str(ca_file),
+            version_replicas=settings.cache_version_replicas,
         )
+
+    @property
+    def replicas(self) -> int:
+        return version_replicas(self.url, self.version_replicas)
+
+    @property
+    def wait_ms(self) -> int:
+        # Well inside the socket timeout, so an unacknowledged raise is WAIT's answer (fewer
+        # replicas), not a timed-out connection that redis-py would have to tear down.
+        return max(1, int(self.call_timeout * 1000 / 2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +352,29 @@ class Cache:
         # Learners whose new version did not reach Redis (-> that version): served from
         # PostgreSQL by this replica, and retried in the background until Redis takes it.
         self.dirty: dict[int, int] = {}
+        # The durable list (data/cache_bypass.py) as last loaded: learner -> version Redis
+        # did not take. Without a database (use_database) there is none to load.
+        self.bypass: dict[int, int] = {}
+        self._db: Database | None = None
+        self._bypass_loaded = True
+        self._bypass_loading = False
+        self._replicas = config.replicas
+        self.bypass_events = Counter(
+            "skillcoach_cache_bypass_total",
+            "Failed version raises and their handling: recorded (listed in PostgreSQL),"
+            " unrecorded (PostgreSQL unreachable too: this replica alone bypasses), repaired"
+            " (re-raised and unlisted), refresh_failed (the list could not be reloaded)",
+            ["event"],
+            registry=registry,
+        )
+        for event in ("recorded", "unrecorded", "repaired", "refresh_failed"):
+            self.bypass_events.labels(event)
+        Gauge(
+            "skillcoach_cache_bypass_learners",
+            "Learners every replica serves from PostgreSQL because a version raise failed"
+            " (this replica's last load of the list, plus its own unrecorded ones)",
+            registry=registry,
+        ).set_function(lambda: len(self.bypass.keys() | self.dirty.keys()))
         self.hit_count = 0
         self.lookup_count = 0
 
@@ -322,6 +396,12 @@ class Cache:
             open_timeout=max(config.socket_timeout * 4, config.call_timeout * 4),
             on_failure=lambda exc: self._failed("lookup", exc),
         )
+
+    @property
+    def client(self) -> Redis | RedisCluster:
+        """The redis-py client, for other users of the same Redis (the rate limits' sync):
+        one connection pool per replica."""
+        return self._client
 
     @property
     def hit_ratio(self) -> float | None:
@@ -392,7 +472,7 @@ class Cache:
     async def _lookup(self, learner_id: int, kind: str, variant: str) -> bytes | None:
         # Only while the breaker is closed: the half-open probe belongs to the full path,
         # which reports its outcome to the breaker.
-        if learner_id in self.dirty or self.breaker.state != Breaker.CLOSED:
+        if self._bypassed(learner_id) or self.breaker.state != Breaker.CLOSED:
             return None
         vkey, ekey, _ = _keys(learner_id, kind, variant)
         node = self._node(vkey)
@@ -441,7 +521,8 @@ class Cache:
         counted = not background
         if counted:
             self.lookup_count += 1
-        if learner_id in self.dirty:
+        await self._load_bypass_once()
+        if self._bypassed(learner_id):
             if counted:
                 self.metrics.misses.labels(kind).inc()
             answer = await compute()
@@ -557,38 +638,183 @@ class Cache:
                     return body
         return None
 
+    def use_database(self, db: Database) -> None:
+        """Record failed version raises in `db` and bypass the learners it lists (loaded by
+        the first request, then by every retry_invalidations round)."""
+        self._db = db
+        self._bypass_loaded = False
+
+    async def _load_bypass_once(self) -> None:
+        """The first miss or write after start loads the list (the fast path skips Redis
+        until then); others meanwhile bypass rather than queue behind it."""
+        if self._bypass_loaded or self._bypass_loading:
+            return
+        self._bypass_loading = True
+        try:
+            await self.refresh_bypass()
+        finally:
+            self._bypass_loading = False
+
+    def _bypassed(self, learner_id: int) -> bool:
+        """Serve this learner from PostgreSQL: a version raise failed (here or on any replica)
+        or the list is not loaded yet."""
+        return not self._bypass_loaded or learner_id in self.dirty or learner_id in self.bypass
+
     async def write_through(
         self, *, learner_id: int, version: int, entries: list[tuple[str, str, bytes, int]]
     ) -> bool:
         """After a committed write (its data_version `version`): raise the learner's version
         and store the fresh answers `entries` ((kind, variant, body, data_version), computed
-        after the commit) in one script call each. False if Redis did not take the version; the
-        learner is then served from PostgreSQL by this replica until a retry lands."""
-        vkey, _, _ = _keys(learner_id, "", "")
-        try:
-            # Not under the breaker: a write must raise the version even while reads skip Redis.
-            with self._spans.child(
-                "cache.version", _span_attributes("version"), kind=SpanKind.CLIENT
-            ):
-                await self._client.eval(STORE, 2, vkey, f"{vkey}:none", version, b"", 0)
-        except Exception as exc:  # any failure: see _call
-            # Evidence for the breaker like any call: once a learner is dirty its reads skip
-            # Redis, so the retries may be the only calls left that can show an outage.
-            self.breaker.failure()
-            self._failed("version", exc)
+        after the commit) in one script call each. False if Redis did not take the version;
+        the learner is then listed in PostgreSQL for every replica to bypass (or, should that
+        fail too, bypassed by this replica) until a retry lands."""
+        await self._load_bypass_once()
+        if not await self.raise_version(learner_id, version):
             self.dirty[learner_id] = max(version, self.dirty.get(learner_id, version))
+            await self._record(learner_id, version)
             return False
-        self.breaker.success()
         self.dirty.pop(learner_id, None)
         for kind, variant, body, computed_at in entries:
             _, ekey, _ = _keys(learner_id, kind, variant)
             await self._store(ekey, body, computed_at)
         return True
 
+    async def raise_version(self, learner_id: int, version: int) -> bool:
+        """Raise the learner's version to `version` (if newer); True once the master holds it
+        and `replicas` of its replicas acknowledged it."""
+        vkey, _, _ = _keys(learner_id, "", "")
+        try:
+            # Not under the breaker: a write must raise the version even while reads skip Redis.
+            with self._spans.child(
+                "cache.version", _span_attributes("version"), kind=SpanKind.CLIENT
+            ):
+                t0 = time.perf_counter()
+                if self._replicas == 0:
+                    await self._client.eval(RAISE, 1, vkey, version)
+                else:
+                    acked = await self._raise_and_wait(vkey, version)
+                    if acked < self._replicas:
+                        raise UnreplicatedRaise(
+                            f"{acked} of {self._replicas} replicas acknowledged in"
+                            f" {self._config.wait_ms} ms"
+                        )
+        except UnreplicatedRaise as exc:
+            # The master answered: not evidence of an outage for the breaker.
+            self._failed("version", exc)
+            return False
+        except Exception as exc:  # any failure: see _call
+            # Evidence for the breaker like any call: once a learner is bypassed its reads
+            # skip Redis, so the retries may be the only calls left that can show an outage.
+            self.breaker.failure()
+            self._failed("version", exc)
+            return False
+        self.breaker.success()
+        self.metrics.latency.labels("version").observe(time.perf_counter() - t0)
+        return True
+
+    async def _raise_and_wait(self, vkey: str, version: int) -> int:
+        """RAISE then WAIT on one connection to the key's master (WAIT counts the replicas
+        that have this connection's writes); the number that acknowledged."""
+        wait = ("WAIT", self._replicas, self._config.wait_ms)
+        if not isinstance(self._client, RedisCluster):
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.eval(RAISE, 1, vkey, version)
+                pipe.execute_command(*wait)
+                _, acked = await pipe.execute()
+            return int(acked)
+        cluster = self._client
+        for attempt in range(2):
+            node = None
+            if attempt == 0:
+                with contextlib.suppress(Exception):  # slot map not loaded yet
+                    node = cluster.get_node_from_key(vkey)
+            if node is None:
+                # Slot map not loaded, or stale after a failover (MOVED, a dead node): the
+                # routed call loads or refreshes it on the way.
+                await cluster.eval(RAISE, 1, vkey, version)
+                node = cluster.get_node_from_key(vkey)
+                if node is None:
+                    raise ConnectionError("no node serves the learner's slot")
+            # One connection for both: redis-py's routed calls may each take another.
+            commands = [
+                PipelineCommand(0, "EVAL", RAISE, 1, vkey, version),
+                PipelineCommand(1, *wait),
+            ]
+            try:
+                await node.execute_pipeline(commands)
+            except Exception:
+                if attempt == 1:
+                    raise
+                continue
+            error = next((c.result for c in commands if isinstance(c.result, Exception)), None)
+            if error is None:
+                return int(cast(int, commands[1].result))
+            if attempt == 1:
+                raise error
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _record(self, learner_id: int, version: int) -> None:
+        """List a failed raise in PostgreSQL, in its own transaction after the write's."""
+        if self._db is None:
+            return
+        try:
+            await self._db.run(record_bypass, learner_id=learner_id, data_version=version)
+        except Exception as exc:  # the write is committed: never turn it into a 500
+            # The write is committed; this replica bypasses the learner (dirty), others may
+            # serve the old entry until a retry lands. Rare (PostgreSQL gone right after a
+            # commit) and never silent.
+            self.bypass_events.labels("unrecorded").inc()
+            log.error(
+                "learner %d: cache version %d neither in Redis nor listed in PostgreSQL (%s);"
+                " other replicas may serve its previous answers until a retry lands",
+                learner_id, version, exc,
+            )  # fmt: skip
+            return
+        self.bypass_events.labels("recorded").inc()
+        self.bypass[learner_id] = max(version, self.bypass.get(learner_id, version))
+
+    async def refresh_bypass(self) -> bool:
+        """Reload the durable list; False (counted) if PostgreSQL did not answer."""
+        if self._db is None:
+            return True
+        try:
+            self.bypass = await self._db.run(load_bypass, retry=True)
+        except Exception as exc:  # the background loop must survive anything
+            self.bypass_events.labels("refresh_failed").inc()
+            log.debug("cache bypass list not reloaded: %s", exc)
+            return False
+        self._bypass_loaded = True
+        return True
+
+    async def _repair(self, learner_id: int, version: int) -> bool:
+        if not await self.raise_version(learner_id, version):
+            return False
+        if self.dirty.get(learner_id, version) <= version:
+            self.dirty.pop(learner_id, None)
+        if self._db is not None:
+            try:
+                cleared = await self._db.run(
+                    clear_bypass, learner_id=learner_id, data_version=version
+                )
+            except Exception:  # listed still: bypassed a little longer, repaired next round
+                return False
+            if cleared:
+                self.bypass_events.labels("repaired").inc()
+        return True
+
     async def retry_invalidations(self) -> None:
-        for learner_id, version in list(self.dirty.items())[:1000]:
-            if not await self.write_through(learner_id=learner_id, version=version, entries=[]):
+        """One round (every second): reload the durable list first (the bound on other
+        replicas' failures rests on it, whatever Redis does), then re-raise this replica's
+        unrecorded failures and the listed learners (any replica may repair: each step is
+        idempotent and the delete conditional), stopping at the first raise that fails."""
+        loaded = await self.refresh_bypass()
+        for learner_id, version in list(self.dirty.items())[:REPAIR_BATCH]:
+            if not await self._repair(learner_id, version):
                 return  # Redis still unhappy; the next round tries again
+        if loaded:
+            for learner_id, version in list(self.bypass.items())[:REPAIR_BATCH]:
+                if not await self._repair(learner_id, version):
+                    return
 
     async def ping(self) -> bool:
         return await self._call("ping", lambda: self._client.ping()) is True

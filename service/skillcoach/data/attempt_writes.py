@@ -16,7 +16,18 @@ from skillcoach.data.records import Attempt
 from skillcoach.errors import IdempotencyConflict, InvalidInput
 from skillcoach.limits import CLOCK_SKEW
 
-__all__ = ["batch_fingerprint", "normalize", "record_attempts"]
+__all__ = [
+    "IMPLICIT_KEY_PREFIX",
+    "batch_fingerprint",
+    "implicit_idempotency_key",
+    "learner_data_version",
+    "normalize",
+    "record_attempts",
+]
+
+# Keys derived from the batch (no Idempotency-Key header). A client's own key with this
+# prefix works too: it is just a key.
+IMPLICIT_KEY_PREFIX = "batch:"
 
 
 def normalize(attempts: Sequence[Attempt], *, now: datetime) -> list[Attempt]:
@@ -38,6 +49,22 @@ def batch_fingerprint(learner_id: int, attempts: Sequence[Attempt]) -> str:
         [a.exercise_id, a.correct, a.answered_at.isoformat()] for a in attempts
     ]
     return hashlib.sha256(orjson.dumps(payload)).hexdigest()
+
+
+def implicit_idempotency_key(fingerprint: str) -> str:
+    """The key of a batch sent without an Idempotency-Key: its fingerprint. A byte-identical
+    batch (same learner, and each attempt's exercise, correctness and answered_at) within the
+    retention period is then a replay of the first, not a second count: a retry whose
+    acknowledgement was lost. Two genuinely separate but identical batches are one."""
+    return IMPLICIT_KEY_PREFIX + fingerprint
+
+
+def learner_data_version(conn: Connection, *, learner_id: int) -> int | None:
+    """The learner's current data_version (None: no such learner)."""
+    version = conn.exec_driver_sql(
+        "SELECT data_version FROM learners WHERE id = %(id)s", {"id": learner_id}
+    ).scalar()
+    return None if version is None else int(version)
 
 
 def record_attempts(

@@ -3,6 +3,9 @@
 Without it the table grows with every keyed write, forever. A client must not retry a write
 with the same key after the retention period (default 24 h, like the payment APIs that made
 the header common): past it, the key is forgotten and the batch would be recorded again.
+A batch sent without the header is keyed by its fingerprint (attempt_writes.
+implicit_idempotency_key), so every write leaves a key and the same retention applies: an
+identical batch within it is a replay, after it a new write.
 
 Every replica runs the job; a transaction-scoped advisory lock lets one of them work per
 round (it is released at COMMIT, so it is safe behind PgBouncer's transaction pooling), and

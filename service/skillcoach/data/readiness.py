@@ -7,13 +7,19 @@ uses a one-connection pool of its own on the default worker threads, with a shor
 
 from __future__ import annotations
 
+import logging
+
 import anyio
 import anyio.to_thread
 from sqlalchemy import Engine, exc
 
 from skillcoach.data.database import PoolConfig, create_sync_engine
 
-__all__ = ["HealthProbe"]
+__all__ = ["UNAVAILABLE", "HealthProbe"]
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE = "database unavailable"
 
 PROBE_POOL = PoolConfig(pool_size=1, max_overflow=0, pool_timeout=1.0, pool_recycle=600)
 
@@ -30,7 +36,7 @@ class HealthProbe:
             conn.exec_driver_sql("SELECT 1")
 
     async def database(self) -> str:
-        """ "ok", or why the database is not reachable."""
+        """ "ok", or UNAVAILABLE (the reason is logged, never shown to clients)."""
         self.last = await self._probe()
         return self.last
 
@@ -40,11 +46,20 @@ class HealthProbe:
                 # abandon_on_cancel: a hung connect must not hold the probe past its deadline.
                 await anyio.to_thread.run_sync(self._ping, abandon_on_cancel=True)
         except TimeoutError:
-            return f"unavailable: no answer within {self._deadline:g}s"
+            return self._failed(f"no answer within {self._deadline:g}s")
         except exc.SQLAlchemyError as e:
             first = str(getattr(e, "orig", None) or e).strip().splitlines()
-            return f"unavailable: {first[0] if first else type(e).__name__}"
+            return self._failed(first[0] if first else type(e).__name__)
         return "ok"
+
+    def _failed(self, why: str) -> str:
+        # The driver's text names hosts, ports and roles: it goes to the log, and /readyz
+        # (unauthenticated) says only that the database is unavailable.
+        if self.last == "ok" or self.last is None:
+            log.warning("readiness probe: database unavailable: %s", why)
+        else:
+            log.debug("readiness probe: database still unavailable: %s", why)
+        return UNAVAILABLE
 
     def dispose(self) -> None:
         self._engine.dispose()

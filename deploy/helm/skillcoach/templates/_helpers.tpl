@@ -216,6 +216,10 @@ database-password
   "SKILLCOACH_REQUEST_TIMEOUT" (toString .Values.config.requestTimeout)
   "SKILLCOACH_CACHE_ENABLED" (toString .Values.cache.enabled)
   "SKILLCOACH_ACCESS_LOG" (toString .Values.config.accessLog)
+  "SKILLCOACH_API_KEY_CACHE_SECONDS" (toString .Values.config.apiKeyCacheSeconds)
+  "SKILLCOACH_RATE_LIMIT_PER_KEY" (toString .Values.config.rateLimit.perKey)
+  "SKILLCOACH_RATE_LIMIT_PER_CLIENT" (toString .Values.config.rateLimit.perClient)
+  "SKILLCOACH_RATE_LIMIT_WINDOW_SECONDS" (toString .Values.config.rateLimit.windowSeconds)
 -}}
 {{- if .Values.cache.enabled -}}
 {{- $_ := set $s "SKILLCOACH_REDIS_URL" (include "skillcoach.redis.url" .) -}}

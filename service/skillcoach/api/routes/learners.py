@@ -9,13 +9,25 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from skillcoach.answers.warming import write_through
-from skillcoach.api.params import float_param, int_param, path_id, read_json
+from skillcoach.api.params import (
+    float_param,
+    int_param,
+    path_id,
+    read_json,
+    valid_idempotency_key,
+)
 from skillcoach.api.problems import BadRequest, NotFound
 from skillcoach.api.responses import json_bytes_response, json_response
 from skillcoach.api.schemas import AttemptBatch
 from skillcoach.api.state import app_state
 from skillcoach.data.api_keys import Scope
-from skillcoach.data.attempt_writes import batch_fingerprint, normalize, record_attempts
+from skillcoach.data.attempt_writes import (
+    batch_fingerprint,
+    implicit_idempotency_key,
+    learner_data_version,
+    normalize,
+    record_attempts,
+)
 from skillcoach.data.records import Attempt
 from skillcoach.limits import (
     IDEMPOTENCY_KEY_MAX_CHARS,
@@ -61,24 +73,33 @@ async def post_attempts(request: Request) -> Response:
     await state.authenticate(request, Scope.WRITE)
     learner_id = path_id(request, "learner_id", LEARNER_ID)
     key = request.headers.get("idempotency-key")
-    if key is not None and not (0 < len(key) <= IDEMPOTENCY_KEY_MAX_CHARS and key.isprintable()):
+    if key is not None and not valid_idempotency_key(key):
         raise BadRequest(
-            f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX_CHARS} printable characters"
+            f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX_CHARS} visible ASCII characters"
+            " (inner spaces allowed)"
         )
     batch = await read_json(request, AttemptBatch)
     received = [Attempt(a.exercise_id, a.correct, a.answered_at) for a in batch.attempts]
     attempts = normalize(received, now=datetime.now(UTC))
+    fingerprint = batch_fingerprint(learner_id, attempts)
     result = await state.db.run(
         record_attempts,
         learner_id=learner_id,
         attempts=attempts,
-        idempotency_key=key,
-        fingerprint=batch_fingerprint(learner_id, attempts),
+        # Without a header, an identical batch is a retry (see implicit_idempotency_key).
+        idempotency_key=key if key is not None else implicit_idempotency_key(fingerprint),
+        fingerprint=fingerprint,
     )
     if not result["replayed"]:
         # Committed: raise the learner's cache version (with fresh answers) before the 201.
         served = state.live_model.current
         await write_through(state.answers, served, learner_id, result["data_version"])
+    else:
+        # The first attempt's raise may have been lost with its acknowledgement: raise again,
+        # to the current version (later writes may have come since), before answering.
+        version = await state.db.run(learner_data_version, learner_id=learner_id, retry=True)
+        if version is not None:
+            await write_through(state.answers, None, learner_id, version)
     return json_response(result, status=200 if result["replayed"] else 201)
 
 

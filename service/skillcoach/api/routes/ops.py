@@ -28,6 +28,10 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     state = app_state(request)
+    drain = getattr(request.app.state, "drain", None)
+    if drain is not None and drain.draining:
+        # Shutting down: out of the load balancer first, while requests still get served.
+        raise ServiceUnavailable("shutting down", retry_after=2, checks={"shutdown": "draining"})
     served = state.live_model.current
     checks = {
         "database": await state.probe.database(),

@@ -10,7 +10,8 @@ assert url, "skillcoach.data.migrate sets sqlalchemy.url"
 
 # NullPool: one short-lived connection; through PgBouncer (transaction mode) that is one server
 # connection for one transaction, which is all a migration needs.
-engine = create_engine(url, poolclass=pool.NullPool)
+# hide_parameters: a failed statement logged by a migration must not show its values.
+engine = create_engine(url, poolclass=pool.NullPool, hide_parameters=True)
 with engine.connect() as connection:
     context.configure(
         connection=connection, transactional_ddl=True, transaction_per_migration=False
