@@ -61,6 +61,8 @@ class Supervisor:
 
     async def supervise(self, name: str, loop: Loop) -> None:
         """Run `loop()` until cancelled; a loop that returns is not restarted."""
+        # The series exists (at 0) from the start: alerts and rate() need no first failure.
+        self.failures.labels(name)
         streak = 0
         while True:
             started = time.monotonic()
@@ -84,7 +86,7 @@ class Supervisor:
 
 
 class Drain:
-    """Set once the replica has been told to stop (SIGTERM): /readyz answers 503 from then
+    """Flipped once the replica has been told to stop (SIGTERM): /readyz answers 503 from then
     on, so load balancers stop sending new work while the requests in flight finish."""
 
     def __init__(self) -> None:
