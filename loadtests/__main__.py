@@ -1,4 +1,4 @@
-"""`python -m loadtests {suite,locust,model,concurrency,cache,scale,check}`: benchmark runners."""
+"""`python -m loadtests {suite,locust,model,concurrency,cache,scale,check,reads}`: benchmarks."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from loadtests.bench_check import main as check_main
 from loadtests.bench_concurrency import main as concurrency_main
 from loadtests.bench_locust import main as locust_main
 from loadtests.bench_model import main as model_main
+from loadtests.bench_reads import main as reads_main
 from loadtests.bench_scale import main as scale_main
 from loadtests.bench_suite import main as suite_main
+from loadtests.evaluate import main as evaluate_main
 
 COMMANDS = {
     "model": model_main,
@@ -20,6 +22,8 @@ COMMANDS = {
     "check": check_main,
     "locust": locust_main,
     "suite": suite_main,
+    "reads": reads_main,
+    "evaluate": evaluate_main,
 }
 
 

@@ -2,21 +2,25 @@
 
     python -m loadtests check [--smoke] [--baseline loadtests/baseline.json] [--tolerance 0.25]
 
-Full mode (manual, `make bench-check`, about two minutes): one scratch database (the
+Full mode (manual, `make bench-check`, about three minutes): one scratch database (the
 concurrency runner's defaults: 2,000 learners x 50 skills x 100 attempts), PgBouncer, a Redis
-Cluster, and four servers started as the concurrency and cache runners start them: the naive
-app, skillcoach with the cache off, the bare Starlette endpoint and skillcoach cached on the
-cluster. Measured in the same run:
+Cluster, and five servers started as the concurrency and cache runners start them: the naive
+app, the db ceiling app (loadtests/db_ceiling_app.py, through the same PgBouncer), skillcoach
+with the cache off, the bare Starlette endpoint and skillcoach cached on the cluster. Measured
+in the same run:
 
-- p99 and 2xx throughput of skillcoach / naive at 50 and 100 connections (alternating order);
-- 2xx throughput of cached-cluster / bare at 50 connections on hot learners (the cache runner's
-  hit-only load, `cache_tools.hot_throughput`).
+- p99 and 2xx throughput of skillcoach (cache off) / naive and 2xx throughput of skillcoach /
+  db ceiling at 50 and 100 connections (the three in alternating order);
+- 2xx throughput and p99 of cached-cluster / bare at 50 connections on hot learners (the cache
+  runner's hit-only load, `cache_tools.hot_throughput`).
 
 Each ratio is compared with loadtests/baseline.json (the ratios of the committed result files
-it cites). A throughput ratio fails when it fell by more than --tolerance (relative, 25%); a
-p99 ratio (lower is better) fails when it grew by more than --p99-tolerance (relative, 100%):
-p99 on a shared 2-core box is one slow scheduling slice away from doubling, so a tighter bound
-would fail on noise rather than on a regression. Exit 1 on any FAIL. Writes
+it cites), and, where the baseline names one, with the issue's target (`target`: met or not
+met, reported beside the verdict; only a regression fails the check). A throughput ratio
+fails when it fell by more than --tolerance (relative, 25%); a p99 ratio (lower is better)
+fails when it grew by more than --p99-tolerance (relative, 100%): p99 on a shared 2-core box
+is one slow scheduling slice away from doubling, so a tighter bound would fail on noise rather
+than on a regression. Exit 1 on any FAIL. Writes
 loadtests/results/check-<utc stamp>.json and prints a markdown table.
 
 Smoke mode (`--smoke`, CI, seconds): a small database (200 learners x 20 skills x 20
@@ -56,6 +60,7 @@ from loadtests.harness import (
     serve_cmd,
     serve_env,
     spawn,
+    spawn_ceiling,
     spawn_naive,
     stop,
     wait_quiet,
@@ -70,7 +75,7 @@ from skillcoach_devstack.redis import RedisServer
 from skillcoach_devstack.redis_cluster import RedisClusterNodes
 
 BASELINE = Path(__file__).with_name("baseline.json")
-NAIVE, SKILLCOACH = "naive", "skillcoach"
+NAIVE, SKILLCOACH, CEILING = "naive", "skillcoach", "db-ceiling"
 LEVELS = (50, 100)
 SMOKE_CONNECTIONS = 50
 
@@ -114,8 +119,10 @@ def _stack(args: argparse.Namespace, *, cache: bool) -> Iterator[Stack]:
                 )
                 targets.append(spawn(name, serve_cmd(), sc_env, port, tmp))
             targets.append(spawn_naive(NAIVE, direct, env, tmp))
+            if cache:  # the full check's reference for cache off; the smoke stays two servers
+                targets.append(spawn_ceiling(CEILING, bouncer.url("postgres", db), env, tmp))
             for t in targets:
-                wait_ready(t, "/healthz" if t.name == NAIVE else "/readyz")
+                wait_ready(t, "/healthz" if t.name in (NAIVE, CEILING) else "/readyz")
             if cache:
                 bare, setup["bare_skills"] = tools.start_bare(BARE, targets[0], key, env, tmp)
                 targets.append(bare)
@@ -227,14 +234,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Run both parts on one stack; returns the raw figures and the ratios."""
     started = time.monotonic()
     with _stack(args, cache=True) as st:
-        pair = [st.targets[NAIVE], st.targets[SKILLCOACH]]
-        for t in pair:  # warm-up, as the concurrency runner does
+        trio = [st.targets[NAIVE], st.targets[CEILING], st.targets[SKILLCOACH]]
+        for t in trio:  # warm-up, as the concurrency runner does
             run_wrk(t.url, connections=20, duration=3, token=st.key, learners=args.learners)
             wait_quiet(t.url)
-        print(f"ready after {st.setup['ready_s']} s; naive vs skillcoach", flush=True)
+        print(f"ready after {st.setup['ready_s']} s; naive, db ceiling, skillcoach", flush=True)
         levels: dict[str, dict[str, Any]] = {}
         for i, c in enumerate(LEVELS):
-            order = pair if i % 2 == 0 else pair[::-1]
+            order = trio if i % 2 == 0 else trio[::-1]
             levels[str(c)] = {t.name: measure_wrk(t, c, args, st.key) for t in order}
         print(f"bare vs cached-cluster at c={args.connections}", flush=True)
         cached = [st.targets[BARE], st.targets[CLUSTER]]
@@ -251,8 +258,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             sc["latency_ms"]["p99"], nv["latency_ms"]["p99"]
         )
         ratios[f"throughput_skillcoach_over_naive_at_{c}"] = _ratio(sc["ok_rps"], nv["ok_rps"])
+        ratios[f"throughput_skillcoach_over_ceiling_at_{c}"] = _ratio(
+            sc["ok_rps"], levels[str(c)][CEILING]["ok_rps"]
+        )
     ratios[f"throughput_cached_over_bare_at_{args.connections}"] = _ratio(
         summary[CLUSTER]["ok_rps"], summary[BARE]["ok_rps"]
+    )
+    ratios[f"p99_cached_over_bare_at_{args.connections}"] = _ratio(
+        summary[CLUSTER]["p99_ms"], summary[BARE]["p99_ms"]
     )
     errors = {f"{name}@{c}": _errors(r) for c, row in levels.items() for name, r in row.items()} | {
         n: {"non_2xx": s["non_2xx"], "socket_errors": s["socket_errors"]}
@@ -273,7 +286,8 @@ def compare(
     ratios: dict[str, float], baseline: dict[str, Any], tolerance: float, p99_tolerance: float
 ) -> list[dict[str, Any]]:
     """One row per baseline ratio: throughput ratios must stay >= baseline x (1 - tolerance),
-    p99 ratios (lower is better) <= baseline x (1 + p99_tolerance)."""
+    p99 ratios (lower is better) <= baseline x (1 + p99_tolerance). A ratio with an issue
+    `target` also says whether the measurement meets it (`target_met`; None: no target)."""
     rows = []
     for name, spec in baseline["ratios"].items():
         base = float(spec["value"])
@@ -283,6 +297,10 @@ def compare(
         ok = measured is not None and (
             measured <= allowed if lower_is_better else measured >= allowed
         )
+        target = spec.get("target")
+        met = None
+        if target is not None and measured is not None:
+            met = measured <= float(target) if lower_is_better else measured >= float(target)
         rows.append(
             {
                 "metric": name,
@@ -291,18 +309,27 @@ def compare(
                 "measured": measured,
                 "allowed": round(allowed, 4),
                 "pass": ok,
+                "target": target,
+                "target_met": met,
             }
         )
     return rows
 
 
 def check_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| metric | baseline | measured | allowed | verdict |", "|---|---|---|---|---|"]
+    lines = [
+        "| metric | baseline | measured | allowed | verdict | issue target |",
+        "|---|---|---|---|---|---|",
+    ]
+    mark = {True: "met", False: "**not met**", None: "-"}
     for r in rows:
         bound = "<=" if r["better"] == "lower" else ">="
+        target = "-"
+        if r.get("target") is not None:
+            target = f"{bound} {r['target']:g}: {mark[r.get('target_met')]}"
         lines.append(
             f"| {r['metric']} | {r['baseline']} | {r['measured']} | {bound} {r['allowed']} |"
-            f" {'PASS' if r['pass'] else '**FAIL**'} |"
+            f" {'PASS' if r['pass'] else '**FAIL**'} | {target} |"
         )
     return "\n".join(lines)
 

@@ -50,6 +50,7 @@ from skillcoach_devstack.processes import free_port, log_tail
 LEVELS = (20, 50, 100)
 SHED_CONNECTIONS = 1000
 VIA_HAPROXY = "skillcoach+haproxy"
+COMPARED = "skillcoach-b"  # the replica of --compare-env
 # Our targets: at 100 connections p99 <= naive/20 and throughput >= 3x; shed p99 < 50 ms.
 P99_FACTOR, THROUGHPUT_FACTOR, SHED_P99_MS = 20.0, 3.0, 50.0
 
@@ -115,11 +116,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sc_env |= dict(kv.split("=", 1) for kv in args.skillcoach_env)
             sc = spawn("skillcoach", serve_cmd(), sc_env, sc_port, logdir)
             targets.append(sc)
+            if args.compare_env:  # a second replica, other settings, measured interleaved
+                b_port = free_port()
+                b_env = sc_env | {
+                    "SKILLCOACH_PORT": str(b_port),
+                    "SKILLCOACH_METRICS_PORT": str(free_port()),
+                }
+                b_env |= dict(kv.split("=", 1) for kv in args.compare_env)
+                targets.append(spawn(COMPARED, serve_cmd(), b_env, b_port, logdir))
+                wait_ready(targets[-1], "/readyz")
             if not args.skip_naive:
                 targets.append(spawn_naive("naive", direct, env, logdir))
             wait_ready(sc, "/readyz")
             for t in targets[1:]:
                 wait_ready(t, "/healthz")
+            replicas = [t for t in targets if t.name in (sc.name, COMPARED)]
             for t in targets:  # warm-up: connections, key cache, numpy/scipy code paths
                 run_wrk(t.url, connections=20, duration=3, token=key, learners=args.learners)
                 wait_quiet(t.url)
@@ -127,14 +138,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             levels: dict[str, dict[str, Any]] = {}
             for i, c in enumerate(LEVELS):
                 order = targets[::-1] if i % 2 == 0 else targets  # naive first at 20 and 100
-                levels[str(c)] = {t.name: measure_wrk(t, c, args, key) for t in order}
-            shed = {sc.name: _shed(sc, args, key, sc)}
+                levels[str(c)] = {
+                    t.name: measure_wrk(t, c, args, key, t if t in replicas else None)
+                    for t in order
+                }
+            shed = {r.name: _shed(r, args, key, r) for r in replicas}
             # The same replica behind HAProxy, which refuses what the replica would not admit.
-            limit = proxy.in_flight_limit(sc.metrics_url)
-            with proxy.haproxy_in_front(sc.port, limit, args.haproxy_timeout_queue) as lb:
-                via = Target(VIA_HAPROXY, sc.proc, lb.config.listen_port, lb.logfile)
-                wait_ready(via, "/readyz")  # the replica is UP in HAProxy (health checks)
-                shed[via.name] = _shed(via, args, key, sc) | {"haproxy": proxy.haproxy_report(lb)}
+            for r in replicas:
+                limit = proxy.in_flight_limit(r.metrics_url)
+                with proxy.haproxy_in_front(r.port, limit, args.haproxy_timeout_queue) as lb:
+                    name = VIA_HAPROXY if r is sc else f"{COMPARED}+haproxy"
+                    via = Target(name, r.proc, lb.config.listen_port, lb.logfile)
+                    wait_ready(via, "/readyz")  # the replica is UP in HAProxy (health checks)
+                    shed[via.name] = _shed(via, args, key, r) | {
+                        "haproxy": proxy.haproxy_report(lb)
+                    }
             rss = {t.name: peak_rss_mb(t.proc.pid) for t in targets}
             crashed = {t.name: t.proc.poll() for t in targets if t.proc.poll() is not None}
             logs = {t.name: log_tail(t.log, 30) for t in targets}
@@ -180,7 +198,7 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     for c, row in result["levels"].items():
-        lines += [_row(c, name, row[name]) for name in ("naive", "skillcoach") if name in row]
+        lines += [_row(c, n, row[n]) for n in ("naive", "skillcoach", COMPARED) if n in row]
         sc, nv = row.get("skillcoach"), row.get("naive")
         if sc and nv:
             p = sc["latency_ms"]["p99"] / max(nv["latency_ms"]["p99"], 1e-9)
@@ -223,6 +241,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--probe-requests", type=int, default=30_000, help="cap; runs --duration")
     p.add_argument("--skip-naive", action="store_true", help="skillcoach only (quick runs)")
     p.add_argument("--skillcoach-env", action="append", default=[], metavar="SKILLCOACH_X=V")
+    p.add_argument(
+        "--compare-env",
+        action="append",
+        default=[],
+        metavar="SKILLCOACH_X=V",
+        help=f"also run {COMPARED}: skillcoach with these settings on top, measured interleaved",
+    )
     p.add_argument("--haproxy-timeout-queue", metavar="TIME", help="default: the stack's")
     p.add_argument("--max-seconds", type=int, default=570, help="abort (and clean up) after")
     args = p.parse_args(argv)

@@ -9,6 +9,8 @@ database serves every other target too:
 
 (a) bare        the bare Starlette JSON endpoint, body sized like a real answer (the ceiling)
 (b) naive       the seed's setup: sync session in async def, pool 5/10/30, direct to PostgreSQL
+(b') db-ceiling the same single SELECT the uncached read runs, psycopg2 in 16 threads, through
+                cache-off's PgBouncer, nothing else (loadtests/db_ceiling_app.py)
 (c) cache-off   one skillcoach replica through its own PgBouncer, cache off
 (d) cached      one skillcoach replica cached on the stack's cluster, every hot learner read
                 once first (warm)
@@ -16,9 +18,10 @@ database serves every other target too:
                 the stack's HAProxy, every learner read once first
 
 (a)-(d) read the weaknesses of learner ids drawn uniformly from 1..--hot. At each level the
-order of (a)-(d) alternates, then (e); each run is wrk for --duration s, and the next run waits
-until the target answers /healthz within 100 ms again. A sampler (loadtests/sampler.py) reads
-/metrics of every skillcoach process and /proc of every process each second throughout.
+order of (a)-(d) alternates (db-ceiling next to cache-off), then (e); each run is wrk for
+--duration s, and the next run waits until the target answers /healthz within 100 ms again.
+A sampler (loadtests/sampler.py) reads /metrics of every skillcoach process and /proc of every
+process each second throughout.
 
 Writes loadtests/results/suite-<stamp>.json, .md (the tables) and -*.png (loadtests/plots.py:
 throughput and p99 against connections; pool utilization and hit ratio over time).
@@ -48,6 +51,7 @@ from loadtests.harness import (
     raise_nofile,
     serve_cmd,
     spawn,
+    spawn_ceiling,
     spawn_naive,
     stop,
     wait_quiet,
@@ -59,6 +63,7 @@ from loadtests.sampler import Sampler, cache_increments, peak_rss_mb, pool_utili
 from loadtests.suite_report import (
     BARE,
     CACHED,
+    CEILING,
     DESCRIPTION,
     NAIVE,
     OFF,
@@ -75,6 +80,7 @@ from skillcoach_devstack.processes import free_port
 __all__ = [
     "BARE",
     "CACHED",
+    "CEILING",
     "LEVELS",
     "NAIVE",
     "OFF",
@@ -115,11 +121,13 @@ def _start_targets(stack: LocalStack, bouncer: PgBouncer, tmp: Path, hot: int) -
     }
     cached = _serve(CACHED, cached_env, tmp)
     naive = spawn_naive(NAIVE, stack.direct_url, env, tmp)
+    ceiling = spawn_ceiling(CEILING, db, env, tmp)
     for t in (off, cached):
         wait_ready(t, "/readyz")
-    wait_ready(naive, "/healthz")
+    for t in (naive, ceiling):
+        wait_ready(t, "/healthz")
     bare, _ = tools.start_bare(BARE, off, stack.key, env, tmp, learners=min(hot, 50))
-    return {BARE: bare, NAIVE: naive, OFF: off, CACHED: cached}
+    return {BARE: bare, NAIVE: naive, CEILING: ceiling, OFF: off, CACHED: cached}
 
 
 def _one_run(
@@ -162,7 +170,7 @@ def _measure_all(
 ) -> dict[str, dict[str, Any]]:
     key = stack.key
     runs: dict[str, dict[str, Any]] = {name: {} for name in TARGETS}
-    single = [targets[n] for n in (BARE, NAIVE, OFF, CACHED)]
+    single = [targets[n] for n in (BARE, NAIVE, CEILING, OFF, CACHED)]
     for i, c in enumerate(args.levels):
         for t in single if i % 2 == 0 else single[::-1]:
 

@@ -58,6 +58,7 @@ __all__ = [
     "serve_cmd",
     "serve_env",
     "spawn",
+    "spawn_ceiling",
     "spawn_naive",
     "stop",
     "wait_quiet",
@@ -209,6 +210,13 @@ def spawn_naive(name: str, database_url: str, env: dict[str, str], logdir: Path)
     """The naive reference app (loadtests/naive_app.py) on a free port, direct to PostgreSQL."""
     port = free_port()
     cmd = [sys.executable, "-m", "loadtests.naive_app", "--port", str(port)]
+    return spawn(name, [*cmd, "--database-url", database_url], env, port, logdir)
+
+
+def spawn_ceiling(name: str, database_url: str, env: dict[str, str], logdir: Path) -> Target:
+    """The db ceiling app (loadtests/db_ceiling_app.py) on a free port, through PgBouncer."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "loadtests.db_ceiling_app", "--port", str(port)]
     return spawn(name, [*cmd, "--database-url", database_url], env, port, logdir)
 
 

@@ -26,6 +26,7 @@ __all__ = ["concurrency_plot", "timeline_plot", "write_all"]
 COLORS = {
     "bare": "#7f7f7f",
     "naive": "#d62728",
+    "db-ceiling": "#ff7f0e",
     "cache-off": "#1f77b4",
     "cached": "#2ca02c",
     "stack": "#9467bd",

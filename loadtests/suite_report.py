@@ -8,27 +8,35 @@ A run's result: {"runs": {target: {connections: wrk figures | {"failed": ...}}},
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 __all__ = [
     "BARE",
     "CACHED",
+    "CEILING",
     "DESCRIPTION",
     "NAIVE",
     "OFF",
+    "RATIO_TARGETS",
     "STACK",
     "TARGETS",
+    "RatioTarget",
     "full_markdown",
     "markdown",
+    "ratio_table",
+    "ratio_verdicts",
     "seed_table",
     "verdicts",
 ]
 
 BARE, NAIVE, OFF, CACHED, STACK = "bare", "naive", "cache-off", "cached", "stack"
-TARGETS = (BARE, NAIVE, OFF, CACHED, STACK)
+CEILING = "db-ceiling"
+TARGETS = (BARE, NAIVE, CEILING, OFF, CACHED, STACK)
 DESCRIPTION = {
     BARE: "bare Starlette JSON endpoint (ceiling)",
     NAIVE: "naive app: seed's setup, direct to PostgreSQL",
+    CEILING: "db ceiling: the same SELECT via PgBouncer, psycopg2 in 16 threads, nothing else",
     OFF: "skillcoach, 1 replica, cache off, via PgBouncer",
     CACHED: "skillcoach, 1 replica, warm cache (Redis Cluster)",
     STACK: "stack: HAProxy -> replicas, Zipf reads + 10% writes",
@@ -44,6 +52,35 @@ SEED_HIT_RATIO = 0.80
 SEED_MEMORY_MB = 2048.0
 RSS_LIMIT_MB = 300.0
 SEED_POOL_UTILIZATION = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class RatioTarget:
+    """A ratio of two targets' figures measured in one run, and the issue's bound on it."""
+
+    name: str
+    top: str
+    bottom: str
+    figure: str  # "ok_rps" or a latency_ms key ("p99")
+    connections: int
+    bound: float
+    better: str  # "higher": ratio >= bound is met; "lower": ratio <= bound is met
+
+    def met(self, value: float) -> bool:
+        return value >= self.bound if self.better == "higher" else value <= self.bound
+
+
+# The uncached-path issue's targets: cache off near the database's own ceiling and never
+# below the naive app, and the cached path near the bare framework.
+RATIO_TARGETS = (
+    RatioTarget("throughput_off_over_ceiling_at_50", OFF, CEILING, "ok_rps", 50, 0.6, "higher"),
+    RatioTarget("throughput_off_over_ceiling_at_100", OFF, CEILING, "ok_rps", 100, 0.6, "higher"),
+    RatioTarget("throughput_off_over_naive_at_50", OFF, NAIVE, "ok_rps", 50, 1.0, "higher"),
+    RatioTarget("throughput_off_over_naive_at_100", OFF, NAIVE, "ok_rps", 100, 1.0, "higher"),
+    RatioTarget("p99_off_over_naive_at_100", OFF, NAIVE, "p99", 100, 1 / 20, "lower"),
+    RatioTarget("throughput_cached_over_bare_at_50", CACHED, BARE, "ok_rps", 50, 0.65, "higher"),
+    RatioTarget("p99_cached_over_bare_at_50", CACHED, BARE, "p99", 50, 3.0, "lower"),
+)
 
 
 def _other_5xx(r: dict[str, Any]) -> int:
@@ -107,6 +144,7 @@ def verdicts(result: dict[str, Any]) -> dict[str, Any]:
         _other_5xx(r) for by_c in runs.values() for r in by_c.values() if _ok(r)
     )
     v["rss_under_300mb"] = {n: (mb or 0) < RSS_LIMIT_MB for n, mb in result["peak_rss_mb"].items()}
+    v["ratios"] = ratio_verdicts(runs)
     return v
 
 
@@ -132,7 +170,7 @@ def markdown(result: dict[str, Any]) -> str:
     ]
     for name in TARGETS:
         for c in levels:
-            r = runs[name].get(c)
+            r = runs.get(name, {}).get(c)
             if not r:
                 continue
             if "failed" in r:
@@ -150,14 +188,16 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         "Ratios measured in this run (throughput: higher is better; p99: lower is better):",
         "",
-        "| connections | cached / bare req/s | cache-off / naive req/s | cache-off / naive p99 |"
-        " cached / naive p99 | stack / naive req/s |",
-        "|---|---|---|---|---|---|",
+        "| connections | cached / bare req/s | cache-off / db-ceiling req/s |"
+        " cache-off / naive req/s | cache-off / naive p99 | cached / naive p99 |"
+        " stack / naive req/s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for c in levels:
-        row = {n: runs[n].get(c) for n in TARGETS}
+        row = {n: runs.get(n, {}).get(c) for n in TARGETS}
         lines.append(
             f"| {c} | {_fmt(_ratio(row[CACHED], row[BARE], 'ok_rps'))} |"
+            f" {_fmt(_ratio(row[OFF], row[CEILING], 'ok_rps'))} |"
             f" {_fmt(_ratio(row[OFF], row[NAIVE], 'ok_rps'), '.2f', 'x')} |"
             f" {_fmt(_ratio(row[OFF], row[NAIVE], 'p99'), '.3f')} |"
             f" {_fmt(_ratio(row[CACHED], row[NAIVE], 'p99'), '.3f')} |"
@@ -255,5 +295,31 @@ def seed_table(result: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def ratio_verdicts(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each issue ratio of one run: {name: {value, bound, better, met}}; value and met are
+    None when a side was not measured at that level."""
+    out: dict[str, dict[str, Any]] = {}
+    for t in RATIO_TARGETS:
+        c = str(t.connections)
+        value = _ratio(runs.get(t.top, {}).get(c), runs.get(t.bottom, {}).get(c), t.figure)
+        out[t.name] = {
+            "value": value,
+            "bound": round(t.bound, 4),
+            "better": t.better,
+            "met": None if value is None else t.met(value),
+        }
+    return out
+
+
+def ratio_table(verdict: dict[str, dict[str, Any]]) -> str:
+    mark = {True: "met", False: "**not met**", None: "-"}
+    lines = ["| issue ratio | measured | target | verdict |", "|---|---|---|---|"]
+    for name, row in verdict.items():
+        bound = (">= " if row["better"] == "higher" else "<= ") + f"{row['bound']:g}"
+        lines.append(f"| {name} | {_fmt(row['value'], '.3f')} | {bound} | {mark[row['met']]} |")
+    return "\n".join(lines)
+
+
 def full_markdown(result: dict[str, Any]) -> str:
-    return f"{markdown(result)}\n\n{seed_table(result)}"
+    ratios = ratio_table(ratio_verdicts(result["runs"]))
+    return f"{markdown(result)}\n\n{ratios}\n\n{seed_table(result)}"

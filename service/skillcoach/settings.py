@@ -162,6 +162,20 @@ class Settings(BaseSettings):
         le=100_000,
         description="requests admitted beyond pool capacity before shedding with 503 + Retry-After",
     )
+    db_gate_target_ms: float = Field(
+        default=100.0,
+        gt=0,
+        le=60_000,
+        description="queue delay for a DB slot that counts as queueing (CoDel target): above it"
+        " for `DB_GATE_INTERVAL_MS`, the gate serves newest first and sheds old waiters",
+    )
+    db_gate_interval_ms: float = Field(
+        default=500.0,
+        gt=0,
+        le=600_000,
+        description="how long the queue delay must stay above target before the DB slot gate is"
+        " overloaded; overloaded, a request queued 2x this long gets 503 + Retry-After",
+    )
     long_checkout_seconds: float = Field(
         default=5.0,
         gt=0,

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import anyio
+import psycopg2.extensions
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Engine, event
 
 from skillcoach.data.database import (
     ConnectionLost,
@@ -16,6 +19,8 @@ from skillcoach.data.database import (
     DeadlineExceeded,
     PoolConfig,
     QueryTimeout,
+    Reader,
+    single_statement,
 )
 from skillcoach.data.deadline import work_scope
 from skillcoach_devstack.pgbouncer import PgBouncer
@@ -40,7 +45,14 @@ def backend_pid(conn: Connection) -> int:
     return int(conn.exec_driver_sql("SELECT 1").scalar_one())
 
 
-def make_db(url: str, size: int = 2, overflow: int = 1, **kw: float) -> Database:
+def make_db(
+    url: str,
+    size: int = 2,
+    overflow: int = 1,
+    *,
+    on_engine: Callable[[Engine], None] | None = None,
+    **kw: float,
+) -> Database:
     return Database(
         url,
         PoolConfig(pool_size=size, max_overflow=overflow, pool_timeout=2, pool_recycle=3600),
@@ -48,6 +60,7 @@ def make_db(url: str, size: int = 2, overflow: int = 1, **kw: float) -> Database
         request_timeout=kw.get("deadline", 5.0),
         long_checkout_seconds=kw.get("long", 5.0),
         registry=CollectorRegistry(),
+        on_engine=on_engine,
     )
 
 
@@ -242,4 +255,187 @@ def test_failed_work_is_rolled_back_and_the_connection_reused(db: Database) -> N
     with pytest.raises(Boom):
         anyio.run(db.run, write_then_fail)
     assert anyio.run(db.run, count) == 0  # even the DDL was rolled back
+    assert db.stats().checked_out == 0
+
+
+# -- single-statement reads -----------------------------------------------------------------
+# Two ways, both tested: untraced on a raw pooled connection, traced (an engine hook set, as
+# the tracing's SQL instrumentation is) through SQLAlchemy's Connection.
+WAYS = {"raw": None, "traced": lambda engine: None}
+
+
+@pytest.fixture(params=list(WAYS))
+def way(request: pytest.FixtureRequest) -> Callable[[Engine], None] | None:
+    hook: Callable[[Engine], None] | None = WAYS[request.param]
+    return hook
+
+
+@pytest.fixture
+def rdb(pgbouncer_url: str, way: Callable[[Engine], None] | None) -> Iterator[Database]:
+    d = make_db(pgbouncer_url, on_engine=way)
+    yield d
+    d.dispose()
+
+
+class Recorded(psycopg2.extensions.cursor):
+    """Every statement string psycopg2 sends (one per round trip: simple query protocol)."""
+
+    sent: list[str] = []
+
+    def execute(self, query: Any, vars: Any = None) -> None:
+        Recorded.sent.append(query if isinstance(query, str) else query.decode())
+        super().execute(query, vars)
+
+
+def recording(db: Database) -> list[str]:
+    Recorded.sent = []
+
+    @event.listens_for(db.engine, "connect")
+    def _record(dbapi_conn: Any, _: Any) -> None:
+        dbapi_conn.cursor_factory = Recorded
+
+    return Recorded.sent
+
+
+@single_statement
+def read_pid(conn: Reader) -> int:
+    return int(conn.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+
+@single_statement
+def read_timeout_and_txn(conn: Reader) -> tuple[str, bool]:
+    # In an implicit transaction block SET LOCAL holds for the statement: the timeout shows.
+    row = conn.exec_driver_sql(
+        "SELECT current_setting('statement_timeout'), now() = statement_timestamp()"
+    ).one()
+    return str(row[0]), bool(row[1])
+
+
+@single_statement
+def read_sleep(conn: Reader, seconds: float) -> int:
+    conn.exec_driver_sql(f"SELECT pg_sleep({seconds})")
+    return 1
+
+
+@single_statement
+def two_statements(conn: Reader) -> None:
+    conn.exec_driver_sql("SELECT 1")
+    conn.exec_driver_sql("SELECT 2")
+
+
+def test_a_single_statement_read_is_one_round_trip_a_transaction_three(rdb: Database) -> None:
+    db = rdb
+    sent = recording(db)
+    assert anyio.run(functools.partial(db.run, read_pid, retry=True)) > 0
+    assert sent == ["SET LOCAL statement_timeout = 3000; SELECT pg_backend_pid()"]
+    sent.clear()
+    assert anyio.run(db.run, backend_pid) == 1  # unmarked: the explicit transaction
+    assert sent == ["BEGIN; SET LOCAL statement_timeout = 3000", "SELECT 1", "COMMIT"]
+    assert db.stats().checked_out == 0
+
+
+def test_a_single_statement_read_carries_its_timeout_and_no_transaction_lingers(
+    pgbouncer_url: str, way: Callable[[Engine], None] | None
+) -> None:
+    db = make_db(pgbouncer_url, statement_ms=250, on_engine=way)
+    try:
+        assert anyio.run(db.run, read_timeout_and_txn) == ("250ms", True)
+        t0 = time.monotonic()
+        with pytest.raises(QueryTimeout):
+            anyio.run(db.run, read_sleep, 5)
+        assert time.monotonic() - t0 < 3  # cancelled at 250 ms, not after 5 s
+        assert metric(db, "skillcoach_db_query_timeouts_total") == 1
+        # The implicit transaction ended with its statement: the same connection serves on.
+        assert anyio.run(db.run, read_timeout_and_txn) == ("250ms", True)
+        assert db.stats().checked_out == 0
+    finally:
+        db.dispose()
+
+
+def test_a_single_statement_read_refuses_a_second_statement(rdb: Database) -> None:
+    db = rdb
+    with pytest.raises(RuntimeError, match="second statement"):
+        anyio.run(db.run, two_statements)
+    assert anyio.run(db.run, read_pid) > 0
+    assert db.stats().checked_out == 0
+
+
+def test_the_mark_changes_nothing_inside_a_transaction(db: Database) -> None:
+    def both(conn: Connection) -> tuple[int, int]:
+        return read_pid(conn), read_pid(conn)  # a Connection: two statements are fine
+
+    first, second = anyio.run(db.run, both)
+    assert first == second > 0
+
+
+def test_a_stale_connection_is_replaced_for_a_single_statement_read(
+    make_pgbouncer: Callable[..., PgBouncer], pg_url: str, way: Callable[[Engine], None] | None
+) -> None:
+    bouncer = make_pgbouncer()
+    db = make_db(pgbouncer_db_url(bouncer, pg_url), on_engine=way)
+    try:
+        assert anyio.run(db.run, read_pid) > 0  # leaves one idle pooled connection
+        bouncer.stop()
+        bouncer.start(timeout=10)
+        # Its statement finds the connection dead and runs again on a fresh one, no retry.
+        assert anyio.run(db.run, read_pid) > 0
+        assert metric(db, "skillcoach_db_connection_errors_total") == 0
+        assert metric(db, "skillcoach_db_retries_total") == 0
+    finally:
+        db.dispose()
+
+
+def test_single_statement_reads_retry_through_a_pgbouncer_restart(
+    make_pgbouncer: Callable[..., PgBouncer], pg_url: str, way: Callable[[Engine], None] | None
+) -> None:
+    bouncer = make_pgbouncer()
+    db = make_db(pgbouncer_db_url(bouncer, pg_url), deadline=8.0, on_engine=way)
+    try:
+        assert anyio.run(db.run, read_pid) > 0
+        bouncer.stop()
+
+        async def read_while_restarting() -> int:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.to_thread.run_sync, _restart_later, bouncer)
+                value = await db.run(read_pid, retry=True)
+            return value
+
+        assert anyio.run(read_while_restarting) > 0
+        assert metric(db, "skillcoach_db_retries_total") >= 1
+        assert db.stats().checked_out == 0
+    finally:
+        db.dispose()
+
+
+@single_statement
+def read_rows(conn: Reader) -> list[tuple[int, str, int]]:
+    rows = conn.exec_driver_sql(
+        "SELECT g AS n, 'x' || g AS label, 1 FROM generate_series(1, %(k)s) g", {"k": 3}
+    ).all()
+    return [(r.n, r.label, r[2]) for r in rows]
+
+
+@single_statement
+def read_none(conn: Reader) -> object:
+    return conn.exec_driver_sql("SELECT 1 WHERE false").first()
+
+
+@single_statement
+def bad_sql(conn: Reader) -> None:
+    conn.exec_driver_sql("SELECT no_such_column FROM learners")
+
+
+def test_single_statement_rows_read_like_sqlalchemy_rows_and_errors_are_not_retried(
+    rdb: Database,
+) -> None:
+    db = rdb
+    sent = recording(db)  # on connect: before the first read
+    assert anyio.run(db.run, read_rows) == [(1, "x1", 1), (2, "x2", 1), (3, "x3", 1)]
+    assert anyio.run(db.run, read_none) is None
+    sent.clear()
+    with pytest.raises(Exception, match="no_such_column"):
+        anyio.run(functools.partial(db.run, bad_sql, retry=True))
+    assert len(sent) == 1  # a failed statement is not a broken connection: sent once
+    assert metric(db, "skillcoach_db_connection_errors_total") == 0
+    assert anyio.run(db.run, read_pid) > 0  # and the connection serves on
     assert db.stats().checked_out == 0

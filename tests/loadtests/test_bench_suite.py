@@ -16,6 +16,7 @@ import pytest
 from loadtests.bench_suite import (
     BARE,
     CACHED,
+    CEILING,
     NAIVE,
     OFF,
     STACK,
@@ -25,6 +26,7 @@ from loadtests.bench_suite import (
     run,
     verdicts,
 )
+from loadtests.suite_report import RATIO_TARGETS, ratio_table, ratio_verdicts
 
 from loadtests import plots
 
@@ -48,7 +50,8 @@ def _wrk(rps: float, mean: float, p99: float, *, non_2xx: int = 0, c: int = 50) 
 def _result() -> dict[str, Any]:
     runs = {
         BARE: {"50": _wrk(20000, 2, 10)},
-        NAIVE: {"50": _wrk(1000, 60, 600)},
+        NAIVE: {"50": _wrk(1000, 60, 600), "100": _wrk(900, 120, 8000)},
+        CEILING: {"50": _wrk(2000, 25, 80), "100": _wrk(2000, 50, 160)},
         OFF: {"1": _wrk(500, 2, 3, c=1), "50": _wrk(800, 60, 150), "100": _wrk(800, 250, 400)},
         CACHED: {"50": _wrk(12000, 4, 9)},
         STACK: {"50": _wrk(900, 110, 620, non_2xx=90)},
@@ -118,9 +121,44 @@ def test_markdown_has_every_target_ratios_and_the_seed_table() -> None:
     for name in TARGETS:
         assert f"| {name} | 50 |" in text
     assert "| stack | 50 | 900 | 110 | 110 / 310.0 / 620 / 1,240 | 90 (90; 0) | 0 | 70.0% |" in text
-    assert "| 50 | 0.60 | 0.80x | 0.250 | 0.015 | 0.90x |" in text
+    assert "| 50 | 0.60 | 0.40 | 0.80x | 0.250 | 0.015 | 0.90x |" in text
     assert "| 100 users < 200 ms (phase 2) | 250 ms (**not met**)" in text
     assert "peak over every process 350.0 MB (**not met**)" in text
+
+
+def test_the_issue_ratios_are_judged_against_their_targets() -> None:
+    v = ratio_verdicts(_result()["runs"])
+    assert [t.name for t in RATIO_TARGETS] == list(v)
+    # cache-off / db ceiling: 800 / 2000 at 50 and 100; the target is 0.6.
+    assert v["throughput_off_over_ceiling_at_50"] == {
+        "value": 0.4, "bound": 0.6, "better": "higher", "met": False
+    }  # fmt: skip
+    assert v["throughput_off_over_ceiling_at_100"]["value"] == 0.4
+    # cache-off / naive: 800 / 1000 at 50 (not met), 800 / 900 at 100 (not met).
+    assert v["throughput_off_over_naive_at_50"]["met"] is False
+    assert v["throughput_off_over_naive_at_100"]["value"] == 0.889
+    # p99 cache-off / naive at 100: 400 / 8000 = 0.05, exactly the bound 1/20: met.
+    assert v["p99_off_over_naive_at_100"] == {
+        "value": 0.05, "bound": 0.05, "better": "lower", "met": True
+    }  # fmt: skip
+    # cached / bare at 50: 12000 / 20000 = 0.6 < 0.65; p99 9 / 10 = 0.9 <= 3.
+    assert v["throughput_cached_over_bare_at_50"]["met"] is False
+    assert v["p99_cached_over_bare_at_50"]["met"] is True
+    table = ratio_table(v)
+    assert "| p99_off_over_naive_at_100 | 0.050 | <= 0.05 | met |" in table
+    assert "| throughput_off_over_ceiling_at_50 | 0.400 | >= 0.6 | **not met** |" in table
+
+
+def test_an_unmeasured_side_leaves_the_ratio_undecided() -> None:
+    runs = _result()["runs"]
+    del runs[CEILING]["100"]
+    runs[OFF]["50"] = {"connections": 50, "failed": "wrk exited 1"}
+    v = ratio_verdicts(runs)
+    assert v["throughput_off_over_ceiling_at_100"] == {
+        "value": None, "bound": 0.6, "better": "higher", "met": None
+    }  # fmt: skip
+    assert v["throughput_off_over_naive_at_50"]["met"] is None
+    assert "| throughput_off_over_ceiling_at_100 | - | >= 0.6 | - |" in ratio_table(v)
 
 
 def test_plots_are_written(tmp_path: Path) -> None:
@@ -164,7 +202,7 @@ def test_suite_smoke_every_target_measured_sampled_and_plotted(tmp_path: Path) -
     }  # fmt: skip
     replicas = {p for p in scraped if p.startswith("replica-")}
     assert {OFF, CACHED} <= scraped and len(replicas) == 2, scraped
-    assert set(result["peak_rss_mb"]) == {BARE, NAIVE, OFF, CACHED} | replicas
+    assert set(result["peak_rss_mb"]) == {BARE, NAIVE, CEILING, OFF, CACHED} | replicas
     assert all(mb is not None and mb > 10 for mb in result["peak_rss_mb"].values())
     text = full_markdown(result)
     assert all(f"| {name} | 20 |" in text for name in TARGETS)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -7,11 +8,13 @@ import pytest
 
 from skillcoach.data.records import ExerciseHistory, SkillEvidence
 from skillcoach.ml.analysis import (
+    ability_interval,
     focus_skills,
     mastery_interval,
     rank_weaknesses,
     recommend,
 )
+from skillcoach.ml.model import BestLR
 from tests.fixtures_api import exercise_id, hand_model
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -114,3 +117,58 @@ def test_recommend_with_no_history_at_all() -> None:
     assert all(r.seen_count == 0 and r.last_seen_at is None for r in recs)
     d = [abs(r.predicted_success - 0.7) for r in recs]
     assert d == sorted(d)
+
+
+def _ability_model() -> BestLR:
+    base = hand_model()
+    return BestLR.from_coefficients(
+        intercept=base.intercept, skill_ids=base.skill_ids, skill_weights=base.skill_weights,
+        exercise_ids=base.exercise_ids, exercise_skill_ids=base.exercise_skill_ids,
+        exercise_weights=base.exercise_weights, count_weights=base.count_weights,
+        ability_weights=[1.0, 0.3],
+    )  # fmt: skip
+
+
+def _with_residuals(ev: SkillEvidence, residual: list[float], info: list[float]) -> SkillEvidence:
+    return dataclasses.replace(ev, sum_residual=np.array(residual), sum_information=np.array(info))
+
+
+def test_misses_on_easy_items_rank_weaker_than_misses_on_hard_ones() -> None:
+    model = _ability_model()
+    # Skills 1 and 2 have the same counts; 1's misses were on easy items (expected success
+    # 0.9), 2's on hard ones (0.2). Against the counts-only estimate, they move apart.
+    counts = evidence({1: (2, 3), 2: (2, 3)})
+    ev = _with_residuals(counts, [2 - 5 * 0.9, 2 - 5 * 0.2], [5 * 0.09, 5 * 0.16])
+    ranked = {w.skill_id: w for w in rank_weaknesses(model, ev, min_attempts=1)}
+    plain = {w.skill_id: w for w in rank_weaknesses(model, counts, min_attempts=1)}
+
+    def shift(skill: int) -> float:
+        def logit(p: float) -> float:
+            return float(np.log(p / (1 - p)))
+
+        return logit(ranked[skill].mastery) - logit(plain[skill].mastery)
+
+    assert shift(1) < 0  # easy misses: weaker than the counts say
+    assert shift(1) < shift(2) - 0.5  # and far weaker than the same misses on hard items
+    # The interval comes from the ability's own uncertainty: it contains the estimate.
+    for w in ranked.values():
+        assert w.low < w.mastery < w.high
+
+
+def test_ability_interval_narrows_with_information() -> None:
+    model = _ability_model()
+    p = np.full(4, 0.6)
+    low, high = ability_interval(model, p, np.array([0.0, 1.0, 10.0, 100.0]))
+    widths = high - low
+    assert np.all(np.diff(widths) < 0)
+    assert np.all((low < p) & (p < high))
+    assert widths[-1] < 0.1 < widths[0]
+
+
+def test_counts_only_model_ignores_residual_evidence() -> None:
+    model = hand_model()  # zero ability weights: what a format /1 artifact loads as
+    counts = evidence({1: (3, 3), 2: (1, 1), 3: (6, 0)})
+    ev = _with_residuals(counts, [-2.0, 0.5, 1.0], [1.5, 0.5, 1.5])
+    assert rank_weaknesses(model, ev, min_attempts=5) == rank_weaknesses(
+        model, counts, min_attempts=5
+    )

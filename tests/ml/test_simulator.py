@@ -189,3 +189,107 @@ def test_invalid_params_are_rejected(field: str, value: object, message: str) ->
     }
     with pytest.raises(ValueError, match=message):
         SimulationParams(**kwargs)  # type: ignore[arg-type]
+
+
+# -- variants -------------------------------------------------------------------------------
+
+VARIANT_BASE = SimulationParams(
+    learners=400, skills=10, exercises_per_skill=8, attempts_per_learner=60, seed=21
+)
+
+
+def test_spelled_out_defaults_are_the_default_world() -> None:
+    explicit = dataclasses.replace(
+        PARAMS, guess=GUESS, slip=SLIP, learning_scale=1.0, learning_exponent=-0.5,
+        skill_clusters=0, exercise_difficulty_sd=simulator.EXERCISE_DIFFICULTY_SD,
+        practice_bias=0.0, practice_bias_sd=0.0,
+    )  # fmt: skip
+    for a, b in zip(_run(PARAMS), _run(explicit), strict=True):
+        for field in dataclasses.fields(LearnerChunk):
+            np.testing.assert_array_equal(getattr(a, field.name), getattr(b, field.name))
+
+
+def test_guess_and_slip_bound_the_probabilities() -> None:
+    out = _run(dataclasses.replace(VARIANT_BASE, guess=0.35, slip=0.25))
+    p = _cat(out, "attempt_p_correct")
+    assert p.min() >= 0.35 and p.max() <= 0.75
+    assert p.min() < 0.40 and p.max() > 0.70  # the bounds are reached, not just respected
+
+
+def _attempted_relative_difficulty(params: SimulationParams) -> float:
+    catalog = build_catalog(params)
+    out = _run(params)
+    ex = _cat(out, "attempt_exercise_ids") - 1
+    skill_mean = catalog.difficulty_by_skill().mean(axis=1)
+    return float(
+        (catalog.exercise_difficulty[ex] - skill_mean[catalog.exercise_skill_ids[ex] - 1]).mean()
+    )
+
+
+def test_practice_bias_picks_easy_or_hard_items() -> None:
+    assert _attempted_relative_difficulty(VARIANT_BASE) == pytest.approx(0.0, abs=0.1)
+    easy = _attempted_relative_difficulty(dataclasses.replace(VARIANT_BASE, practice_bias=1.5))
+    hard = _attempted_relative_difficulty(dataclasses.replace(VARIANT_BASE, practice_bias=-1.5))
+    assert easy < -0.4 and hard > 0.4
+
+
+def _theta0_by_learner_skill(params: SimulationParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    out = _run(params)
+    return (
+        _cat(out, "mastery_learner_ids"),
+        _cat(out, "mastery_skill_ids"),
+        _cat(out, "theta_initial"),
+    )
+
+
+def test_clusters_correlate_a_learners_skills() -> None:
+    def within_cluster_spread(params: SimulationParams) -> float:
+        learners, _skills, theta = _theta0_by_learner_skill(params)
+        # Deviation from the learner's mean over their skills, by (learner, cluster): a shared
+        # cluster shift widens the spread between clusters of the same learner.
+        learner_mean = np.bincount(learners, theta) / np.maximum(np.bincount(learners), 1)
+        return float(np.std(theta - learner_mean[learners]))
+
+    plain = within_cluster_spread(VARIANT_BASE)
+    clustered = within_cluster_spread(
+        dataclasses.replace(VARIANT_BASE, skill_clusters=3, cluster_sd=1.0)
+    )
+    assert clustered > plain * 1.5
+
+
+def test_learning_exponent_and_scale_change_the_gains() -> None:
+    def gain(params: SimulationParams) -> float:
+        out = _run(params)
+        return float((_cat(out, "theta_final") - _cat(out, "theta_initial")).mean())
+
+    base = gain(VARIANT_BASE)
+    assert gain(dataclasses.replace(VARIANT_BASE, learning_scale=0.0)) == 0.0
+    assert gain(dataclasses.replace(VARIANT_BASE, learning_scale=2.0)) > 1.8 * base
+    assert gain(dataclasses.replace(VARIANT_BASE, learning_exponent=0.3)) > 2 * base
+
+
+def test_exercise_difficulty_spread() -> None:
+    wide = build_catalog(dataclasses.replace(VARIANT_BASE, exercise_difficulty_sd=2.0))
+    narrow = build_catalog(dataclasses.replace(VARIANT_BASE, exercise_difficulty_sd=0.2))
+    assert (
+        wide.difficulty_by_skill().std(axis=1).mean()
+        > 5 * narrow.difficulty_by_skill().std(axis=1).mean()
+    )
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("guess", 0.7, "guess must be between"),
+        ("slip", float("nan"), "slip must be between"),
+        ("practice_bias", "x", "practice_bias must be a number"),
+        ("skill_clusters", -1, "skill_clusters must be between"),
+        ("guess", 0.5, "guess \\+ slip must be below 1"),
+    ],
+)
+def test_invalid_variant_params_are_rejected(field: str, value: object, message: str) -> None:
+    kwargs: dict[str, object] = {"learners": 10, field: value}
+    if field == "guess" and value == 0.5:
+        kwargs["slip"] = 0.5
+    with pytest.raises(ValueError, match=message):
+        SimulationParams(**kwargs)  # type: ignore[arg-type]

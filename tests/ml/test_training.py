@@ -11,7 +11,7 @@ from sqlalchemy import Engine, text
 
 from skillcoach.data.database import create_sync_engine
 from skillcoach.ml.features import AttemptLog, prior_counts
-from skillcoach.ml.model import COUNT_FEATURES, BestLR
+from skillcoach.ml.model import ABILITY_FEATURES, COUNT_FEATURES, BestLR
 from skillcoach.ml.quality import expected_calibration_error, precision_at_k
 from skillcoach.ml.seeding import seed_database
 from skillcoach.ml.simulator import SimulationParams
@@ -79,10 +79,45 @@ def test_stored_model_loads_and_matches_the_schema(seeded: Engine) -> None:
     assert schema["count_transform"] == "log1p"
     assert schema["count_features"] == list(COUNT_FEATURES)
     assert schema["n_exercises"] == PARAMS.n_exercises
-    assert len(schema["feature_names"]) == PARAMS.skills + PARAMS.n_exercises + 4
-    # Success counts help, failures hurt: the signs a knowledge-tracing model must learn.
-    assert model.count_weights[0] > 0 > model.count_weights[1]
-    assert model.count_weights[2] > 0 > model.count_weights[3]
+    assert len(schema["feature_names"]) == PARAMS.skills + PARAMS.n_exercises + 4 + 2
+    assert schema["ability_features"] == list(ABILITY_FEATURES)
+    # Doing better than expected helps: the sign a knowledge-tracing model must learn (the
+    # counts then carry practice itself, so their signs are free).
+    assert model.ability_weights[0] > 0 and model.ability_weights[1] > 0
+    # Net of counts and ability, one more success raises mastery, one more failure lowers it
+    # (answers on a typical exercise: expected success 0.6, information 0.24).
+    base = {"skill_residual": [0.0], "skill_information": [2.4], "total_residual": 0.0,
+            "total_information": 4.8}  # fmt: skip
+    before = model.skill_mastery([1], [6], [4], total_correct=12, total_incorrect=8, **base)
+    right = model.skill_mastery(
+        [1],
+        [7],
+        [4],
+        total_correct=13,
+        total_incorrect=8,
+        **{
+            **base,
+            "skill_residual": [0.4],
+            "total_residual": 0.4,
+            "skill_information": [2.64],
+            "total_information": 5.04,
+        },
+    )
+    wrong = model.skill_mastery(
+        [1],
+        [6],
+        [5],
+        total_correct=12,
+        total_incorrect=9,
+        **{
+            **base,
+            "skill_residual": [-0.6],
+            "total_residual": -0.6,
+            "skill_information": [2.64],
+            "total_information": 5.04,
+        },
+    )
+    assert wrong[0] < before[0] < right[0]
 
 
 def test_training_is_reproducible(seeded: Engine) -> None:
@@ -193,3 +228,125 @@ def test_acceptance_quality_at_2000_learners(empty_pg_url: str) -> None:
     engine.dispose()
     assert m["auc"] >= 0.95 * m["oracle_auc"], m
     assert m["precision_at_3"] >= m["baseline_precision_at_3"] + 0.05, m
+
+
+# Residual/information sums of learner_skill_stats, recomputed from the attempts against each
+# exercise's current prior (NULL counts as logit 0): what the write path must have summed.
+_SUMS_FROM_ATTEMPTS = (
+    "SELECT a.learner_id, e.skill_id,"
+    " round(sum(a.correct::int - 1 / (1 + exp(-coalesce(e.prior_logit, 0))))::numeric, 9),"
+    " round(sum(1 / (1 + exp(-coalesce(e.prior_logit, 0)))"
+    "           * (1 - 1 / (1 + exp(-coalesce(e.prior_logit, 0)))))::numeric, 9)"
+    " FROM attempts a JOIN exercises e ON e.id = a.exercise_id GROUP BY 1, 2 ORDER BY 1, 2"
+)
+_SUMS_STORED = (
+    "SELECT learner_id, skill_id, round(sum_residual::numeric, 9),"
+    " round(sum_information::numeric, 9) FROM learner_skill_stats ORDER BY 1, 2"
+)
+
+
+def test_priors_are_set_once_and_the_write_path_sums_against_them() -> None:
+    from datetime import UTC, datetime
+
+    from skillcoach.data.attempt_writes import batch_fingerprint, record_attempts
+    from skillcoach.data.learner_reads import fetch_skill_evidence
+    from skillcoach.data.records import Attempt
+
+    small = SimulationParams(
+        learners=80, skills=4, exercises_per_skill=5, attempts_per_learner=30, seed=3
+    )
+    name, url = fresh_database("skillcoach_priors")
+    engine = create_sync_engine(url)
+    try:
+        seed_database(engine, small, progress=False, replace=False)
+        with engine.connect() as conn:
+            # Seeded statistics follow the no-prior rule (every answer against p = 0.5).
+            assert conn.exec_driver_sql(_SUMS_STORED).all() == (
+                conn.exec_driver_sql(_SUMS_FROM_ATTEMPTS).all()
+            )
+            assert (
+                conn.exec_driver_sql(
+                    "SELECT count(*) FROM exercises WHERE prior_logit IS NULL"
+                ).scalar()
+                == small.n_exercises
+            )
+        first = train_and_store(engine, seed=0, test_fraction=0.25)
+        assert first.metrics["new_exercise_priors"] == small.n_exercises
+        with engine.connect() as conn:
+            priors = dict(conn.exec_driver_sql("SELECT id, prior_logit FROM exercises").all())
+            assert all(v is not None and np.isfinite(v) for v in priors.values())
+            # Estimated from data, so they differ between exercises (not one constant).
+            assert len({round(v, 6) for v in priors.values()}) > small.n_exercises // 2
+            # Training recomputed every row against the new priors.
+            assert conn.exec_driver_sql(_SUMS_STORED).all() == (
+                conn.exec_driver_sql(_SUMS_FROM_ATTEMPTS).all()
+            )
+        # The write path adds correct - sigmoid(prior) and its information in the same upsert.
+        ex = 1
+        attempts = [
+            Attempt(ex, True, datetime(2026, 5, 1, 10, 0, tzinfo=UTC)),
+            Attempt(ex, False, datetime(2026, 5, 1, 10, 1, tzinfo=UTC)),
+        ]
+        with engine.begin() as conn:
+            record_attempts(
+                conn, learner_id=5_000, attempts=attempts, idempotency_key=None,
+                fingerprint=batch_fingerprint(5_000, attempts),
+            )  # fmt: skip
+        p = 1 / (1 + np.exp(-priors[ex]))
+        with engine.connect() as conn:
+            evidence = fetch_skill_evidence(conn, learner_id=5_000)
+            assert conn.exec_driver_sql(_SUMS_STORED).all() == (
+                conn.exec_driver_sql(_SUMS_FROM_ATTEMPTS).all()
+            )
+        assert evidence is not None and evidence.sum_residual is not None
+        assert evidence.sum_information is not None
+        assert evidence.sum_residual[0] == pytest.approx(1 - 2 * p)
+        assert evidence.sum_information[0] == pytest.approx(2 * p * (1 - p))
+        # Set once: a second training keeps them, so the stored sums stay comparable.
+        second = train_and_store(engine, seed=1, test_fraction=0.25)
+        assert second.metrics["new_exercise_priors"] == 0
+        with engine.connect() as conn:
+            assert dict(conn.exec_driver_sql("SELECT id, prior_logit FROM exercises").all()) == (
+                priors
+            )
+    finally:
+        engine.dispose()
+        drop_database(name)
+
+
+def test_migration_0005_backfills_the_sums_and_downgrades() -> None:
+    """Statistics written before 0005 get the sums the write path would have summed with no
+    prior yet (each answer: correct - 0.5 and 0.25); downgrading drops the columns again."""
+    import uuid
+
+    from alembic import command
+
+    from skillcoach.data.migrate import alembic_config, upgrade
+    from tests.conftest import _admin
+
+    name = f"skillcoach_mig0005_{uuid.uuid4().hex[:10]}"
+    _admin(f'CREATE DATABASE "{name}"')
+    url = f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+    engine = create_sync_engine(url)
+    try:
+        upgrade(url, "0004")
+        with engine.begin() as conn:
+            conn.exec_driver_sql("INSERT INTO skills (id, name) VALUES (1, 's')")
+            conn.exec_driver_sql(
+                "INSERT INTO exercises (id, skill_id, difficulty, name) VALUES (1, 1, 0.3, 'e')"
+            )
+            conn.exec_driver_sql("INSERT INTO learners (id) VALUES (7)")
+            conn.exec_driver_sql("INSERT INTO learner_skill_stats VALUES (7, 1, 5, 3, now())")
+        upgrade(url)
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql(
+                "SELECT sum_residual, sum_information FROM learner_skill_stats"
+            ).one() == (1.0, 2.0)
+            assert conn.exec_driver_sql("SELECT prior_logit FROM exercises").scalar() is None
+        command.downgrade(alembic_config(url), "0004")
+        with engine.connect() as conn:
+            columns = conn.exec_driver_sql("SELECT * FROM learner_skill_stats").keys()
+            assert "sum_residual" not in columns and "sum_information" not in columns
+    finally:
+        engine.dispose()
+        drop_database(name)

@@ -35,6 +35,7 @@ from skillcoach.data.idempotency import prune_forever
 from skillcoach.data.pool_metrics import PoolCollector
 from skillcoach.data.pool_watch import initial_pool, watch_pool_file
 from skillcoach.data.readiness import HealthProbe
+from skillcoach.data.slot_gate import GateConfig
 from skillcoach.errors import DatabaseUnavailable
 from skillcoach.limits import MAX_BODY_BYTES, in_flight_limit
 from skillcoach.ml.inference import Inference
@@ -141,6 +142,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
             long_checkout_seconds=settings.long_checkout_seconds,
             registry=registry,
             on_engine=tracing.instrument_engine if tracing.enabled else None,
+            gate=GateConfig.from_settings(settings),
         )
         db.generation = generation
         holder["db"] = db

@@ -101,6 +101,10 @@ class HttpMetrics:
     """skillcoach_http_requests_total and skillcoach_http_request_duration_seconds."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        # Label children by (method, route, status), bound on first use: `labels()` builds
+        # and validates a key under a lock on every call, a dict hit does not. The keys are
+        # the children prometheus holds anyway (route templates, not paths): no new cardinality.
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self.requests = Counter(
             "skillcoach_http_requests_total",
             "HTTP requests by route template and status (cache-hit fast path included)",
@@ -114,6 +118,18 @@ class HttpMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(method, route, str(status)),
+                self.duration.labels(method, route),
+            )
+            self._children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
 
 class HttpMetricsMiddleware:
@@ -151,8 +167,7 @@ class HttpMetricsMiddleware:
         finally:
             template = route_label(scope)
             seconds = time.perf_counter() - start
-            self.metrics.requests.labels(method, template, str(status)).inc()
-            self.metrics.duration.labels(method, template).observe(seconds)
+            self.metrics.record(method, template, status, seconds)
             if self._access_log and scope["path"] not in UNLOGGED_PATHS:
                 access_line(
                     request_id=rid, method=method, route=template, status=status, seconds=seconds

@@ -17,6 +17,8 @@ from datetime import datetime
 
 from sqlalchemy import Connection
 
+from skillcoach.data.database import Reader, single_statement
+
 __all__ = [
     "KEY_PREFIX",
     "AmbiguousKeyName",
@@ -114,7 +116,8 @@ def create_api_key(
     return key
 
 
-def lookup_key(conn: Connection, *, key_hash: str) -> ApiKey | None:
+@single_statement  # one round trip when run alone (a key-cache miss)
+def lookup_key(conn: Reader, *, key_hash: str) -> ApiKey | None:
     """The active key of that hash; None for unknown, revoked and expired keys alike."""
     row = conn.exec_driver_sql(
         "SELECT id, name, scopes, expires_at FROM api_keys WHERE key_hash = %(h)s"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -103,12 +104,16 @@ def record_attempts(
     ).scalar_one()
 
     exercise_ids = sorted({a.exercise_id for a in attempts})
-    skill_of = {
-        int(r.id): int(r.skill_id)
-        for r in conn.exec_driver_sql(
-            "SELECT id, skill_id FROM exercises WHERE id = ANY(%(ids)s)", {"ids": exercise_ids}
-        )
-    }
+    skill_of: dict[int, int] = {}
+    # Expected success of each exercise (its population success logit, set once by training;
+    # 0 until then): the difficulty-aware residual sums are measured against it.
+    expected_of: dict[int, float] = {}
+    for r in conn.exec_driver_sql(
+        "SELECT id, skill_id, coalesce(prior_logit, 0) AS q FROM exercises WHERE id = ANY(%(ids)s)",
+        {"ids": exercise_ids},
+    ):
+        skill_of[int(r.id)] = int(r.skill_id)
+        expected_of[int(r.id)] = 1.0 / (1.0 + math.exp(-float(r.q)))
     unknown = [e for e in exercise_ids if e not in skill_of]
     if unknown:
         # The caller's transaction rolls back: the learner bump and key claim vanish too.
@@ -129,33 +134,44 @@ def record_attempts(
         },
     )
 
-    per_skill: dict[int, list[Any]] = defaultdict(lambda: [0, 0, datetime.min.replace(tzinfo=UTC)])
+    per_skill: dict[int, list[Any]] = defaultdict(
+        lambda: [0, 0, datetime.min.replace(tzinfo=UTC), 0.0, 0.0]
+    )
     per_exercise: dict[int, list[Any]] = defaultdict(lambda: [0, datetime.min.replace(tzinfo=UTC)])
     for a in attempts:
         s = per_skill[skill_of[a.exercise_id]]
         s[0 if a.correct else 1] += 1
         s[2] = max(s[2], a.answered_at)
+        p = expected_of[a.exercise_id]
+        s[3] += (1.0 if a.correct else 0.0) - p
+        s[4] += p * (1.0 - p)
         e = per_exercise[a.exercise_id]
         e[0] += 1
         e[1] = max(e[1], a.answered_at)
     skills = sorted(per_skill)
     conn.exec_driver_sql(
         "INSERT INTO learner_skill_stats"
-        " (learner_id, skill_id, n_correct, n_incorrect, last_answered_at)"
-        " SELECT %(l)s, s, c, i, t"
-        " FROM unnest(%(s)s::int[], %(c)s::int[], %(i)s::int[], %(t)s::timestamptz[])"
-        " AS u(s, c, i, t)"
+        " (learner_id, skill_id, n_correct, n_incorrect, last_answered_at,"
+        "  sum_residual, sum_information)"
+        " SELECT %(l)s, s, c, i, t, r, f"
+        " FROM unnest(%(s)s::int[], %(c)s::int[], %(i)s::int[], %(t)s::timestamptz[],"
+        "             %(r)s::float8[], %(f)s::float8[])"
+        " AS u(s, c, i, t, r, f)"
         " ON CONFLICT (learner_id, skill_id) DO UPDATE SET"
         "  n_correct = learner_skill_stats.n_correct + excluded.n_correct,"
         "  n_incorrect = learner_skill_stats.n_incorrect + excluded.n_incorrect,"
         "  last_answered_at = greatest(learner_skill_stats.last_answered_at,"
-        "                              excluded.last_answered_at)",
+        "                              excluded.last_answered_at),"
+        "  sum_residual = learner_skill_stats.sum_residual + excluded.sum_residual,"
+        "  sum_information = learner_skill_stats.sum_information + excluded.sum_information",
         {
             "l": learner_id,
             "s": skills,
             "c": [per_skill[s][0] for s in skills],
             "i": [per_skill[s][1] for s in skills],
             "t": [per_skill[s][2] for s in skills],
+            "r": [per_skill[s][3] for s in skills],
+            "f": [per_skill[s][4] for s in skills],
         },
     )
     exercises = sorted(per_exercise)

@@ -1,5 +1,6 @@
 """Reads of the skills and exercises catalog: whole, as each replica holds it in memory (it
-changes rarely), and page by page for the catalog endpoints."""
+changes rarely; two statements, one transaction), and page by page for the catalog endpoints
+(one statement each: `single_statement`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import Connection
+
+from skillcoach.data.database import Reader, single_statement
 
 __all__ = ["Catalog", "exercises_page", "load_catalog", "skills_page"]
 
@@ -43,7 +46,8 @@ def load_catalog(conn: Connection) -> Catalog:
     )
 
 
-def skills_page(conn: Connection, *, after: int, limit: int) -> list[dict[str, Any]]:
+@single_statement
+def skills_page(conn: Reader, *, after: int, limit: int) -> list[dict[str, Any]]:
     """Skills after id `after`, by id: up to limit + 1 rows (the extra one says "more")."""
     rows = conn.exec_driver_sql(
         "SELECT s.id, s.name, count(e.id) AS exercises FROM skills s"
@@ -54,8 +58,9 @@ def skills_page(conn: Connection, *, after: int, limit: int) -> list[dict[str, A
     return [{"id": r.id, "name": r.name, "exercises": r.exercises} for r in rows]
 
 
+@single_statement
 def exercises_page(
-    conn: Connection, *, after: int, limit: int, skill_id: int | None
+    conn: Reader, *, after: int, limit: int, skill_id: int | None
 ) -> list[dict[str, Any]]:
     """Exercises after id `after` (of one skill, if given), by id: up to limit + 1 rows."""
     rows = conn.exec_driver_sql(

@@ -14,23 +14,26 @@ server-side prepared statements, per-transaction settings only through SET LOCAL
 
 from __future__ import annotations
 
+import collections
+import functools
 import itertools
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import anyio
 import anyio.to_thread
 import psycopg2
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Connection, Engine, create_engine, exc
+from sqlalchemy import Connection, CursorResult, Engine, PoolProxiedConnection, create_engine, exc
 
 from skillcoach.data.deadline import current_work, remaining
 from skillcoach.data.pool_metrics import DbMetrics, PoolStats
+from skillcoach.data.slot_gate import FIFO_ONLY, GateConfig, SlotGate
 from skillcoach.errors import (
     ConnectionLost,
     DatabaseUnavailable,
@@ -49,16 +52,49 @@ __all__ = [
     "PoolExhausted",
     "PoolStats",
     "QueryTimeout",
+    "Reader",
     "create_sync_engine",
+    "single_statement",
 ]
 
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger(__name__)
 
 RETRY_BASE = 0.05
 QUERY_CANCELED = "57014"  # statement_timeout
 RETRY_CAP = 1.0
 RETRY_ATTEMPTS = 50  # the deadline ends retries long before this; it only bounds the loop
+_SINGLE = "_skillcoach_single_statement"
+
+
+class Rows(Protocol):
+    """What a read takes from its statement's result (a CursorResult is one)."""
+
+    def all(self) -> Sequence[Any]: ...
+    def first(self) -> Any: ...
+    def one(self) -> Any: ...
+    def scalar_one(self) -> Any: ...
+
+
+class Reader(Protocol):
+    """What a read needs of its connection: a `Connection` inside a transaction, or, for a
+    `single_statement` read run by `Database.run`, the one-statement stand-in."""
+
+    def exec_driver_sql(
+        self, statement: str, parameters: Mapping[str, Any] | None = None, /
+    ) -> Rows: ...
+
+
+def single_statement(fn: F) -> F:
+    """Mark a read that runs exactly ONE statement. `Database.run` then sends
+    `SET LOCAL statement_timeout = N; <statement>` as one simple-query string: PostgreSQL runs
+    it as one implicit transaction (the SET LOCAL holds for the statement; PgBouncer's
+    transaction pooling sees one transaction), so the read costs one round trip instead of
+    three (BEGIN+SET, the statement, COMMIT). A second statement raises. Called directly with
+    a Connection (inside another transaction) the mark changes nothing."""
+    setattr(fn, _SINGLE, True)
+    return fn
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,12 +174,17 @@ class Database:
         long_checkout_seconds: float = 5.0,
         registry: CollectorRegistry | None = None,
         on_engine: Callable[[Engine], None] | None = None,
+        gate: GateConfig | None = None,
     ) -> None:
         self._url = url
         self.pool_config = pool
         # Called with every engine this Database opens (at start and on each resize): the
         # tracing's SQL instrumentation.
         self._on_engine = on_engine
+        # Untraced, a single-statement read skips SQLAlchemy's Connection and result layers
+        # (raw pool checkout and cursor: half the CPU per read, which holds the GIL against
+        # the event loop); traced, it keeps them, as the SQL spans hook into them.
+        self._raw_reads = on_engine is None
         self.engine = self._new_engine(pool)
         self.generation = 0
         self._retiring: list[Engine] = []
@@ -152,7 +193,12 @@ class Database:
         self._long_checkout = long_checkout_seconds
         # Threads beyond the pool's capacity would only queue inside the pool, each holding
         # a worker; AnyIO's default of 40 threads against 15 connections is the seed's failure.
+        # The gate decides who gets a slot and when (CoDel, adaptive LIFO: see slot_gate);
+        # it never lets more than capacity through, so this limiter of the worker threads
+        # never makes anyone wait: it only keeps DB work off AnyIO's shared default threads.
         self.limiter = anyio.CapacityLimiter(pool.capacity)
+        # Without a gate config (CLI, jobs): FIFO until the deadline; the API passes its own.
+        self.gate = SlotGate(pool.capacity, gate or FIFO_ONLY, registry=registry)
         self.metrics = DbMetrics(registry)
         self._held: dict[int, _Checkout] = {}
         self._held_lock = threading.Lock()
@@ -180,13 +226,27 @@ class Database:
         token = next(self._tokens)
         engine = self.engine  # a resize swaps the attribute; this transaction keeps its pool
         timeout = max(1, min(self._statement_timeout_ms, left_ms))
+        single = getattr(fn, _SINGLE, False)
         try:
+            if single and self._raw_reads:
+                prefix = f"SET LOCAL statement_timeout = {timeout}; "
+                return self._raw_read(engine, fn, args, kwargs, prefix, token, asked_at)
             for attempt in range(2):
                 with engine.connect() as conn:
                     if attempt == 0:
-                        self.metrics.checkout_wait.observe(time.monotonic() - asked_at)
-                        with self._held_lock:
-                            self._held[token] = _Checkout(time.monotonic(), current_work())
+                        self._checked_out(token, asked_at)
+                    if single:
+                        # The statement is the ping too: a stale pooled connection fails it
+                        # before anything ran, and a read may run again on a fresh one.
+                        one = _OneStatement(conn, f"SET LOCAL statement_timeout = {timeout}; ")
+                        try:
+                            return fn(one, *args, **kwargs)
+                        except exc.DBAPIError as e:
+                            if attempt == 1 or not _disconnect(e):
+                                raise
+                            if not conn.invalidated:
+                                conn.invalidate()
+                            continue
                     # One round trip opens the transaction, sets its timeout and proves the
                     # pooled connection alive. Nothing has run yet if it fails, so a stale
                     # connection (PgBouncer restarted) is replaced once, for writes too.
@@ -221,6 +281,42 @@ class Database:
             if held is not None:
                 self._report_if_long(held, time.monotonic() - held.started)
 
+    def _checked_out(self, token: int, asked_at: float) -> None:
+        self.metrics.checkout_wait.observe(time.monotonic() - asked_at)
+        with self._held_lock:
+            self._held[token] = _Checkout(time.monotonic(), current_work())
+
+    def _raw_read(
+        self,
+        engine: Engine,
+        fn: Callable[..., T],
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+        prefix: str,
+        token: int,
+        asked_at: float,
+    ) -> T:
+        """A single-statement read on a raw pooled connection (autocommit, see
+        create_sync_engine): one round trip, the statement doubling as the liveness ping."""
+        for attempt in range(2):
+            pooled = engine.raw_connection()
+            try:
+                if attempt == 0:
+                    self._checked_out(token, asked_at)
+                try:
+                    return fn(_RawStatement(pooled, prefix), *args, **kwargs)
+                except psycopg2.Error as e:
+                    if _broken(e):
+                        # Never handed out again; nothing was written, so a read may run
+                        # once more on a fresh connection (a PgBouncer restart).
+                        pooled.invalidate(e)
+                        if attempt == 0:
+                            continue
+                    raise
+            finally:
+                pooled.close()  # back to the pool (or, invalidated, discarded)
+        raise AssertionError("unreachable")  # pragma: no cover
+
     # -- the async entry point --------------------------------------------------------------
     async def run(
         self, fn: Callable[..., T], /, *args: object, retry: bool = False, **kwargs: object
@@ -250,11 +346,16 @@ class Database:
     ) -> T:
         asked_at = time.monotonic()
         with anyio.move_on_after(deadline - asked_at) as scope:
-            # Cancellable only while waiting for a slot; once the thread runs, it finishes
-            # (bounded by statement_timeout) and returns its connection.
-            return await anyio.to_thread.run_sync(
-                self._transaction, fn, args, kwargs, asked_at, deadline, limiter=self.limiter
-            )
+            # Cancellable only while waiting for a slot (an overloaded gate sheds the wait
+            # early: GateShed, a 503); once the thread runs, it finishes (bounded by
+            # statement_timeout) and returns its connection, then the slot.
+            await self.gate.acquire()
+            try:
+                return await anyio.to_thread.run_sync(
+                    self._transaction, fn, args, kwargs, asked_at, deadline, limiter=self.limiter
+                )
+            finally:
+                self.gate.release()
         assert scope.cancelled_caught
         self.metrics.checkout_timeouts.inc()
         raise DeadlineExceeded("no database connection free before the request deadline")
@@ -290,6 +391,7 @@ class Database:
         self.generation = generation
         # Growing wakes waiters at once; shrinking lets current holders finish first.
         self.limiter.total_tokens = pool.capacity
+        self.gate.set_capacity(pool.capacity)
         self._retiring.append(old)
         self.metrics.resizes.inc()
         self.dispose_retired()
@@ -314,7 +416,7 @@ class Database:
             overflow=max(0, int(pool.overflow())),  # type: ignore[attr-defined]
             capacity=self.pool_config.capacity,
             client_budget=self.pool_config.client_budget,
-            waiters=int(self.limiter.statistics().tasks_waiting),
+            waiters=self.gate.waiting,
             long_held=self.check_long_held(),
             generation=self.generation,
             retiring_pools=len(self._retiring),
@@ -324,6 +426,105 @@ class Database:
         for engine in [*self._retiring, self.engine]:
             engine.dispose()
         self._retiring = []
+
+
+class _OneStatement:
+    """The connection a single_statement read gets: its one statement goes out with the
+    timeout in front (autocommit: no BEGIN/COMMIT), a second one raises."""
+
+    __slots__ = ("_conn", "_prefix")
+
+    def __init__(self, conn: Connection, prefix: str) -> None:
+        self._conn = conn
+        self._prefix: str | None = prefix
+
+    def exec_driver_sql(
+        self, statement: str, parameters: Mapping[str, Any] | None = None, /
+    ) -> CursorResult[Any]:
+        prefix = self._prefix
+        if prefix is None:
+            # Two statements in autocommit would be two snapshots and the second without
+            # the timeout: such a read must run in a transaction (drop the mark).
+            raise RuntimeError("a single_statement read ran a second statement")
+        self._prefix = None
+        return self._conn.exec_driver_sql(prefix + statement, parameters)
+
+
+class _RawStatement:
+    """_OneStatement on a raw DBAPI connection: the rows come back as named tuples."""
+
+    __slots__ = ("_pooled", "_prefix")
+
+    def __init__(self, pooled: PoolProxiedConnection, prefix: str) -> None:
+        self._pooled = pooled
+        self._prefix: str | None = prefix
+
+    def exec_driver_sql(
+        self, statement: str, parameters: Mapping[str, Any] | None = None, /
+    ) -> _Rows:
+        prefix = self._prefix
+        if prefix is None:
+            raise RuntimeError("a single_statement read ran a second statement")
+        self._prefix = None
+        with self._pooled.driver_connection.cursor() as cur:  # type: ignore[union-attr]
+            cur.execute(prefix + statement, parameters)
+            if cur.description is None:
+                return _Rows([])
+            make = _MAKERS.get(statement)
+            if make is None:  # psycopg2 decodes every column name on each access: once only
+                make = _row_maker(tuple(d.name for d in cur.description))
+                if len(_MAKERS) < 256:  # reads are code constants; bounded all the same
+                    _MAKERS[statement] = make
+            return _Rows([make(r) for r in cur.fetchall()])
+
+
+_MAKERS: dict[str, Callable[[Iterable[Any]], tuple[Any, ...]]] = {}
+
+
+@functools.lru_cache(maxsize=256)
+def _row_maker(names: tuple[str, ...]) -> Callable[[Iterable[Any]], tuple[Any, ...]]:
+    """Rows with attribute access, as a Row has (one class per statement's columns); rename:
+    a column like "?column?" becomes _0, still reachable by index."""
+    row: Any = collections.namedtuple("Row", names, rename=True)  # type: ignore[misc]
+    make: Callable[[Iterable[Any]], tuple[Any, ...]] = row._make
+    return make
+
+
+class _Rows:
+    """The part of a CursorResult the reads use, over fetched rows."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: list[Any]) -> None:
+        self._rows = rows
+
+    def all(self) -> list[Any]:
+        return self._rows
+
+    def first(self) -> Any:
+        return self._rows[0] if self._rows else None
+
+    def one(self) -> Any:
+        if len(self._rows) != 1:
+            raise (exc.NoResultFound if not self._rows else exc.MultipleResultsFound)(
+                f"expected one row, got {len(self._rows)}"
+            )
+        return self._rows[0]
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+
+def _broken(e: psycopg2.Error) -> bool:
+    """The connection broke (not the statement: a cancelled one is Operational too)."""
+    return getattr(e, "pgcode", None) != QUERY_CANCELED and isinstance(
+        e, psycopg2.OperationalError | psycopg2.InterfaceError
+    )
+
+
+def _disconnect(e: exc.DBAPIError) -> bool:
+    """The connection broke (not the statement): worth one retry on a fresh connection."""
+    return e.connection_invalidated or (isinstance(e.orig, psycopg2.Error) and _broken(e.orig))
 
 
 def _driver_execute(conn: Connection, sql: str) -> None:

@@ -1,29 +1,36 @@
-"""Reads of one learner's evidence: O(skills) statistics rows, never the attempt history."""
+"""Reads of one learner's evidence: O(skills) statistics rows, never the attempt history.
+
+Each is one statement (`single_statement`): run alone by `Database.run` it is one round trip."""
 
 from __future__ import annotations
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import Connection
 
+from skillcoach.data.database import Reader, single_statement
 from skillcoach.data.records import ExerciseHistory, SkillEvidence
 
 __all__ = [
+    "SKILL_EVIDENCE_SQL",
     "fetch_exercise_history",
     "fetch_skill_evidence",
     "learner_exists",
     "most_active_learners",
 ]
 
+# The uncached weaknesses read (the benchmark's "db ceiling" app runs this very string).
+SKILL_EVIDENCE_SQL = (
+    "SELECT l.id, l.data_version, s.skill_id, s.n_correct, s.n_incorrect, s.last_answered_at,"
+    " s.sum_residual, s.sum_information"
+    " FROM learners l LEFT JOIN learner_skill_stats s ON s.learner_id = l.id"
+    " WHERE l.id = %(id)s"
+)
 
-def fetch_skill_evidence(conn: Connection, *, learner_id: int) -> SkillEvidence | None:
+
+@single_statement
+def fetch_skill_evidence(conn: Reader, *, learner_id: int) -> SkillEvidence | None:
     """The learner's per-skill statistics, or None if no such learner exists."""
-    rows = conn.exec_driver_sql(
-        "SELECT l.id, l.data_version, s.skill_id, s.n_correct, s.n_incorrect, s.last_answered_at"
-        " FROM learners l LEFT JOIN learner_skill_stats s ON s.learner_id = l.id"
-        " WHERE l.id = %(id)s",
-        {"id": learner_id},
-    ).all()
+    rows = conn.exec_driver_sql(SKILL_EVIDENCE_SQL, {"id": learner_id}).all()
     if not rows:
         return None
     version = int(rows[0].data_version)
@@ -34,11 +41,14 @@ def fetch_skill_evidence(conn: Connection, *, learner_id: int) -> SkillEvidence 
         n_incorrect=np.array([r.n_incorrect for r in rows], dtype=np.int64),
         last_answered_at=[r.last_answered_at for r in rows],
         data_version=version,
+        sum_residual=np.array([r.sum_residual for r in rows], dtype=np.float64),
+        sum_information=np.array([r.sum_information for r in rows], dtype=np.float64),
     )
 
 
+@single_statement
 def fetch_exercise_history(
-    conn: Connection, *, learner_id: int, exercise_ids: npt.NDArray[np.int64]
+    conn: Reader, *, learner_id: int, exercise_ids: npt.NDArray[np.int64]
 ) -> ExerciseHistory:
     rows = conn.exec_driver_sql(
         "SELECT exercise_id, n_attempts, last_answered_at FROM learner_exercise_stats"
@@ -52,14 +62,16 @@ def fetch_exercise_history(
     )
 
 
-def learner_exists(conn: Connection, *, learner_id: int) -> bool:
+@single_statement
+def learner_exists(conn: Reader, *, learner_id: int) -> bool:
     return (
         conn.exec_driver_sql("SELECT 1 FROM learners WHERE id = %(id)s", {"id": learner_id}).first()
         is not None
     )
 
 
-def most_active_learners(conn: Connection, *, limit: int) -> list[int]:
+@single_statement
+def most_active_learners(conn: Reader, *, limit: int) -> list[int]:
     """The learners who answered most recently, newest first (what cache warming starts with)."""
     rows = conn.exec_driver_sql(
         "SELECT learner_id FROM learner_skill_stats GROUP BY learner_id"

@@ -12,6 +12,7 @@ import numpy.typing as npt
 __all__ = ["Attempt", "ExerciseHistory", "SkillEvidence"]
 
 IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +34,10 @@ class SkillEvidence:
     last_answered_at: list[datetime]
     # learners.data_version in the same snapshot: the version of these statistics.
     data_version: int = 0
+    # Difficulty-aware evidence (sums of correct - expected success, and of its information,
+    # against each exercise's prior); None where the reader has none (counts-only scoring).
+    sum_residual: FloatArray | None = None
+    sum_information: FloatArray | None = None
 
     @classmethod
     def empty(cls) -> SkillEvidence:
@@ -41,6 +46,12 @@ class SkillEvidence:
     @property
     def totals(self) -> tuple[int, int]:
         return int(self.n_correct.sum()), int(self.n_incorrect.sum())
+
+    @property
+    def residual_totals(self) -> tuple[float, float]:
+        if self.sum_residual is None or self.sum_information is None:
+            return 0.0, 0.0
+        return float(self.sum_residual.sum()), float(self.sum_information.sum())
 
     def __len__(self) -> int:
         return len(self.skill_ids)

@@ -8,17 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from scipy.special import betaincinv
+from scipy.special import betaincinv, ndtri
 
 from skillcoach.data.records import ExerciseHistory, SkillEvidence
-from skillcoach.ml.model import BestLR
+from skillcoach.ml.model import BestLR, sigmoid
 
 __all__ = [
     "Recommendation",
     "SkillWeakness",
+    "ability_interval",
     "mastery_interval",
     "rank_weaknesses",
     "recommend",
@@ -31,6 +33,7 @@ IntArray = npt.NDArray[np.int64]
 # what the whole population says about a skill, worth a few attempts of this learner's own.
 PRIOR_STRENGTH = 4.0
 INTERVAL = 0.80
+_Z_INTERVAL = float(ndtri(0.5 + INTERVAL / 2))
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,30 @@ def mastery_interval(
     return low, high
 
 
+def _residual_kwargs(evidence: SkillEvidence, rows: IntArray | None = None) -> dict[str, Any]:
+    """The difficulty-aware evidence as BestLR keyword arguments (rows -1: never practised)."""
+    r, i = evidence.sum_residual, evidence.sum_information
+    if r is None or i is None:
+        return {}
+    total_r, total_i = evidence.residual_totals
+    if rows is not None:
+        r, i = np.append(r, 0.0)[rows], np.append(i, 0.0)[rows]
+    return {"skill_residual": r, "skill_information": i, "total_residual": total_r,
+            "total_information": total_i}  # fmt: skip
+
+
+def ability_interval(
+    model: BestLR, mastery: FloatArray, information: FloatArray, *, level: float = INTERVAL
+) -> tuple[FloatArray, FloatArray]:
+    """Central `level` interval from the ability estimate's own posterior sd, on the logit
+    scale: as wide as the difficulty-weighted evidence (its information) is thin."""
+    z = _Z_INTERVAL if level == INTERVAL else float(ndtri(0.5 + level / 2))
+    p = np.clip(mastery, 1e-9, 1 - 1e-9)
+    logit = np.log(p / (1.0 - p))
+    half = z / np.sqrt(information + model.ability_prior)
+    return sigmoid(logit - half), sigmoid(logit + half)
+
+
 def rank_weaknesses(
     model: BestLR, evidence: SkillEvidence, *, min_attempts: int, limit: int | None = None
 ) -> list[SkillWeakness]:
@@ -75,15 +102,20 @@ def rank_weaknesses(
     if len(evidence) == 0:
         return []
     total_c, total_i = evidence.totals
+    residual = _residual_kwargs(evidence)
     mastery = model.skill_mastery(
         evidence.skill_ids,
         evidence.n_correct,
         evidence.n_incorrect,
         total_correct=total_c,
         total_incorrect=total_i,
+        **residual,
     )
     attempts = (evidence.n_correct + evidence.n_incorrect).astype(np.float64)
-    low, high = mastery_interval(mastery, attempts)
+    if residual and model.uses_ability:
+        low, high = ability_interval(model, mastery, residual["skill_information"])
+    else:
+        low, high = mastery_interval(mastery, attempts)
     # Weakest first; among equals the better-evidenced skill first, then by id for stable output.
     order = np.lexsort((evidence.skill_ids, -attempts, mastery))
     if limit is not None:
@@ -120,6 +152,7 @@ def focus_skills(
         evidence.n_incorrect,
         total_correct=total_c,
         total_incorrect=total_i,
+        **_residual_kwargs(evidence),
     )
     order = np.lexsort((evidence.skill_ids, mastery))[:count]
     return evidence.skill_ids[order], mastery[order]
@@ -142,8 +175,7 @@ def recommend(
     if len(candidate_ids) == 0:
         return []
     skill_pos = {int(s): i for i, s in enumerate(skills)}
-    ev_pos = {int(s): i for i, s in enumerate(evidence.skill_ids)}
-    ev_rows = np.array([ev_pos.get(int(s), -1) for s in candidate_skill_ids], dtype=np.int64)
+    ev_rows = _positions(evidence.skill_ids, candidate_skill_ids)
     n_c = np.append(evidence.n_correct, 0)[ev_rows]  # -1 (never practised) reads the sentinel
     n_i = np.append(evidence.n_incorrect, 0)[ev_rows]
     total_c, total_i = evidence.totals
@@ -154,17 +186,15 @@ def recommend(
         n_i,
         total_correct=total_c,
         total_incorrect=total_i,
+        **_residual_kwargs(evidence, ev_rows),
     )
-    seen_pos = {int(e): i for i, e in enumerate(history.exercise_ids)}
-    seen_idx = np.array([seen_pos.get(int(e), -1) for e in candidate_ids], dtype=np.int64)
+    seen_idx = _positions(history.exercise_ids, candidate_ids)
     # A sentinel 0 after the real counts, so unseen exercises (-1) index it without a guard.
     counts = np.append(history.n_attempts, 0)
     seen_count = counts[seen_idx]
-    last_seen: list[datetime | None] = [
-        history.last_answered_at[i] if i >= 0 else None for i in seen_idx
-    ]
     # Rank of last-seen time among seen exercises (older = lower); unseen rank below all.
-    stamps = np.array([ts.timestamp() if ts is not None else -np.inf for ts in last_seen])
+    seen_stamps = [ts.timestamp() for ts in history.last_answered_at]
+    stamps = np.array([*seen_stamps, -np.inf])[seen_idx]
     distance = np.abs(p - target)
     order = np.lexsort((candidate_ids, distance, stamps))
     return [
@@ -174,7 +204,18 @@ def recommend(
             predicted_success=float(p[i]),
             skill_mastery=float(skill_mastery[skill_pos[int(candidate_skill_ids[i])]]),
             seen_count=int(seen_count[i]),
-            last_seen_at=last_seen[i],
+            last_seen_at=history.last_answered_at[seen_idx[i]] if seen_idx[i] >= 0 else None,
         )
         for i in order[:limit]
     ]
+
+
+def _positions(keys: IntArray, ids: IntArray) -> IntArray:
+    """Index of each id in keys (unsorted, unique), or -1 where absent; vectorized, since a
+    request looks up every candidate exercise."""
+    if len(keys) == 0:
+        return np.full(len(ids), -1, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")
+    pos = np.minimum(np.searchsorted(keys[order], ids), len(keys) - 1)
+    out: IntArray = np.where(keys[order][pos] == ids, order[pos], -1).astype(np.int64)
+    return out

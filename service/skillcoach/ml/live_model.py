@@ -133,14 +133,25 @@ class ModelCollector(Collector):
 def _warm_up(model: BestLR, catalog: Catalog) -> None:
     """One inference of each kind before the model is served, so the first request pays no
     first-call costs (numpy/scipy dispatch set-up)."""
-    from skillcoach.ml.analysis import mastery_interval
+    from skillcoach.ml.analysis import ability_interval, mastery_interval
 
     skills = model.skill_ids[:8]
     zeros = np.zeros(len(skills))
-    p = model.skill_mastery(skills, zeros, zeros, total_correct=0, total_incorrect=0)
+    p = model.skill_mastery(
+        skills, zeros, zeros, total_correct=0, total_incorrect=0,
+        skill_residual=zeros, skill_information=zeros,
+    )  # fmt: skip
     mastery_interval(p, zeros)
+    ability_interval(model, p, zeros)
     ex = catalog.exercise_ids[:8]
     z = np.zeros(len(ex))
     model.exercise_success(
-        ex, catalog.exercise_skill_ids[:8], z, z, total_correct=0, total_incorrect=0
+        ex,
+        catalog.exercise_skill_ids[:8],
+        z,
+        z,
+        total_correct=0,
+        total_incorrect=0,
+        skill_residual=z,
+        skill_information=z,
     )

@@ -2,14 +2,26 @@
 
 A model artifact is UTF-8 JSON (no pickle: loading a registry row never executes code):
 
-    {"format": "skillcoach.best-lr/1", "intercept": float,
+    {"format": "skillcoach.best-lr/2", "intercept": float,
      "skill_ids": [int], "skill_weights": [float],
      "exercise_ids": [int], "exercise_skill_ids": [int], "exercise_weights": [float],
      "count_features": ["skill_correct", "skill_incorrect", "total_correct", "total_incorrect"],
-     "count_weights": [float x 4]}
+     "count_weights": [float x 4],
+     "ability_features": ["skill_ability", "total_ability"], "ability_weights": [float x 2],
+     "ability_prior": float}
+
+Format /1 (no ability keys) still loads, with zero ability weights: it scores as it always did.
 
 The logit of a success on exercise e of skill s for a learner with prior counts c is
     intercept + skill_weights[s] + exercise_weights[e] + count_weights . log1p(c)
+      + ability_weights . (skill_ability, total_ability)
+The abilities are difficulty-aware evidence: with r = sum over the learner's answers of
+(correct - sigmoid(q_e)) and i = sum of sigmoid(q_e) * (1 - sigmoid(q_e)), q_e the exercise's
+population success logit fixed at write time (exercises.prior_logit),
+    total_ability = R / (I + ability_prior)            (R, I: sums over all skills)
+    skill_ability = (r + ability_prior * total_ability) / (i + ability_prior)
+a one-step Rasch estimate of how much better than the population the learner does, shrunk
+towards their overall ability. Three misses on hard items move it less than three on easy ones.
 An exercise unknown to the model (added after training) contributes 0, the mean-free default.
 A skill's mastery is the success probability on a typical exercise of that skill: the exercise
 term is replaced by the mean exercise weight of the skill.
@@ -26,15 +38,25 @@ import numpy.typing as npt
 import orjson
 
 __all__ = [
+    "ABILITY_FEATURES",
+    "ABILITY_PRIOR",
     "ARTIFACT_FORMAT",
     "COUNT_FEATURES",
     "ArtifactError",
     "BestLR",
+    "ability_features",
     "sigmoid",
 ]
 
-ARTIFACT_FORMAT = "skillcoach.best-lr/1"
+ARTIFACT_FORMAT = "skillcoach.best-lr/2"
+_V1_FORMAT = "skillcoach.best-lr/1"
 COUNT_FEATURES = ("skill_correct", "skill_incorrect", "total_correct", "total_incorrect")
+ABILITY_FEATURES = ("skill_ability", "total_ability")
+# Prior precision of the abilities, in Fisher-information units (about 8 answers at p = 0.5):
+# a skill with a couple of answers stays near the learner's overall ability.
+ABILITY_PRIOR = 2.0
+# z of the central 80 % interval.
+_Z80 = 1.2815515655446004
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -47,6 +69,24 @@ class ArtifactError(ValueError):
 def sigmoid(x: FloatArray) -> FloatArray:
     out: FloatArray = 0.5 * (1.0 + np.tanh(0.5 * x))  # overflow-free logistic
     return out
+
+
+def ability_features(
+    skill_residual: npt.ArrayLike,
+    skill_information: npt.ArrayLike,
+    total_residual: npt.ArrayLike,
+    total_information: npt.ArrayLike,
+    prior: float,
+) -> tuple[FloatArray, FloatArray]:
+    """(skill_ability, total_ability): see the module docstring; one formula for training and
+    serving."""
+    total = np.asarray(total_residual, dtype=np.float64) / (
+        np.asarray(total_information, dtype=np.float64) + prior
+    )
+    skill: FloatArray = (np.asarray(skill_residual, dtype=np.float64) + prior * total) / (
+        np.asarray(skill_information, dtype=np.float64) + prior
+    )
+    return skill, np.broadcast_to(total, skill.shape).astype(np.float64)
 
 
 def _index(ids: IntArray) -> tuple[IntArray, IntArray]:
@@ -64,7 +104,11 @@ class BestLR:
     exercise_skill_ids: IntArray
     exercise_weights: FloatArray
     count_weights: FloatArray
+    ability_weights: FloatArray
+    ability_prior: float
     skill_mean_exercise_weight: FloatArray
+    # (prior, skill weight, total weight) as Python floats, None when both weights are 0.
+    _ability_terms: tuple[float, float, float] | None
     _skill_sorted: IntArray
     _skill_order: IntArray
     _exercise_sorted: IntArray
@@ -81,6 +125,8 @@ class BestLR:
         exercise_skill_ids: npt.ArrayLike,
         exercise_weights: npt.ArrayLike,
         count_weights: npt.ArrayLike,
+        ability_weights: npt.ArrayLike = (0.0, 0.0),
+        ability_prior: float = ABILITY_PRIOR,
     ) -> BestLR:
         s_ids = np.asarray(skill_ids, dtype=np.int64)
         s_w = np.asarray(skill_weights, dtype=np.float64)
@@ -88,6 +134,11 @@ class BestLR:
         e_skill = np.asarray(exercise_skill_ids, dtype=np.int64)
         e_w = np.asarray(exercise_weights, dtype=np.float64)
         c_w = np.asarray(count_weights, dtype=np.float64)
+        a_w = np.asarray(ability_weights, dtype=np.float64)
+        if a_w.shape != (len(ABILITY_FEATURES),):
+            raise ArtifactError(f"ability_weights must have {len(ABILITY_FEATURES)} entries")
+        if not (np.isfinite(a_w).all() and np.isfinite(ability_prior) and ability_prior > 0):
+            raise ArtifactError("ability weights must be finite and ability_prior positive")
         if s_ids.shape != s_w.shape or s_ids.ndim != 1:
             raise ArtifactError("skill_ids and skill_weights differ in length")
         if not (e_ids.shape == e_skill.shape == e_w.shape) or e_ids.ndim != 1:
@@ -115,7 +166,12 @@ class BestLR:
             exercise_skill_ids=e_skill,
             exercise_weights=e_w,
             count_weights=c_w,
+            ability_weights=a_w,
+            ability_prior=float(ability_prior),
             skill_mean_exercise_weight=means,
+            _ability_terms=(
+                (float(ability_prior), float(a_w[0]), float(a_w[1])) if np.any(a_w != 0) else None
+            ),
             _skill_sorted=s_sorted,
             _skill_order=s_order,
             _exercise_sorted=e_sorted,
@@ -135,6 +191,9 @@ class BestLR:
                 "exercise_weights": self.exercise_weights.tolist(),
                 "count_features": list(COUNT_FEATURES),
                 "count_weights": self.count_weights.tolist(),
+                "ability_features": list(ABILITY_FEATURES),
+                "ability_weights": self.ability_weights.tolist(),
+                "ability_prior": self.ability_prior,
             }
         )
 
@@ -146,10 +205,21 @@ class BestLR:
             doc: dict[str, Any] = orjson.loads(artifact)
         except orjson.JSONDecodeError as exc:
             raise ArtifactError(f"artifact is not JSON: {exc}") from None
-        if doc.get("format") != ARTIFACT_FORMAT:
-            raise ArtifactError(f"unknown artifact format {doc.get('format')!r}")
+        if not isinstance(doc, dict):
+            raise ArtifactError("artifact is not a JSON object")
+        fmt = doc.get("format")
+        if fmt not in (ARTIFACT_FORMAT, _V1_FORMAT):
+            raise ArtifactError(f"unknown artifact format {fmt!r}")
         if tuple(doc.get("count_features", ())) != COUNT_FEATURES:
             raise ArtifactError("artifact count features differ from this server's")
+        ability: dict[str, Any] = {}
+        if fmt == ARTIFACT_FORMAT:
+            if tuple(doc.get("ability_features", ())) != ABILITY_FEATURES:
+                raise ArtifactError("artifact ability features differ from this server's")
+            ability = {"ability_weights": doc.get("ability_weights"),
+                       "ability_prior": doc.get("ability_prior")}  # fmt: skip
+            if ability["ability_weights"] is None or ability["ability_prior"] is None:
+                raise ArtifactError("artifact lacks its ability weights or prior")
         try:
             return cls.from_coefficients(
                 intercept=doc["intercept"],
@@ -159,9 +229,14 @@ class BestLR:
                 exercise_skill_ids=doc["exercise_skill_ids"],
                 exercise_weights=doc["exercise_weights"],
                 count_weights=doc["count_weights"],
+                **ability,
             )
         except KeyError as exc:
             raise ArtifactError(f"artifact lacks {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, ArtifactError):
+                raise
+            raise ArtifactError(f"artifact has malformed coefficients: {exc}") from None
 
     # -- lookups ---------------------------------------------------------------------------
     def _rows(self, ids: IntArray, sorted_ids: IntArray, order: IntArray) -> IntArray:
@@ -180,17 +255,64 @@ class BestLR:
         ids = np.asarray(exercise_ids, dtype=np.int64)
         return self._rows(ids, self._exercise_sorted, self._exercise_order)
 
-    # -- inference -------------------------------------------------------------------------
-    def _count_term(
-        self, skill_correct: FloatArray, skill_incorrect: FloatArray, total: tuple[int, int]
-    ) -> FloatArray:
-        w = self.count_weights
-        term: FloatArray = (
-            w[0] * np.log1p(skill_correct)
-            + w[1] * np.log1p(skill_incorrect)
-            + (w[2] * np.log1p(total[0]) + w[3] * np.log1p(total[1]))
+    # -- inference ---------------------------------------------------------------------------
+    @property
+    def uses_ability(self) -> bool:
+        return self._ability_terms is not None
+
+    def abilities(
+        self,
+        skill_residual: npt.ArrayLike,
+        skill_information: npt.ArrayLike,
+        total_residual: npt.ArrayLike,
+        total_information: npt.ArrayLike,
+    ) -> tuple[FloatArray, FloatArray]:
+        """(skill_ability, total_ability) of each row; totals broadcast against the rows."""
+        return ability_features(
+            skill_residual, skill_information, total_residual, total_information, self.ability_prior
         )
-        return term
+
+    def ability_sd(self, skill_information: npt.ArrayLike) -> FloatArray:
+        """Posterior sd (logits) of a skill ability: the estimate's own uncertainty."""
+        info = np.asarray(skill_information, np.float64)
+        out: FloatArray = 1.0 / np.sqrt(info + self.ability_prior)
+        return out
+
+    def logit(
+        self,
+        *,
+        skill_rows: IntArray,
+        exercise_term: FloatArray | float,
+        skill_correct: npt.ArrayLike,
+        skill_incorrect: npt.ArrayLike,
+        total_correct: npt.ArrayLike,
+        total_incorrect: npt.ArrayLike,
+        skill_residual: npt.ArrayLike | None,
+        skill_information: npt.ArrayLike | None,
+        total_residual: npt.ArrayLike,
+        total_information: npt.ArrayLike,
+    ) -> FloatArray:
+        """The logit of every row; every argument may be an array (one per row) or a scalar."""
+        w = self.count_weights
+        s_term = np.where(skill_rows >= 0, self.skill_weights[np.maximum(skill_rows, 0)], 0.0)
+        out: FloatArray = (
+            self.intercept
+            + s_term
+            + exercise_term
+            + w[0] * np.log1p(np.asarray(skill_correct, dtype=np.float64))
+            + w[1] * np.log1p(np.asarray(skill_incorrect, dtype=np.float64))
+            + (w[2] * np.log1p(total_correct) + w[3] * np.log1p(total_incorrect))
+        )
+        terms = self._ability_terms
+        if terms is not None and skill_residual is not None and skill_information is not None:
+            # ability_features inlined: this runs on every request (serving budget).
+            # w_skill * (r + lam * a_total) / (i + lam) + w_total * a_total, constants folded.
+            lam, w_skill, w_total = terms
+            a_total = np.divide(total_residual, np.add(total_information, lam))
+            out += (np.multiply(skill_residual, w_skill) + w_skill * lam * a_total) / np.add(
+                skill_information, lam
+            ) + w_total * a_total
+        return out
 
     def skill_mastery(
         self,
@@ -198,26 +320,30 @@ class BestLR:
         skill_correct: npt.ArrayLike,
         skill_incorrect: npt.ArrayLike,
         *,
-        total_correct: int,
-        total_incorrect: int,
+        total_correct: npt.ArrayLike,
+        total_incorrect: npt.ArrayLike,
+        skill_residual: npt.ArrayLike | None = None,
+        skill_information: npt.ArrayLike | None = None,
+        total_residual: npt.ArrayLike = 0.0,
+        total_information: npt.ArrayLike = 0.0,
     ) -> FloatArray:
-        """P(success) on a typical exercise of each skill, given the learner's prior counts."""
+        """P(success) on a typical exercise of each skill, given the learner's prior evidence."""
         rows = self.skill_rows(skill_ids)
-        known = rows >= 0
-        safe = np.where(known, rows, 0)
-        skill_term = np.where(
-            known, self.skill_weights[safe] + self.skill_mean_exercise_weight[safe], 0.0
-        )
-        logit = (
-            self.intercept
-            + skill_term
-            + self._count_term(
-                np.asarray(skill_correct, dtype=np.float64),
-                np.asarray(skill_incorrect, dtype=np.float64),
-                (total_correct, total_incorrect),
+        mean_ex = np.where(rows >= 0, self.skill_mean_exercise_weight[np.maximum(rows, 0)], 0.0)
+        return sigmoid(
+            self.logit(
+                skill_rows=rows,
+                exercise_term=mean_ex,
+                skill_correct=skill_correct,
+                skill_incorrect=skill_incorrect,
+                total_correct=total_correct,
+                total_incorrect=total_incorrect,
+                skill_residual=skill_residual,
+                skill_information=skill_information,
+                total_residual=total_residual,
+                total_information=total_information,
             )
         )
-        return sigmoid(logit)
 
     def exercise_success(
         self,
@@ -226,22 +352,27 @@ class BestLR:
         skill_correct: npt.ArrayLike,
         skill_incorrect: npt.ArrayLike,
         *,
-        total_correct: int,
-        total_incorrect: int,
+        total_correct: npt.ArrayLike,
+        total_incorrect: npt.ArrayLike,
+        skill_residual: npt.ArrayLike | None = None,
+        skill_information: npt.ArrayLike | None = None,
+        total_residual: npt.ArrayLike = 0.0,
+        total_information: npt.ArrayLike = 0.0,
     ) -> FloatArray:
-        """P(success) on each given exercise; counts are the learner's on that exercise's skill."""
+        """P(success) on each given exercise; evidence is the learner's on that exercise's skill."""
         e_rows = self.exercise_rows(exercise_ids)
-        s_rows = self.skill_rows(exercise_skill_ids)
         e_term = np.where(e_rows >= 0, self.exercise_weights[np.maximum(e_rows, 0)], 0.0)
-        s_term = np.where(s_rows >= 0, self.skill_weights[np.maximum(s_rows, 0)], 0.0)
-        logit = (
-            self.intercept
-            + s_term
-            + e_term
-            + self._count_term(
-                np.asarray(skill_correct, dtype=np.float64),
-                np.asarray(skill_incorrect, dtype=np.float64),
-                (total_correct, total_incorrect),
+        return sigmoid(
+            self.logit(
+                skill_rows=self.skill_rows(exercise_skill_ids),
+                exercise_term=e_term,
+                skill_correct=skill_correct,
+                skill_incorrect=skill_incorrect,
+                total_correct=total_correct,
+                total_incorrect=total_incorrect,
+                skill_residual=skill_residual,
+                skill_information=skill_information,
+                total_residual=total_residual,
+                total_information=total_information,
             )
         )
-        return sigmoid(logit)

@@ -1,13 +1,10 @@
 """Model-quality measures: calibration, weakest-skill precision, and BestLR over many rows.
 
-BestLR's public inference takes one learner's totals as scalars (that is its serving
-shape: one call per request). Evaluating it over a whole test set therefore groups rows
-by their (total_correct, total_incorrect) pair and makes one vectorized call per group.
+BestLR's inference broadcasts: a learner's totals may be scalars (one request) or one per row
+(a whole test set in one vectorized call).
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -52,34 +49,22 @@ def laplace_accuracy(n_correct: IntArray, n_incorrect: IntArray) -> FloatArray:
     return out
 
 
-def _total_groups(total_correct: IntArray, total_incorrect: IntArray) -> Iterator[
-    tuple[IntArray, int, int]
-]:  # fmt: skip
-    """Row indices sharing each (total_correct, total_incorrect) pair, with that pair."""
-    if len(total_correct) == 0:
-        return
-    key = total_correct * (int(total_incorrect.max()) + 1) + total_incorrect
-    order = np.argsort(key, kind="stable")
-    bounds = np.flatnonzero(np.diff(key[order])) + 1
-    for rows in np.split(order, bounds):
-        yield rows, int(total_correct[rows[0]]), int(total_incorrect[rows[0]])
-
-
 def bestlr_success(
     model: BestLR, exercise_ids: IntArray, skill_ids: IntArray, counts: CountFeatures
 ) -> FloatArray:
-    """BestLR.exercise_success for every row, each with its own prior counts."""
-    out = np.empty(len(exercise_ids), dtype=np.float64)
-    for rows, tc, ti in _total_groups(counts.total_correct, counts.total_incorrect):
-        out[rows] = model.exercise_success(
-            exercise_ids[rows],
-            skill_ids[rows],
-            counts.skill_correct[rows],
-            counts.skill_incorrect[rows],
-            total_correct=tc,
-            total_incorrect=ti,
-        )
-    return out
+    """BestLR.exercise_success for every row, each with its own prior evidence."""
+    return model.exercise_success(
+        exercise_ids,
+        skill_ids,
+        counts.skill_correct,
+        counts.skill_incorrect,
+        total_correct=counts.total_correct,
+        total_incorrect=counts.total_incorrect,
+        skill_residual=counts.skill_residual,
+        skill_information=counts.skill_information,
+        total_residual=counts.total_residual,
+        total_information=counts.total_information,
+    )
 
 
 def bestlr_mastery(
@@ -90,17 +75,14 @@ def bestlr_mastery(
     total_correct: IntArray,
     total_incorrect: IntArray,
 ) -> FloatArray:
-    """BestLR.skill_mastery for (learner, skill) rows; totals are each row's learner's."""
-    out = np.empty(len(skill_ids), dtype=np.float64)
-    for rows, tc, ti in _total_groups(total_correct, total_incorrect):
-        out[rows] = model.skill_mastery(
-            skill_ids[rows],
-            n_correct[rows],
-            n_incorrect[rows],
-            total_correct=tc,
-            total_incorrect=ti,
-        )
-    return out
+    """BestLR.skill_mastery for (learner, skill) rows from counts alone (no residual sums)."""
+    return model.skill_mastery(
+        skill_ids,
+        n_correct,
+        n_incorrect,
+        total_correct=total_correct,
+        total_incorrect=total_incorrect,
+    )
 
 
 def _lowest_k(groups: IntArray, items: IntArray, score: FloatArray, k: int) -> BoolArray:

@@ -269,6 +269,9 @@ def _copy_chunk(cur: psycopg2.extensions.cursor, chunk: LearnerChunk, first_id: 
             ("n_correct", "int4", n_correct),
             ("n_incorrect", "int4", n_total - n_correct),
             ("last_answered_at", "timestamptz", last),
+            # What the write path sums before training has set any exercise prior (0 logit).
+            ("sum_residual", "float8", (2 * n_correct - n_total) / 2.0),
+            ("sum_information", "float8", n_total / 4.0),
         ],
     )
 
@@ -301,10 +304,10 @@ def _run_record(params: SimulationParams, first_id: int, counts: _Counts) -> dic
         "attempt_ids": [first_id, first_id + counts.attempts - 1] if counts.attempts else None,
         "attempts": counts.attempts,
         "model": {
-            "guess": simulator.GUESS,
-            "slip": simulator.SLIP,
+            "guess": params.guess,
+            "slip": params.slip,
             "skill_difficulty_sd": simulator.SKILL_DIFFICULTY_SD,
-            "exercise_difficulty_sd": simulator.EXERCISE_DIFFICULTY_SD,
+            "exercise_difficulty_sd": params.exercise_difficulty_sd,
             "general_ability_sd": simulator.GENERAL_ABILITY_SD,
             "skill_deviation_sd": simulator.SKILL_DEVIATION_SD,
             "gain_per_attempt": simulator.GAIN_PER_ATTEMPT,

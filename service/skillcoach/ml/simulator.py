@@ -16,6 +16,13 @@ The world:
   sessions days apart, so a history spans weeks. A skill opened late may get little or no
   practice; exercises within a skill are picked at random.
 
+Variants (the `SimulationParams` fields after `seed`) change one assumption at a time so a
+model can be checked on learners it was not designed around: guess/slip levels, learning that
+speeds up (rather than slows down) with practice, correlated skill clusters, the spread of
+exercise difficulty within a skill, and practice biased towards easy or hard exercises. Their
+defaults are the world above, drawn with exactly the same random numbers, so existing seeds
+give the same data; a variant's extra randomness comes from its own streams.
+
 Learners are generated in chunks so memory stays bounded however many there are; learner
 ids are 1..N, skill ids 1..S, exercise ids 1..S*E (exercise j of skill s is (s-1)*E + j).
 Timestamps are int64 microseconds since the Unix epoch, UTC.
@@ -79,6 +86,18 @@ _LIMITS: dict[str, tuple[int, int]] = {
     "exercises_per_skill": (1, 1_000),
     "attempts_per_learner": (1, 10_000),
     "seed": (0, 2**63 - 1),
+    "skill_clusters": (0, 5_000),
+}
+# Inclusive bounds of the float variant parameters.
+_FLOAT_LIMITS: dict[str, tuple[float, float]] = {
+    "guess": (0.0, 0.5),
+    "slip": (0.0, 0.5),
+    "learning_scale": (0.0, 10.0),
+    "learning_exponent": (-2.0, 1.0),
+    "cluster_sd": (0.0, 5.0),
+    "exercise_difficulty_sd": (0.0, 5.0),
+    "practice_bias": (-5.0, 5.0),
+    "practice_bias_sd": (0.0, 5.0),
 }
 
 
@@ -89,6 +108,22 @@ class SimulationParams:
     exercises_per_skill: int = 20
     attempts_per_learner: int = 100
     seed: int = 42
+    # -- variants (defaults: the documented world) --
+    guess: float = GUESS
+    slip: float = SLIP
+    learning_scale: float = 1.0  # multiplies every learning gain (0: no learning)
+    # Gain of the k-th practice of a skill ~ (1 + k) ** learning_exponent: -0.5 is diminishing
+    # returns, a positive value learning that speeds up with practice.
+    learning_exponent: float = -0.5
+    skill_clusters: int = 0  # 0: independent skills; k: skill i belongs to cluster i % k
+    cluster_sd: float = 0.8  # sd of a learner's shared ability shift per cluster
+    exercise_difficulty_sd: float = EXERCISE_DIFFICULTY_SD
+    # Exercise choice within a skill ~ exp(-practice_bias * z-scored difficulty): positive
+    # practises mostly easy items, negative mostly hard ones, 0 uniformly.
+    practice_bias: float = 0.0
+    # Learners differ in that preference: each learner's bias is practice_bias plus this times
+    # a standard normal (some mostly easy, some mostly hard items).
+    practice_bias_sd: float = 0.0
 
     def __post_init__(self) -> None:
         for name, (low, high) in _LIMITS.items():
@@ -97,6 +132,14 @@ class SimulationParams:
                 raise ValueError(f"{name} must be an integer, got {value!r}")
             if not low <= value <= high:
                 raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+        for name, (flow, fhigh) in _FLOAT_LIMITS.items():
+            fvalue = getattr(self, name)
+            if isinstance(fvalue, bool) or not isinstance(fvalue, int | float):
+                raise ValueError(f"{name} must be a number, got {fvalue!r}")
+            if not flow <= fvalue <= fhigh:  # also refuses NaN
+                raise ValueError(f"{name} must be between {flow} and {fhigh}, got {fvalue}")
+        if self.guess + self.slip >= 1.0:
+            raise ValueError("guess + slip must be below 1")
 
     @property
     def n_exercises(self) -> int:
@@ -156,8 +199,10 @@ def _sigmoid(x: FloatArray) -> FloatArray:
     return out
 
 
-def success_probability(theta: FloatArray, difficulty: FloatArray) -> FloatArray:
-    return GUESS + (1.0 - GUESS - SLIP) * _sigmoid(theta - difficulty)
+def success_probability(
+    theta: FloatArray, difficulty: FloatArray, *, guess: float = GUESS, slip: float = SLIP
+) -> FloatArray:
+    return guess + (1.0 - guess - slip) * _sigmoid(theta - difficulty)
 
 
 def build_catalog(params: SimulationParams) -> Catalog:
@@ -169,7 +214,7 @@ def build_catalog(params: SimulationParams) -> Catalog:
     weight = 1.0 / (1.0 + rank.astype(np.float64)) ** POPULARITY_EXPONENT
     popularity: FloatArray = weight / weight.sum()
     ex_difficulty = (
-        difficulty[:, None] + rng.normal(0.0, EXERCISE_DIFFICULTY_SD, (n_skills, per_skill))
+        difficulty[:, None] + rng.normal(0.0, params.exercise_difficulty_sd, (n_skills, per_skill))
     ).ravel()
     skill_ids = np.arange(1, n_skills + 1, dtype=np.int64)
     return Catalog(
@@ -248,6 +293,31 @@ def _timestamps(rng: np.random.Generator, n: int, steps: int, new_session: BoolA
     return out
 
 
+def _biased_pick(
+    rng: np.random.Generator,
+    params: SimulationParams,
+    catalog: Catalog,
+    skill_idx: IntArray,
+    slots: IntArray,
+) -> IntArray:
+    """Exercise index within its skill for every step, favouring easy (bias > 0) or hard items."""
+    by_skill = catalog.difficulty_by_skill()
+    spread = by_skill.std(axis=1, keepdims=True)
+    z = (by_skill - by_skill.mean(axis=1, keepdims=True)) / np.where(spread > 0, spread, 1.0)
+    n, steps = slots.shape
+    bias = np.asarray(
+        params.practice_bias + params.practice_bias_sd * rng.standard_normal(n), dtype=np.float64
+    )
+    skill_at_step = skill_idx[np.arange(n)[:, None], slots]
+    weight = np.exp(-bias[:, None, None] * z[skill_at_step])  # (n, steps, E)
+    cum = np.cumsum(weight, axis=2)
+    cum /= cum[:, :, -1:]
+    u = rng.random((n, steps))
+    pick = (u[:, :, None] >= cum).sum(axis=2)
+    out: IntArray = np.minimum(pick, params.exercises_per_skill - 1).astype(np.int64)
+    return out
+
+
 def _simulate_chunk(
     rng: np.random.Generator, params: SimulationParams, catalog: Catalog, first: int, n: int
 ) -> LearnerChunk:
@@ -261,6 +331,13 @@ def _simulate_chunk(
     answered = _timestamps(rng, n, steps, new_session)
     exercise_pick = rng.integers(0, per_skill, (n, steps))
     draws = rng.random((n, steps))
+    # Variant randomness from separate streams: the default world's draws above stay as they are.
+    variant_rng = np.random.default_rng([params.seed, 2, first])
+    if params.skill_clusters > 0:
+        shift = variant_rng.normal(0.0, params.cluster_sd, (n, params.skill_clusters))
+        theta0 = theta0 + shift[np.arange(n)[:, None], skill_idx % params.skill_clusters]
+    if params.practice_bias != 0.0 or params.practice_bias_sd > 0.0:
+        exercise_pick = _biased_pick(variant_rng, params, catalog, skill_idx, slots)
 
     # Learning couples every attempt to the previous ones, so time is the one sequential
     # axis; each step is vectorized across the chunk's learners.
@@ -271,12 +348,19 @@ def _simulate_chunk(
     p_correct = np.empty((n, steps))
     correct = np.empty((n, steps), dtype=bool)
     difficulty = catalog.exercise_difficulty
+    g, sl = params.guess, params.slip
+    default_learning = params.learning_scale == 1.0 and params.learning_exponent == -0.5
     for t in range(steps):
         slot = slots[:, t]
-        p = success_probability(theta[rows, slot], difficulty[ex_index[:, t]])
+        p = success_probability(theta[rows, slot], difficulty[ex_index[:, t]], guess=g, slip=sl)
         ok = draws[:, t] < p
         p_correct[:, t], correct[:, t] = p, ok
-        gain = (GAIN_PER_ATTEMPT + GAIN_PER_CORRECT * ok) / np.sqrt(1.0 + practice[rows, slot])
+        if default_learning:  # the original expression, bit for bit
+            gain = (GAIN_PER_ATTEMPT + GAIN_PER_CORRECT * ok) / np.sqrt(1.0 + practice[rows, slot])
+        else:
+            gain = (GAIN_PER_ATTEMPT + GAIN_PER_CORRECT * ok) * (
+                params.learning_scale * (1.0 + practice[rows, slot]) ** params.learning_exponent
+            )
         theta[rows, slot] += learn_rate * gain
         practice[rows, slot] += 1
 
@@ -286,7 +370,7 @@ def _simulate_chunk(
     m_skill_idx = skill_idx[m_rows, m_slots]
     theta_final = theta[m_rows, m_slots]
     by_skill = catalog.difficulty_by_skill()[m_skill_idx]
-    mastery = success_probability(theta_final[:, None], by_skill).mean(axis=1)
+    mastery = success_probability(theta_final[:, None], by_skill, guess=g, slip=sl).mean(axis=1)
     return LearnerChunk(
         learner_ids=learner_ids,
         attempt_learner_ids=np.repeat(learner_ids, steps),

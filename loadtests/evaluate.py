@@ -1,0 +1,380 @@
+"""Model quality on a family of simulator variants (loadtests/variants.py), against the truth.
+
+    python -m loadtests evaluate [--learners 1500] [--variants default,mixed] [--plot]
+
+Per variant, in process (no database): simulate, split learners 80/20, estimate exercise
+priors and fit on the training learners exactly as `skillcoach train` does
+(skillcoach.ml.training.fit_best_lr), then on the held-out learners measure
+- AUC of each held-out attempt's prediction from its prior evidence, and the oracle's (the
+  true probability the attempt was drawn with);
+- precision@3 of the three weakest practised skills at the end of the history against the
+  true weakest (true mastery), for the model, the counts-only model (what format /1 serves)
+  and the Laplace-smoothed per-skill accuracy baseline; the oracle (true mastery) is 1;
+- Spearman of estimated vs true mastery per learner (learners with >= 3 skills), averaged;
+- recommendations as analysis.recommend picks them (weakest 3 skills, predicted success
+  closest to the 0.7 target, 5 per learner): the share whose TRUE success probability lies in
+  0.6-0.8 and the mean distance of the true probability to the target;
+- calibration of predicted success on held-out attempts (10-bin reliability, ECE).
+Writes loadtests/results/evaluate-<stamp>.json; --plot also writes its PNGs beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from scipy.stats import spearmanr
+
+from loadtests.recording import record
+from loadtests.variants import VARIANTS, Variant, variant_params
+from skillcoach.ml import quality
+from skillcoach.ml.features import AttemptLog, expected_success
+from skillcoach.ml.model import BestLR
+from skillcoach.ml.simulator import (
+    Catalog,
+    LearnerChunk,
+    SimulationParams,
+    build_catalog,
+    simulate_learners,
+    success_probability,
+)
+from skillcoach.ml.training import estimate_prior_logits, fit_best_lr
+
+__all__ = ["TARGET", "evaluate_variant", "main", "markdown", "run"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+TARGET = 0.7  # the service's default recommendation target
+BAND = (0.6, 0.8)
+RECOMMENDATIONS = 5
+FOCUS = 3
+TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class _World:
+    catalog: Catalog
+    log: AttemptLog
+    p_true: FloatArray  # per attempt, in log order
+    m_learner: IntArray
+    m_skill: IntArray
+    theta_final: FloatArray
+    mastery_final: FloatArray
+
+
+def _simulate(params: SimulationParams) -> _World:
+    catalog = build_catalog(params)
+    chunks: list[LearnerChunk] = list(simulate_learners(params, catalog))
+
+    def cat(field: str) -> Any:
+        return np.concatenate([getattr(c, field) for c in chunks])
+
+    n = int(sum(c.n_attempts for c in chunks))
+    log = AttemptLog(  # already ordered by learner, then time
+        attempt_ids=np.arange(1, n + 1, dtype=np.int64),
+        learner_ids=cat("attempt_learner_ids"),
+        exercise_ids=cat("attempt_exercise_ids"),
+        skill_ids=cat("attempt_skill_ids"),
+        correct=cat("attempt_correct"),
+        answered_at=cat("attempt_answered_at_us"),
+    )
+    return _World(catalog, log, cat("attempt_p_correct"), cat("mastery_learner_ids"),
+                  cat("mastery_skill_ids"), cat("theta_final"), cat("mastery_final"))  # fmt: skip
+
+
+def _final_evidence(test: AttemptLog, prior: FloatArray, span: int) -> dict[str, Any]:
+    """Per held-out (learner, skill): what learner_skill_stats holds after the whole history."""
+    keys, group = np.unique(test.learner_ids * span + test.skill_ids, return_inverse=True)
+    y = test.correct.astype(np.float64)
+    p, info = expected_success(prior)
+    n = np.bincount(group, minlength=len(keys))
+    c = np.bincount(group, weights=y, minlength=len(keys)).astype(np.int64)
+    r = np.bincount(group, weights=y - p, minlength=len(keys))
+    i = np.bincount(group, weights=info, minlength=len(keys))
+    learners, row = np.unique(keys // span, return_inverse=True)
+
+    def total(v: Any) -> Any:
+        return np.bincount(row, weights=v, minlength=len(learners))[row]
+
+    return {"keys": keys, "learner": keys // span, "skill": keys % span, "c": c, "i_": n - c,
+            "r": r, "info": i, "tc": total(c).astype(np.int64), "ti": total(n - c).astype(np.int64),
+            "tr": total(r), "tinfo": total(i)}  # fmt: skip
+
+
+def _mastery(model: BestLR, ev: dict[str, Any]) -> FloatArray:
+    return model.skill_mastery(ev["skill"], ev["c"], ev["i_"], total_correct=ev["tc"],
+                               total_incorrect=ev["ti"], skill_residual=ev["r"],
+                               skill_information=ev["info"], total_residual=ev["tr"],
+                               total_information=ev["tinfo"])  # fmt: skip
+
+
+def _spearman(groups: IntArray, truth: FloatArray, estimate: FloatArray) -> float | None:
+    """Mean over groups with >= 3 items of the Spearman correlation (constant estimates: 0)."""
+    values = []
+    bounds = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1], True])
+    for a, b in itertools.pairwise(bounds):
+        if b - a < 3:
+            continue
+        if np.ptp(estimate[a:b]) == 0 or np.ptp(truth[a:b]) == 0:
+            values.append(0.0)
+            continue
+        values.append(float(spearmanr(truth[a:b], estimate[a:b]).statistic))
+    return float(np.mean(values)) if values else None
+
+
+def _recommendations(
+    model: BestLR, ev: dict[str, Any], mastery: FloatArray, world: _World, params: SimulationParams
+) -> dict[str, Any]:
+    """analysis.recommend's choice per learner (all candidates unseen-equal), scored by truth."""
+    cat = world.catalog
+    per = cat.exercises_per_skill
+    order = np.lexsort((ev["skill"], mastery, ev["learner"]))
+    learner_sorted = ev["learner"][order]
+    start = np.r_[True, learner_sorted[1:] != learner_sorted[:-1]]
+    rank = np.arange(len(order)) - np.flatnonzero(start)[np.cumsum(start) - 1]
+    focus = order[rank < FOCUS]  # rows of ev: each learner's weakest FOCUS skills
+    # Every exercise of every focus skill, as (row of ev, exercise index).
+    rows = np.repeat(focus, per)
+    ex_index = (ev["skill"][rows] - 1) * per + np.tile(np.arange(per), len(focus))
+    p = model.exercise_success(
+        cat.exercise_ids[ex_index], ev["skill"][rows], ev["c"][rows], ev["i_"][rows],
+        total_correct=ev["tc"][rows], total_incorrect=ev["ti"][rows],
+        skill_residual=ev["r"][rows], skill_information=ev["info"][rows],
+        total_residual=ev["tr"][rows], total_information=ev["tinfo"][rows],
+    )  # fmt: skip
+    learner = ev["learner"][rows]
+    pick_order = np.lexsort((cat.exercise_ids[ex_index], np.abs(p - TARGET), learner))
+    ls = learner[pick_order]
+    s = np.r_[True, ls[1:] != ls[:-1]]
+    r = np.arange(len(pick_order)) - np.flatnonzero(s)[np.cumsum(s) - 1]
+    chosen = pick_order[r < RECOMMENDATIONS]
+    # The learner's true theta on the skill at the end of the history.
+    span = int(max(ev["skill"].max(), world.m_skill.max())) + 1
+    m_keys = world.m_learner * span + world.m_skill
+    m_order = np.argsort(m_keys)
+    pos = m_order[np.searchsorted(m_keys[m_order], ev["keys"][rows[chosen]])]
+    true_p = success_probability(world.theta_final[pos], cat.exercise_difficulty[ex_index[chosen]],
+                                 guess=params.guess, slip=params.slip)  # fmt: skip
+    # The same focus skills' candidates picked by their TRUE success: how much of the band the
+    # catalog allows at all (few exercises per skill leave little to choose from).
+    all_pos = m_order[np.searchsorted(m_keys[m_order], ev["keys"][rows])]
+    all_true = success_probability(world.theta_final[all_pos], cat.exercise_difficulty[ex_index],
+                                   guess=params.guess, slip=params.slip)  # fmt: skip
+    best = np.lexsort((cat.exercise_ids[ex_index], np.abs(all_true - TARGET), learner))
+    lb = learner[best]
+    sb = np.r_[True, lb[1:] != lb[:-1]]
+    oracle_true = all_true[
+        best[np.arange(len(best)) - np.flatnonzero(sb)[np.cumsum(sb) - 1] < RECOMMENDATIONS]
+    ]
+    return {
+        "oracle_share_in_band": float(np.mean((oracle_true >= BAND[0]) & (oracle_true <= BAND[1]))),
+        "n": len(chosen),
+        "share_in_band": float(np.mean((true_p >= BAND[0]) & (true_p <= BAND[1]))),
+        "mean_distance": float(np.mean(np.abs(true_p - TARGET))),
+        "mean_predicted": float(np.mean(p[chosen])),
+        "mean_true": float(np.mean(true_p)),
+        "predicted_vs_true_mae": float(np.mean(np.abs(p[chosen] - true_p))),
+    }
+
+
+def _reliability(y: npt.NDArray[np.bool_], p: FloatArray, bins: int = 10) -> list[dict[str, Any]]:
+    which = np.minimum((p * bins).astype(np.int64), bins - 1)
+    out = []
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            out.append({"bin": b, "n": int(sel.sum()), "predicted": float(p[sel].mean()),
+                        "observed": float(y[sel].mean())})  # fmt: skip
+    return out
+
+
+def evaluate_variant(variant: Variant, params: SimulationParams) -> dict[str, Any]:
+    started = time.perf_counter()
+    world = _simulate(params)
+    log, cat = world.log, world.catalog
+    learners = np.unique(log.learner_ids)
+    n_test = max(1, round(TEST_FRACTION * len(learners)))
+    held = np.random.default_rng([variant.seed, 9]).choice(learners, n_test, replace=False)
+    is_test = np.isin(log.learner_ids, held)
+    prior = estimate_prior_logits(log.subset(~is_test), cat.skill_ids, cat.exercise_ids,
+                                  cat.exercise_skill_ids)  # fmt: skip
+    attempt_prior = prior[np.searchsorted(cat.exercise_ids, log.exercise_ids)]
+    kw: dict[str, Any] = {"attempt_prior": attempt_prior, "skill_ids": cat.skill_ids,
+                          "exercise_ids": cat.exercise_ids,
+                          "exercise_skill_ids": cat.exercise_skill_ids}  # fmt: skip
+    fits = {"model": fit_best_lr(log, is_test, **kw),
+            "counts_only": fit_best_lr(log, is_test, with_ability=False, **kw)}  # fmt: skip
+    test = log.subset(is_test)
+    y = test.correct
+    test_counts = fits["model"].counts.subset(is_test)
+    oracle_auc = quality.auc_or_none(y, world.p_true[is_test])
+    span = int(cat.skill_ids.max()) + 1
+    ev = _final_evidence(test, attempt_prior[is_test], span)
+    m_keys = world.m_learner * span + world.m_skill
+    m_order = np.argsort(m_keys)
+    truth = world.mastery_final[m_order[np.searchsorted(m_keys[m_order], ev["keys"])]]
+    laplace = quality.laplace_accuracy(ev["c"], ev["i_"])
+    out: dict[str, Any] = {
+        "variant": variant.name,
+        "description": variant.description,
+        "params": params.to_dict(),
+        "n_attempts": len(log),
+        "n_test_learners": int(n_test),
+        "oracle_auc": oracle_auc,
+        "baseline": {
+            "auc": quality.auc_or_none(y, quality.laplace_accuracy(
+                test_counts.skill_correct, test_counts.skill_incorrect)),
+            "precision_at_3": quality.precision_at_k(ev["learner"], ev["skill"], truth, laplace)[0],
+            "spearman": _spearman(ev["learner"], truth, laplace),
+        },
+        "oracle": {"precision_at_3": quality.precision_at_k(ev["learner"], ev["skill"], truth,
+                                                            truth)[0]},
+    }  # fmt: skip
+    for name, fit in fits.items():
+        mastery = _mastery(fit.model, ev)
+        auc = quality.auc_or_none(y, fit.p_test)
+        out[name] = {
+            "auc": auc,
+            "auc_ratio": None if auc is None or not oracle_auc else auc / oracle_auc,
+            "precision_at_3": quality.precision_at_k(ev["learner"], ev["skill"], truth,
+                                                     mastery)[0],
+            "spearman": _spearman(ev["learner"], truth, mastery),
+            "ece": quality.expected_calibration_error(y, fit.p_test),
+            "reliability": _reliability(y, fit.p_test),
+            "recommendations": _recommendations(fit.model, ev, mastery, world, params),
+            "ability_weights": fit.model.ability_weights.tolist(),
+        }  # fmt: skip
+    out["seconds"] = round(time.perf_counter() - started, 2)
+    return out
+
+
+def targets(v: dict[str, Any]) -> dict[str, bool]:
+    """The issue's "done when", per variant."""
+    m, b = v["model"], v["baseline"]
+
+    def ge(a: float | None, ref: float | None, margin: float) -> bool:
+        return a is not None and ref is not None and a >= ref + margin
+
+    return {
+        "precision_vs_baseline_+0.05": ge(m["precision_at_3"], b["precision_at_3"], 0.05),
+        "spearman_vs_baseline_+0.05": ge(m["spearman"], b["spearman"], 0.05),
+        "auc_>=_0.95_oracle": m["auc_ratio"] is not None and m["auc_ratio"] >= 0.95,
+        "recs_in_band_>=_55%": m["recommendations"]["share_in_band"] >= 0.55,
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    chosen = [v for v in VARIANTS if not args.variants or v.name in args.variants.split(",")]
+    if not chosen:
+        raise SystemExit(f"no such variant; known: {', '.join(v.name for v in VARIANTS)}")
+    results = []
+    for v in chosen:
+        params = variant_params(v, learners=args.learners, skills=args.skills,
+                                exercises_per_skill=args.exercises_per_skill,
+                                attempts_per_learner=args.attempts_per_learner)  # fmt: skip
+        r = evaluate_variant(v, params)
+        r["targets"] = targets(r)
+        results.append(r)
+        print(f"{v.name}: {r['seconds']} s", flush=True)
+    return {"kind": "evaluate", "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "args": vars(args), "variants": results}  # fmt: skip
+
+
+def _f(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    head = ("| variant | AUC model / counts-only / oracle | P@3 model / counts-only / Laplace"
+            " | Spearman model / counts-only / Laplace | recs in 0.6-0.8 model / counts-only"
+            " / oracle | mean dist to 0.7 | ECE | targets met |")  # fmt: skip
+    lines = [head, "|" + "---|" * 8]
+    for v in result["variants"]:
+        m, c, b = v["model"], v["counts_only"], v["baseline"]
+        met = sum(v["targets"].values())
+        lines.append(
+            f"| {v['variant']} | {_f(m['auc'])} / {_f(c['auc'])} / {_f(v['oracle_auc'])}"
+            f" | {_f(m['precision_at_3'])} / {_f(c['precision_at_3'])} / {_f(b['precision_at_3'])}"
+            f" | {_f(m['spearman'])} / {_f(c['spearman'])} / {_f(b['spearman'])}"
+            f" | {_f(m['recommendations']['share_in_band'])}"
+            f" / {_f(c['recommendations']['share_in_band'])}"
+            f" / {_f(m['recommendations']['oracle_share_in_band'])}"
+            f" | {_f(m['recommendations']['mean_distance'])} | {_f(m['ece'])}"
+            f" | {met}/{len(v['targets'])} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], base: Path) -> list[Path]:
+    """<base>-metrics.png (per-variant bars) and <base>-reliability.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    vs = result["variants"]
+    names = [v["variant"] for v in vs]
+    x = np.arange(len(vs))
+    fig, axes = plt.subplots(3, 1, figsize=(11, 10), sharex=True)
+    panels = [
+        ("precision_at_3", "precision@3"),
+        ("spearman", "Spearman"),
+        ("recs", "recs in 0.6-0.8"),
+    ]
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for k, (who, color) in enumerate((("model", "#2ca02c"), ("counts_only", "#1f77b4"),
+                                          ("baseline", "#7f7f7f"))):  # fmt: skip
+            if key == "recs":
+                if who == "baseline":
+                    continue
+                vals = [v[who]["recommendations"]["share_in_band"] for v in vs]
+            else:
+                vals = [v[who][key] or 0.0 for v in vs]
+            ax.bar(x + (k - 1) * 0.27, vals, 0.27, label=who, color=color)
+        ax.set_ylabel(title)
+        ax.set_ylim(0, 1)
+    axes[0].legend(loc="lower right", fontsize=8)
+    axes[-1].set_xticks(x, names, rotation=35, ha="right")
+    fig.tight_layout()
+    out = [base.with_name(base.stem + "-metrics.png")]
+    fig.savefig(out[0], dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], color="#aaaaaa", lw=1)
+    for v in vs:
+        rel = v["model"]["reliability"]
+        ax.plot([r["predicted"] for r in rel], [r["observed"] for r in rel], marker=".", lw=1,
+                label=v["variant"])  # fmt: skip
+    ax.set_xlabel("predicted success (held-out attempts)")
+    ax.set_ylabel("observed success rate")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    out.append(base.with_name(base.stem + "-reliability.png"))
+    fig.savefig(out[1], dpi=110)
+    plt.close(fig)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtests evaluate")
+    p.add_argument("--learners", type=int, default=1500)
+    p.add_argument("--skills", type=int, default=30)
+    p.add_argument("--exercises-per-skill", type=int, default=15)
+    p.add_argument("--attempts-per-learner", type=int, default=100)
+    p.add_argument("--variants", default="", help="comma-separated names (default: all)")
+    p.add_argument("--plot", action="store_true", help="also write PNGs beside the JSON")
+    args = p.parse_args(argv)
+    result = run(args)
+    path = record("evaluate", result, markdown)
+    if args.plot:
+        for png in plot(result, path):
+            print(f"written to {png}")
+    return 0
