@@ -45,9 +45,21 @@ from skillcoach.ml.simulator import (
     simulate_learners,
     success_probability,
 )
-from skillcoach.ml.training import estimate_prior_logits, fit_best_lr
+from skillcoach.ml.training import Fit, estimate_prior_logits, fit_best_lr
 
-__all__ = ["TARGET", "evaluate_variant", "main", "markdown", "run"]
+__all__ = [
+    "TARGET",
+    "World",
+    "estimated_mastery",
+    "evaluate_variant",
+    "final_evidence",
+    "fit_on_training",
+    "main",
+    "markdown",
+    "run",
+    "simulate",
+    "true_mastery",
+]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -60,7 +72,7 @@ TEST_FRACTION = 0.2
 
 
 @dataclass(frozen=True, slots=True)
-class _World:
+class World:
     catalog: Catalog
     log: AttemptLog
     p_true: FloatArray  # per attempt, in log order
@@ -70,7 +82,7 @@ class _World:
     mastery_final: FloatArray
 
 
-def _simulate(params: SimulationParams) -> _World:
+def simulate(params: SimulationParams) -> World:
     catalog = build_catalog(params)
     chunks: list[LearnerChunk] = list(simulate_learners(params, catalog))
 
@@ -86,11 +98,11 @@ def _simulate(params: SimulationParams) -> _World:
         correct=cat("attempt_correct"),
         answered_at=cat("attempt_answered_at_us"),
     )
-    return _World(catalog, log, cat("attempt_p_correct"), cat("mastery_learner_ids"),
+    return World(catalog, log, cat("attempt_p_correct"), cat("mastery_learner_ids"),
                   cat("mastery_skill_ids"), cat("theta_final"), cat("mastery_final"))  # fmt: skip
 
 
-def _final_evidence(test: AttemptLog, prior: FloatArray, span: int) -> dict[str, Any]:
+def final_evidence(test: AttemptLog, prior: FloatArray, span: int) -> dict[str, Any]:
     """Per held-out (learner, skill): what learner_skill_stats holds after the whole history."""
     keys, group = np.unique(test.learner_ids * span + test.skill_ids, return_inverse=True)
     y = test.correct.astype(np.float64)
@@ -109,7 +121,7 @@ def _final_evidence(test: AttemptLog, prior: FloatArray, span: int) -> dict[str,
             "tr": total(r), "tinfo": total(i)}  # fmt: skip
 
 
-def _mastery(model: BestLR, ev: dict[str, Any]) -> FloatArray:
+def estimated_mastery(model: BestLR, ev: dict[str, Any]) -> FloatArray:
     return model.skill_mastery(ev["skill"], ev["c"], ev["i_"], total_correct=ev["tc"],
                                total_incorrect=ev["ti"], skill_residual=ev["r"],
                                skill_information=ev["info"], total_residual=ev["tr"],
@@ -131,7 +143,7 @@ def _spearman(groups: IntArray, truth: FloatArray, estimate: FloatArray) -> floa
 
 
 def _recommendations(
-    model: BestLR, ev: dict[str, Any], mastery: FloatArray, world: _World, params: SimulationParams
+    model: BestLR, ev: dict[str, Any], mastery: FloatArray, world: World, params: SimulationParams
 ) -> dict[str, Any]:
     """analysis.recommend's choice per learner (all candidates unseen-equal), scored by truth."""
     cat = world.catalog
@@ -196,31 +208,47 @@ def _reliability(y: npt.NDArray[np.bool_], p: FloatArray, bins: int = 10) -> lis
     return out
 
 
+def fit_on_training(
+    world: World, is_test: npt.NDArray[np.bool_], *, with_ability: bool = True
+) -> tuple[FloatArray, Fit]:
+    """Exercise priors from the training learners and the model fitted on them, exactly as
+    `skillcoach train` does on the same attempts and split: (prior of every attempt, fit)."""
+    log, cat = world.log, world.catalog
+    prior = estimate_prior_logits(log.subset(~is_test), cat.skill_ids, cat.exercise_ids,
+                                  cat.exercise_skill_ids)  # fmt: skip
+    attempt_prior = prior[np.searchsorted(cat.exercise_ids, log.exercise_ids)]
+    fit = fit_best_lr(log, is_test, attempt_prior=attempt_prior, skill_ids=cat.skill_ids,
+                      exercise_ids=cat.exercise_ids, exercise_skill_ids=cat.exercise_skill_ids,
+                      with_ability=with_ability)  # fmt: skip
+    return attempt_prior, fit
+
+
+def true_mastery(world: World, keys: IntArray, span: int) -> FloatArray:
+    """The simulator's final mastery of each (learner * span + skill) key (all practised)."""
+    m_keys = world.m_learner * span + world.m_skill
+    m_order = np.argsort(m_keys)
+    out: FloatArray = world.mastery_final[m_order[np.searchsorted(m_keys[m_order], keys)]]
+    return out
+
+
 def evaluate_variant(variant: Variant, params: SimulationParams) -> dict[str, Any]:
     started = time.perf_counter()
-    world = _simulate(params)
+    world = simulate(params)
     log, cat = world.log, world.catalog
     learners = np.unique(log.learner_ids)
     n_test = max(1, round(TEST_FRACTION * len(learners)))
     held = np.random.default_rng([variant.seed, 9]).choice(learners, n_test, replace=False)
     is_test = np.isin(log.learner_ids, held)
-    prior = estimate_prior_logits(log.subset(~is_test), cat.skill_ids, cat.exercise_ids,
-                                  cat.exercise_skill_ids)  # fmt: skip
-    attempt_prior = prior[np.searchsorted(cat.exercise_ids, log.exercise_ids)]
-    kw: dict[str, Any] = {"attempt_prior": attempt_prior, "skill_ids": cat.skill_ids,
-                          "exercise_ids": cat.exercise_ids,
-                          "exercise_skill_ids": cat.exercise_skill_ids}  # fmt: skip
-    fits = {"model": fit_best_lr(log, is_test, **kw),
-            "counts_only": fit_best_lr(log, is_test, with_ability=False, **kw)}  # fmt: skip
+    attempt_prior, model_fit = fit_on_training(world, is_test)
+    counts_only = fit_on_training(world, is_test, with_ability=False)[1]
+    fits = {"model": model_fit, "counts_only": counts_only}
     test = log.subset(is_test)
     y = test.correct
     test_counts = fits["model"].counts.subset(is_test)
     oracle_auc = quality.auc_or_none(y, world.p_true[is_test])
     span = int(cat.skill_ids.max()) + 1
-    ev = _final_evidence(test, attempt_prior[is_test], span)
-    m_keys = world.m_learner * span + world.m_skill
-    m_order = np.argsort(m_keys)
-    truth = world.mastery_final[m_order[np.searchsorted(m_keys[m_order], ev["keys"])]]
+    ev = final_evidence(test, attempt_prior[is_test], span)
+    truth = true_mastery(world, ev["keys"], span)
     laplace = quality.laplace_accuracy(ev["c"], ev["i_"])
     out: dict[str, Any] = {
         "variant": variant.name,
@@ -239,7 +267,7 @@ def evaluate_variant(variant: Variant, params: SimulationParams) -> dict[str, An
                                                             truth)[0]},
     }  # fmt: skip
     for name, fit in fits.items():
-        mastery = _mastery(fit.model, ev)
+        mastery = estimated_mastery(fit.model, ev)
         auc = quality.auc_or_none(y, fit.p_test)
         out[name] = {
             "auc": auc,
