@@ -238,7 +238,11 @@ class Database:
                     if single:
                         # The statement is the ping too: a stale pooled connection fails it
                         # before anything ran, and a read may run again on a fresh one.
-                        one = _OneStatement(conn, f"SET LOCAL statement_timeout = {timeout}; ")
+                        # set_config(..., true) is SET LOCAL; as a SELECT it keeps the SQL
+                        # span (named by the string's first word) named after the read.
+                        one = _OneStatement(
+                            conn, f"SELECT set_config('statement_timeout', '{timeout}', true); "
+                        )
                         try:
                             return fn(one, *args, **kwargs)
                         except exc.DBAPIError as e:
