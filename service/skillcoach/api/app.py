@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from skillcoach.answers.learner_answers import AnswerConfig, LearnerAnswers
 from skillcoach.answers.warming import warm_cache
 from skillcoach.api.admission import AdmissionMiddleware
-from skillcoach.api.auth import KeyCache, run_key_background
+from skillcoach.api.auth import KeyCache, flush_usage_forever
 from skillcoach.api.background import Drain, Supervisor
 from skillcoach.api.body_deadline import BodyDeadlineMiddleware
 from skillcoach.api.error_handlers import exception_handlers
@@ -195,7 +195,9 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
                 start("cache_retries", background(_retry_invalidations_forever), cache)
                 start("warm", background(_warm), state)
             start("long_held_scan", _scan_long_held_forever, db)
-            start("keys", background(run_key_background), db, state.usage, state.limiter)
+            # Two tasks, not one group: a failing rate-limit sync must not stop the flushes.
+            start("key_usage", background(flush_usage_forever), db, state.usage)
+            start("rate_limit_sync", background(state.limiter.sync_forever))
             start(
                 "idempotency_prune",
                 background(

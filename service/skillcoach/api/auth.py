@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 import anyio
 
 from skillcoach.api.problems import Forbidden, Unauthorized
-from skillcoach.api.rate_limit import RateLimiter
 from skillcoach.data.api_keys import ApiKey, Scope, record_last_used
 from skillcoach.data.database import Database
 from skillcoach.errors import DatabaseUnavailable
@@ -25,7 +24,6 @@ __all__ = [
     "flush_usage_forever",
     "parse_bearer",
     "require_scope",
-    "run_key_background",
 ]
 
 log = logging.getLogger(__name__)
@@ -163,10 +161,3 @@ async def flush_usage_forever(
         # Jitter: replicas started together do not write in lockstep.
         await anyio.sleep(every * random.uniform(0.8, 1.2))
         await flush_usage(db, usage)
-
-
-async def run_key_background(db: Database, usage: KeyUsage, limiter: RateLimiter) -> None:
-    """The replica's key housekeeping: last-use flushes and rate-limit syncs."""
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(flush_usage_forever, db, usage)
-        tg.start_soon(limiter.sync_forever)

@@ -432,46 +432,55 @@ class Database:
         self._retiring = []
 
 
-class _OneStatement:
-    """The connection a single_statement read gets: its one statement goes out with the
-    timeout in front (autocommit: no BEGIN/COMMIT), a second one raises."""
+class _Once:
+    """The timeout prefix of a single_statement read, handed out for its one statement."""
 
-    __slots__ = ("_conn", "_prefix")
+    __slots__ = ("_prefix",)
 
-    def __init__(self, conn: Connection, prefix: str) -> None:
-        self._conn = conn
+    def __init__(self, prefix: str) -> None:
         self._prefix: str | None = prefix
 
-    def exec_driver_sql(
-        self, statement: str, parameters: Mapping[str, Any] | None = None, /
-    ) -> CursorResult[Any]:
+    def _take(self, statement: str) -> str:
         prefix = self._prefix
         if prefix is None:
             # Two statements in autocommit would be two snapshots and the second without
             # the timeout: such a read must run in a transaction (drop the mark).
             raise RuntimeError("a single_statement read ran a second statement")
         self._prefix = None
-        return self._conn.exec_driver_sql(prefix + statement, parameters)
+        return prefix + statement
 
 
-class _RawStatement:
+class _OneStatement(_Once):
+    """The connection a single_statement read gets: its one statement goes out with the
+    timeout in front (autocommit: no BEGIN/COMMIT), a second one raises."""
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: Connection, prefix: str) -> None:
+        super().__init__(prefix)
+        self._conn = conn
+
+    def exec_driver_sql(
+        self, statement: str, parameters: Mapping[str, Any] | None = None, /
+    ) -> CursorResult[Any]:
+        return self._conn.exec_driver_sql(self._take(statement), parameters)
+
+
+class _RawStatement(_Once):
     """_OneStatement on a raw DBAPI connection: the rows come back as named tuples."""
 
-    __slots__ = ("_pooled", "_prefix")
+    __slots__ = ("_pooled",)
 
     def __init__(self, pooled: PoolProxiedConnection, prefix: str) -> None:
+        super().__init__(prefix)
         self._pooled = pooled
-        self._prefix: str | None = prefix
 
     def exec_driver_sql(
         self, statement: str, parameters: Mapping[str, Any] | None = None, /
     ) -> _Rows:
-        prefix = self._prefix
-        if prefix is None:
-            raise RuntimeError("a single_statement read ran a second statement")
-        self._prefix = None
+        sql = self._take(statement)
         with self._pooled.driver_connection.cursor() as cur:  # type: ignore[union-attr]
-            cur.execute(prefix + statement, parameters)
+            cur.execute(sql, parameters)
             if cur.description is None:
                 return _Rows([])
             make = _MAKERS.get(statement)
