@@ -28,7 +28,7 @@ from loadtests.harness import (
     Target,
     clean_env,
     database_url,
-    measure_wrk,
+    measure_run,
     prepare,
     raise_nofile,
     scratch_database,
@@ -57,7 +57,7 @@ P99_FACTOR, THROUGHPUT_FACTOR, SHED_P99_MS = 20.0, 3.0, 50.0
 
 def _shed(t: Target, args: argparse.Namespace, key: str, metrics_of: Target) -> dict[str, Any]:
     """1,000 connections: wrk (throughput, overall latency), then the probe (503s alone)."""
-    shed = {"wrk": measure_wrk(t, SHED_CONNECTIONS, args, key, metrics_of)}
+    shed = {"wrk": measure_run(t, SHED_CONNECTIONS, args, key, metrics_of)}
     shed["probe"] = shed_probe(
         "127.0.0.1",
         t.port,
@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for i, c in enumerate(LEVELS):
                 order = targets[::-1] if i % 2 == 0 else targets  # naive first at 20 and 100
                 levels[str(c)] = {
-                    t.name: measure_wrk(t, c, args, key, t if t in replicas else None)
+                    t.name: measure_run(t, c, args, key, t if t in replicas else None)
                     for t in order
                 }
             shed = {r.name: _shed(r, args, key, r) for r in replicas}

@@ -14,12 +14,15 @@ database serves every other target too:
 (c) cache-off   one skillcoach replica through its own PgBouncer, cache off
 (d) cached      one skillcoach replica cached on the stack's cluster, every hot learner read
                 once first (warm)
-(e) stack       the mixed Zipf workload (loadtests/zipf.lua: 10% POSTs that invalidate) through
-                the stack's HAProxy, every learner read once first
+(e) stack       Zipf(1.1) reads over every learner through the stack's HAProxy, while two
+                more connections post attempts the whole time (loadtests/zipf.lua, all
+                POSTs: each rewrites that learner's cache entries); every learner read once
+                first
 
 (a)-(d) read the weaknesses of learner ids drawn uniformly from 1..--hot. At each level the
-order of (a)-(d) alternates (db-ceiling next to cache-off), then (e); each run is wrk for
---duration s, and the next run waits until the target answers /healthz within 100 ms again.
+order of (a)-(d) alternates (db-ceiling next to cache-off), then (e); each run is h2load (the
+latency meter: loadtests/h2load.py says why not wrk) for --duration s, and the next run waits
+until the target answers /healthz within 100 ms again.
 A sampler (loadtests/sampler.py) reads /metrics of every skillcoach process and /proc of every
 process each second throughout.
 
@@ -34,9 +37,11 @@ import contextlib
 import functools
 import os
 import platform
+import random
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -45,6 +50,7 @@ from typing import Any
 
 from loadtests import cache_tools as tools
 from loadtests import plots, proxy
+from loadtests.h2load import ID_LIST_LENGTH, H2loadError, run_h2load, uniform_ids
 from loadtests.harness import (
     Target,
     clean_env,
@@ -74,6 +80,7 @@ from loadtests.suite_report import (
     verdicts,
 )
 from loadtests.wrk import WrkError, run_wrk
+from loadtests.zipf_sampler import ZipfLearners
 from skillcoach_devstack.pgbouncer import PgBouncer
 from skillcoach_devstack.processes import free_port
 
@@ -95,6 +102,14 @@ __all__ = [
 ]
 
 LEVELS = (1, 20, 50, 100, 1000)
+# Connections posting attempts beside the stack's readers, at every level.
+WRITERS = 2
+
+
+def zipf_ids(n: int, exponent: float, *, seed: int) -> list[int]:
+    zipf = ZipfLearners.build(first_id=1, n=n, exponent=exponent)
+    rng = random.Random(seed)
+    return [zipf.draw(rng) for _ in range(ID_LIST_LENGTH)]
 
 
 def _serve(name: str, env: dict[str, str], tmp: Path) -> Target:
@@ -141,7 +156,10 @@ def _one_run(
     t0 = time.monotonic()
     try:
         result = drive()
-    except WrkError as exc:  # recorded, not fatal: the other targets still get measured
+    except (
+        WrkError,
+        H2loadError,
+    ) as exc:  # recorded, not fatal: the other targets still get measured
         result = {"connections": c, "failed": str(exc)[-1500:]}
     started_at = round(t0 - sampler.t0, 2)
     result["window_s"] = [started_at, round(time.monotonic() - sampler.t0, 2)]
@@ -175,30 +193,50 @@ def _measure_all(
         for t in single if i % 2 == 0 else single[::-1]:
 
             def drive(t: Target = t, c: int = c) -> dict[str, Any]:
-                return run_wrk(
+                return run_h2load(
                     t.url,
                     connections=c,
                     duration=args.duration,
                     token=key,
-                    learners=args.hot,
+                    ids=uniform_ids(args.hot, seed=42 + c),
                     timeout=args.timeout,
-                    seed=42 + c,
                 )
 
             runs[t.name][str(c)] = _one_run(t.name, c, drive, t.url, sampler)
 
         def zipf(c: int = c) -> dict[str, Any]:
-            return tools.run_zipf(
-                stack.url,
-                token=key,
-                ids=ids,
-                seed=11 + c,
-                duration=args.duration,
-                connections=c,
-                exponent=args.exponent,
-                write_fraction=args.write_fraction,
-                timeout=args.timeout,
-            )
+            writes: dict[str, Any] = {}
+
+            def write() -> None:
+                writes.update(
+                    tools.run_zipf(
+                        stack.url,
+                        token=key,
+                        ids=ids,
+                        seed=11 + c,
+                        duration=args.duration,
+                        connections=WRITERS,
+                        exponent=args.exponent,
+                        write_fraction=1.0,
+                        timeout=args.timeout,
+                    )
+                )
+
+            writer = threading.Thread(target=write, name="stack-writer", daemon=True)
+            writer.start()
+            try:
+                reads = run_h2load(
+                    stack.url,
+                    connections=c,
+                    duration=args.duration,
+                    token=key,
+                    ids=zipf_ids(ids["learners"], args.exponent, seed=11 + c),
+                    timeout=args.timeout,
+                )
+            finally:
+                writer.join(args.duration + args.timeout + 60)
+            reads["writes"] = writes
+            return reads
 
         runs[STACK][str(c)] = _one_run(STACK, c, zipf, stack.url, sampler)
     return runs
@@ -274,6 +312,7 @@ def _versions() -> dict[str, str]:
     return {
         "python": platform.python_version(),
         "wrk": first_line(["wrk", "--version"]),
+        "h2load": first_line(["h2load", "--version"]),
         "pgbouncer": first_line(["/usr/sbin/pgbouncer", "--version"]),
         "haproxy": first_line(["haproxy", "-v"]),
         "redis": first_line(["redis-server", "--version"]),
@@ -382,7 +421,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m loadtests suite")
-    p.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
+    p.add_argument("--duration", type=float, default=8.0, help="seconds per run")
     p.add_argument(
         "--levels",
         type=lambda s: tuple(int(x) for x in s.split(",")),
@@ -398,7 +437,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--timeout",
         type=float,
         default=5.0,
-        help="wrk --timeout (s): a request unanswered this long counts as a timeout error",
+        help="the request deadline (s): a response slower than this counts as a timeout",
     )
     p.add_argument("--sample-interval", type=float, default=1.0, help="seconds between scrapes")
     p.add_argument("--no-plots", action="store_true", help="JSON and markdown only")

@@ -21,6 +21,7 @@ import psycopg2
 import redis as redis_client
 
 from loadtests import wrk
+from loadtests.h2load import run_h2load, uniform_ids
 from loadtests.harness import Scrape, Target, scrape, spawn, wait_quiet, wait_ready
 from skillcoach_devstack.processes import free_port
 from skillcoach_devstack.redis import RedisServer
@@ -179,7 +180,7 @@ def hot_throughput(
     targets: list[Target], args: argparse.Namespace, key: str
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
     """The hit-only load: each target reads each of the args.hot learners once, then wrk
-    reads those ids at args.connections for args.duration s, args.rounds rounds (the order
+    (h2load) reads those ids at args.connections for args.duration s, args.rounds rounds (the order
     reversed every other round); the hit ratio of the cached targets from /metrics around
     each run. Returns the runs per target and each target's body size."""
     hot = list(range(1, args.hot + 1))
@@ -194,14 +195,13 @@ def hot_throughput(
         for t in targets if r % 2 == 0 else targets[::-1]:
             cached = t.name in (REDIS, CLUSTER)
             before = cache_counts(scrape(t)) if cached else None
-            res = wrk.run_wrk(
+            res = run_h2load(
                 t.url,
                 connections=args.connections,
                 duration=args.duration,
                 token=key,
-                learners=args.hot,
+                ids=uniform_ids(args.hot, seed=42 + r),
                 timeout=args.timeout,
-                seed=42 + r,
             )
             if before is not None:
                 res["cache"] = delta(before, cache_counts(scrape(t)))

@@ -28,8 +28,8 @@ from typing import Any
 
 import psycopg2
 
+from loadtests.h2load import run_h2load, uniform_ids
 from loadtests.recording import run_all
-from loadtests.wrk import run_wrk
 from skillcoach.data.api_keys import Scope, create_api_key
 from skillcoach.data.database import create_sync_engine
 from skillcoach.data.migrate import upgrade
@@ -50,7 +50,7 @@ __all__ = [
     "database_dsn",
     "database_url",
     "http_get",
-    "measure_wrk",
+    "measure_run",
     "prepare",
     "raise_nofile",
     "scrape",
@@ -279,15 +279,16 @@ def scrape(t: Target) -> Scrape:
     return samples
 
 
-def measure_wrk(
+def measure_run(
     t: Target,
     connections: int,
     args: argparse.Namespace,
     key: str,
     metrics_of: Target | None = None,
 ) -> dict[str, Any]:
-    """One wrk run (args: duration, learners, timeout); for skillcoach (or `metrics_of`) also
-    its /metrics before, during, at the end and once settled."""
+    """One h2load run over learner ids 1..args.learners (args: duration, learners, timeout);
+    for skillcoach (or `metrics_of`) also its /metrics before, during, at the end and once
+    settled."""
     scrapes: dict[str, Scrape] = {}
     timer = None
     sc = metrics_of or (t if t.name == "skillcoach" else None)
@@ -300,12 +301,12 @@ def measure_wrk(
         timer = threading.Timer(args.duration / 2, during)
         timer.start()
     try:
-        result = run_wrk(
+        result = run_h2load(
             t.url,
             connections=connections,
             duration=args.duration,
             token=key,
-            learners=args.learners,
+            ids=uniform_ids(args.learners, seed=42 + connections),
             timeout=args.timeout,
         )
     finally:

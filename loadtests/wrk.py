@@ -176,11 +176,15 @@ def _figures(raw: dict[str, Any], *, connections: int) -> dict[str, Any]:
     ms = {f"p{k}": round(v / 1000, 2) for k, v in lat["percentiles"].items()}
     errors = raw["errors"]
     socket_errors = errors["connect"] + errors["read"] + errors["write"] + errors["timeout"]
+    rps = raw["requests"] / seconds
+    # Little's law: with `connections` requests always outstanding, the mean latency of the
+    # answered ones cannot exceed connections / rate. A mean above it is the client's error.
+    bound_ms = connections / rps * 1000 if rps else None
     return {
         "connections": connections,
         "seconds": round(seconds, 2),
         "requests": raw["requests"],
-        "rps": round(raw["requests"] / seconds, 1),
+        "rps": round(rps, 1),
         "ok_rps": round(ok / seconds, 1),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "ok": ok,
@@ -193,7 +197,9 @@ def _figures(raw: dict[str, Any], *, connections: int) -> dict[str, Any]:
             **ms,
             "mean": round(lat["mean"] / 1000, 2),
             "max": round(lat["max"] / 1000, 2),
+            "little_bound": None if bound_ms is None else round(bound_ms, 2),
         },
+        "latency_consistent": bound_ms is None or lat["mean"] / 1000 <= bound_ms * 1.05 + 0.5,
     }
 
 

@@ -21,6 +21,8 @@ REQUIRED: tuple[tuple[str, str], ...] = (
     ("haproxy", "haproxy"),
     # The load generator of the benchmark smoke test (tests/loadtests).
     ("wrk", "wrk"),
+    # The benchmarks' latency meter (loadtests/h2load.py: wrk's latency is wrong on 2 cores).
+    ("h2load", "nghttp2-client"),
     # Certificates for the TLS Redis servers of the tests.
     ("openssl", "openssl"),
     # The stack's Prometheus; promtool checks and unit-tests the alert rules (tests/observability).

@@ -29,6 +29,7 @@ __all__ = [
     "IntParam",
     "IntRange",
     "in_flight_limit",
+    "running_limit",
 ]
 
 MAX_INT32 = 2**31 - 1
@@ -84,6 +85,13 @@ IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7E]([\x20-\x7E]*[\x21-\x7E])?$"
 MAX_BODY_BYTES = 1024 * 1024
 # How far in the future an answered_at may lie (clocks of clients drift).
 CLOCK_SKEW = timedelta(minutes=5)
+
+
+def running_limit(*, pool_capacity: int) -> int:
+    """Requests one replica runs at once (past admission); the rest wait at its request gate.
+    Twice the pool: a running request spends part of its time off the database (auth, model,
+    JSON), and the pool stays busy only if others are ready to take their slot."""
+    return 2 * pool_capacity
 
 
 def in_flight_limit(*, pool_capacity: int, queue_allowance: int) -> int:

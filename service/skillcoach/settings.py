@@ -157,24 +157,27 @@ class Settings(BaseSettings):
         description="per-request deadline for everything that waits (slot, checkout, query)",
     )
     queue_allowance: int = Field(
-        default=200,
+        default=1000,
         ge=0,
         le=100_000,
-        description="requests admitted beyond pool capacity before shedding with 503 + Retry-After",
+        description="requests admitted beyond pool capacity, to wait at the request gate (which"
+        " sheds by queueing time), before the rest get 503 + Retry-After at once",
     )
     db_gate_target_ms: float = Field(
         default=100.0,
         gt=0,
         le=60_000,
-        description="queue delay for a DB slot that counts as queueing (CoDel target): above it"
-        " for `DB_GATE_INTERVAL_MS`, the gate serves newest first and sheds old waiters",
+        description="queue delay that counts as queueing (CoDel target) at both gates, the request"
+        " gate and the DB slot gate: above it for `DB_GATE_INTERVAL_MS`, a gate serves newest"
+        " first and sheds old waiters",
     )
     db_gate_interval_ms: float = Field(
         default=500.0,
         gt=0,
         le=600_000,
-        description="how long the queue delay must stay above target before the DB slot gate is"
-        " overloaded; overloaded, a request queued 2x this long gets 503 + Retry-After",
+        description="how long the queue delay must stay above target before a gate (request or"
+        " DB slot) is overloaded; overloaded, a request queued 2x this long gets 503 +"
+        " Retry-After",
     )
     long_checkout_seconds: float = Field(
         default=5.0,

@@ -138,7 +138,7 @@ def test_model_ready_and_pool_gauges(cached: tuple[TestClient, float], keys: Key
     assert value(s, "skillcoach_ready") == 1
     assert value(s, "skillcoach_db_pool_client_budget") == 450
     assert value(s, "skillcoach_db_pool_capacity") == 6
-    assert value(s, "skillcoach_http_in_flight_limit") == 6 + 200
+    assert value(s, "skillcoach_http_in_flight_limit") == 6 + 1000
     assert ("skillcoach_http_requests_in_flight", ()) in s
     assert ("skillcoach_http_shed_total", ()) in s
 

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
 import redis
 
-from skillcoach.cache.resp import PipelinedRedis, RespAuthError, RespError, _parse_reply, _Protocol
+from skillcoach.cache.resp import (
+    MAX_EXTENSIONS,
+    PipelinedRedis,
+    RespAuthError,
+    RespError,
+    _parse_reply,
+    _Protocol,
+)
 from skillcoach_devstack.processes import free_port
 from skillcoach_devstack.redis import RedisServer
 
@@ -47,6 +55,50 @@ def test_pipelined_mgets_against_real_redis(redis_url: str) -> None:
             client.close()
 
     assert asyncio.run(main()) == [[b"\r\nbinary\x00", None]] * 200
+
+
+def test_a_loop_busy_past_the_deadline_does_not_abort_a_reply_that_came(redis_url: str) -> None:
+    """The reply is in the socket; the event loop only got to the timer late (a saturated
+    replica): the lookup still gets its reply and the connection stays open."""
+    host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+    redis.Redis(host=host, port=int(port)).set("resp:busy", b"v")
+
+    async def main() -> tuple[list[bytes | None], bool]:
+        client = PipelinedRedis(timeout=0.05)
+        try:
+            await client.mget(host, int(port), b"resp:busy")  # connected
+            lookup = asyncio.ensure_future(client.mget(host, int(port), b"resp:busy"))
+            await asyncio.sleep(0)  # the request is written, its timer armed
+            time.sleep(0.2)  # noqa: ASYNC251 (on purpose: the loop blocked 4x past the deadline)
+            got = await lookup
+            return got, next(iter(client._conns.values())).closed
+        finally:
+            client.close()
+
+    got, closed = asyncio.run(main())
+    assert got == [b"v"]
+    assert closed is False
+
+
+def test_a_node_that_never_answers_is_aborted_on_time() -> None:
+    """A server that accepts and never replies: the timer fires on time and aborts."""
+
+    async def main() -> float:
+        silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = silent.sockets[0].getsockname()[1]
+        client = PipelinedRedis(timeout=0.1)
+        try:
+            start = time.monotonic()
+            with pytest.raises(RespError, match="reply timed out"):
+                await client.mget("127.0.0.1", port, b"k")
+            return time.monotonic() - start
+        finally:
+            client.close()
+            silent.close()
+
+    # One timeout, not MAX_EXTENSIONS of them: an idle loop runs the timer on time. The
+    # bound leaves room for a loaded CI machine but stays under two extensions' worth.
+    assert asyncio.run(main()) < 0.1 * (1 + MAX_EXTENSIONS) - 0.05
 
 
 def test_an_unreachable_node_fails_fast() -> None:

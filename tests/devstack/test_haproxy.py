@@ -55,9 +55,9 @@ def test_rendered_config_has_the_servers_checks_and_timeouts() -> None:
     lines = _directives(render_config(TEMPLATE, _config()))
     assert "bind 127.0.0.1:18000" in lines
     assert "bind 127.0.0.1:18404" in lines
-    # Each replica gets at most its in-flight limit (16 pool + 200 queue allowance) at once.
-    assert "server api-18001 127.0.0.1:18001 maxconn 216" in lines
-    assert "server api-18002 127.0.0.1:18002 maxconn 216" in lines
+    # Each replica gets at most its in-flight limit (16 pool + 1000 queue allowance) at once.
+    assert "server api-18001 127.0.0.1:18001 maxconn 1016" in lines
+    assert "server api-18002 127.0.0.1:18002 maxconn 1016" in lines
     assert "balance leastconn" in lines
     assert "http-check send meth GET uri /readyz" in lines
     assert "http-check expect status 200" in lines
@@ -106,15 +106,15 @@ def test_the_stack_gives_each_replica_its_in_flight_limit(
         oversubscribed=False,
     )
     monkeypatch.delenv("SKILLCOACH_QUEUE_ALLOWANCE", raising=False)
-    assert queue_allowance() == Settings().queue_allowance == 200
+    assert queue_allowance() == Settings().queue_allowance == 1000
     # Without a plan (status, stop): the default settings' limit.
     defaults = Settings()
     assert make_haproxy(cfg, (8001,)).config.server_maxconn == (
         defaults.pool_size + defaults.max_overflow + defaults.queue_allowance
     )
     lb = make_haproxy(cfg, (8001, 8002), plan=plan)
-    assert lb.config.server_maxconn == 12 + 3 + 200
-    assert "server api-8002 127.0.0.1:8002 maxconn 215" in _directives(lb.render())
+    assert lb.config.server_maxconn == 12 + 3 + 1000
+    assert "server api-8002 127.0.0.1:8002 maxconn 1015" in _directives(lb.render())
     # The replicas inherit SKILLCOACH_QUEUE_ALLOWANCE from the caller: so does the limit.
     monkeypatch.setenv("SKILLCOACH_QUEUE_ALLOWANCE", "50")
     assert make_haproxy(cfg, (8001,), plan=plan).config.server_maxconn == 12 + 3 + 50

@@ -98,7 +98,7 @@ def test_the_boards_cover_what_an_sre_needs() -> None:
         "histogram_quantile(0.95,",
         "histogram_quantile(0.99,",
         'status=~"5.."',
-        "skillcoach_http_shed_total",
+        'route="shed"',  # 503s before routing: the request gate's and the in-flight limit's
         "skillcoach_ready",
         "skillcoach_model_version",
         "skillcoach_model_info",

@@ -129,10 +129,12 @@ def build() -> Dashboard:
     )
     board.timeseries(
         "Shed requests per replica",
-        "Requests each replica refused at once with 503 because it was at its in-flight limit.",
+        "Requests each replica answered 503 before routing: queued too long at its request"
+        " gate, or refused at once at its in-flight limit.",
         [
             Query(
-                f"sum by (pod) (rate(skillcoach_http_shed_total{{{NS}}}[{RATE}]))",
+                "sum by (pod) (rate(skillcoach_http_requests_total"
+                f'{{{NS}, route="shed"}}[{RATE}]))',
                 legend="{{pod}}",
             )
         ],

@@ -1,9 +1,18 @@
 """Admission control and request deadlines, as pure ASGI middleware.
 
-A replica admits at most (pool capacity + queue allowance) requests at once; beyond that it
-answers 503 with Retry-After at once instead of queueing (the seed's 30 s waits). Probes and
-metrics are never shed and get no deadline. Every admitted request gets a deadline that the DB
-layer honours (skillcoach.data.deadline), named by its route template.
+Every request that reaches the application (cache hits are answered before it) passes a
+request gate: at most `running` of them run at once (twice the pool: limits.running_limit);
+the others wait at the gate, which is the DB gate's CoDel with adaptive LIFO
+(skillcoach.data.slot_gate) on the same settings. Overloaded, it serves the newest waiter
+first and sheds waiters that queued too long with an immediate 503 + Retry-After. A shed
+request never entered the application, so shedding costs a fraction of serving: under a
+closed-loop storm (1,000 clients that retry at once) the replica keeps serving instead of
+spending its CPU on refusals deep in the stack. A hard cap stays: beyond (pool capacity +
+queue allowance) requests in flight, running or waiting, the answer is 503 at once.
+
+Probes and metrics are never shed and get no deadline. Every admitted request gets a deadline
+that the DB layer honours (skillcoach.data.deadline), named by its route template; the wait at
+the gate counts against it.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from skillcoach.api.problems import ServiceUnavailable, problem_response
 from skillcoach.data.deadline import work_scope
+from skillcoach.data.slot_gate import GateConfig, GateShed, SlotGate
 
 __all__ = ["SHED_SCOPE_KEY", "UNSHED_PATHS", "AdmissionMiddleware", "route_label"]
 
@@ -40,21 +50,32 @@ class AdmissionMiddleware:
         app: ASGIApp,
         *,
         limit: Callable[[], int],
+        running: Callable[[], int],
         request_timeout: float,
         registry: CollectorRegistry,
+        gate: GateConfig | None = None,
     ) -> None:
         self.app = app
         self._limit = limit  # read per request: a live pool resize moves it
+        self._running = running  # likewise
         self._timeout = request_timeout
         self._in_flight = 0
+        self.gate = SlotGate(
+            running(),
+            gate,
+            registry=registry,
+            metric_prefix="skillcoach_http_gate",
+            what="A request",
+        )
         self.shed = Counter(
             "skillcoach_http_shed_total",
-            "Requests answered 503 at once because the replica was at its in-flight limit",
+            "Requests answered 503 at once because the replica was at its in-flight limit"
+            " (the request gate's sheds are skillcoach_http_gate_shed_total)",
             registry=registry,
         )
         Gauge(
             "skillcoach_http_requests_in_flight",
-            "Admitted requests being served",
+            "Admitted requests in flight: running, or waiting at the request gate",
             registry=registry,
         ).set_function(lambda: self._in_flight)
         Gauge(
@@ -69,17 +90,39 @@ class AdmissionMiddleware:
             return
         if self._in_flight >= self._limit():
             self.shed.inc()
-            # Shed before routing: the HTTP metrics label it route="shed", not "unmatched".
-            scope[SHED_SCOPE_KEY] = True
-            problem = ServiceUnavailable(
-                "this replica is at its concurrency limit; retry shortly", retry_after=1
-            )
-            await problem_response(problem, scope["path"])(scope, receive, send)
+            await self._refuse(scope, receive, send, "this replica is at its concurrency limit")
             return
         self._in_flight += 1
-        deadline = time.monotonic() + self._timeout
         try:
-            with work_scope(deadline=deadline, name=lambda: route_label(scope)):
-                await self.app(scope, receive, send)
+            deadline = time.monotonic() + self._timeout
+            if not await self._admitted(deadline):
+                await self._refuse(scope, receive, send, "this replica is overloaded")
+                return
+            try:
+                with work_scope(deadline=deadline, name=lambda: route_label(scope)):
+                    await self.app(scope, receive, send)
+            finally:
+                self.gate.release()
         finally:
             self._in_flight -= 1
+
+    async def _admitted(self, deadline: float) -> bool:
+        """Wait for a running slot: True once granted; False when shed or out of time."""
+        running = self._running()
+        if running != self.gate.capacity:  # a live pool resize
+            self.gate.set_capacity(running)
+        waiter = self.gate.arrive()
+        if waiter is None:
+            return True
+        try:
+            await self.gate.wait(waiter, deadline)
+        except (GateShed, TimeoutError):
+            return False
+        return True
+
+    @staticmethod
+    async def _refuse(scope: Scope, receive: Receive, send: Send, why: str) -> None:
+        # Shed before routing: the HTTP metrics label it route="shed", not "unmatched".
+        scope[SHED_SCOPE_KEY] = True
+        problem = ServiceUnavailable(f"{why}; retry shortly", retry_after=1)
+        await problem_response(problem, scope["path"])(scope, receive, send)

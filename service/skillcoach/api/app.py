@@ -37,7 +37,7 @@ from skillcoach.data.pool_watch import initial_pool, watch_pool_file
 from skillcoach.data.readiness import HealthProbe
 from skillcoach.data.slot_gate import GateConfig
 from skillcoach.errors import DatabaseUnavailable
-from skillcoach.limits import MAX_BODY_BYTES, in_flight_limit
+from skillcoach.limits import MAX_BODY_BYTES, in_flight_limit, running_limit
 from skillcoach.ml.inference import Inference
 from skillcoach.ml.live_model import LiveModel, ModelCollector
 from skillcoach.settings import Settings
@@ -229,10 +229,15 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
         # Last: the spans of the final requests are flushed to the collector.
         await anyio.to_thread.run_sync(tracing.shutdown)
 
-    def admitted() -> int:
+    def capacity() -> int:
         db = holder.get("db")
-        capacity = db.pool_config.capacity if db else settings.pool_size + settings.max_overflow
-        return in_flight_limit(pool_capacity=capacity, queue_allowance=settings.queue_allowance)
+        return db.pool_config.capacity if db else settings.pool_size + settings.max_overflow
+
+    def admitted() -> int:
+        return in_flight_limit(pool_capacity=capacity(), queue_allowance=settings.queue_allowance)
+
+    def running() -> int:
+        return running_limit(pool_capacity=capacity())
 
     app = Starlette(
         routes=[
@@ -251,8 +256,10 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
     app.add_middleware(
         AdmissionMiddleware,
         limit=admitted,
+        running=running,
         request_timeout=settings.request_timeout,
         registry=registry,
+        gate=GateConfig.from_settings(settings),
     )
     app.add_middleware(
         HttpMetricsMiddleware,

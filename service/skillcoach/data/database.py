@@ -14,6 +14,7 @@ server-side prepared statements, per-transaction settings only through SET LOCAL
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
 import itertools
@@ -22,11 +23,11 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import anyio
-import anyio.to_thread
 import psycopg2
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Connection, CursorResult, Engine, PoolProxiedConnection, create_engine, exc
@@ -194,9 +195,11 @@ class Database:
         # Threads beyond the pool's capacity would only queue inside the pool, each holding
         # a worker; AnyIO's default of 40 threads against 15 connections is the seed's failure.
         # The gate decides who gets a slot and when (CoDel, adaptive LIFO: see slot_gate);
-        # it never lets more than capacity through, so this limiter of the worker threads
-        # never makes anyone wait: it only keeps DB work off AnyIO's shared default threads.
-        self.limiter = anyio.CapacityLimiter(pool.capacity)
+        # it never lets more than capacity through, so these threads never queue work. A
+        # plain executor, not AnyIO's to_thread: its limiter and cancel scopes cost more of
+        # the event loop per read than the read's own Python does.
+        self._threads = _executor(pool.capacity)
+        self._thread_count = pool.capacity
         # Without a gate config (CLI, jobs): FIFO until the deadline; the API passes its own.
         self.gate = SlotGate(pool.capacity, gate or FIFO_ONLY, registry=registry)
         self.metrics = DbMetrics(registry)
@@ -349,20 +352,35 @@ class Database:
         deadline: float,
     ) -> T:
         asked_at = time.monotonic()
-        with anyio.move_on_after(deadline - asked_at) as scope:
-            # Cancellable only while waiting for a slot (an overloaded gate sheds the wait
-            # early: GateShed, a 503); once the thread runs, it finishes (bounded by
-            # statement_timeout) and returns its connection, then the slot.
-            await self.gate.acquire()
+        waiter = self.gate.arrive()
+        if waiter is not None:  # no free slot: wait, within the deadline, or be shed
             try:
-                return await anyio.to_thread.run_sync(
-                    self._transaction, fn, args, kwargs, asked_at, deadline, limiter=self.limiter
-                )
-            finally:
-                self.gate.release()
-        assert scope.cancelled_caught
-        self.metrics.checkout_timeouts.inc()
-        raise DeadlineExceeded("no database connection free before the request deadline")
+                await self.gate.wait(waiter, deadline)
+            except TimeoutError:
+                self.metrics.checkout_timeouts.inc()
+                raise DeadlineExceeded(
+                    "no database connection free before the request deadline"
+                ) from None
+        # The slot is held until the thread is done: once it runs, it finishes (bounded by
+        # statement_timeout) and returns its connection, whatever happens to this request.
+        work = self._threads.submit(self._transaction, fn, args, kwargs, asked_at, deadline)
+        try:
+            result = await asyncio.wrap_future(work)
+        except asyncio.CancelledError:
+            self._release_when_done(work)
+            raise
+        except BaseException:
+            self.gate.release()
+            raise
+        self.gate.release()
+        return result
+
+    def _release_when_done(self, work: Future[Any]) -> None:
+        if work.cancel():  # never started: nothing holds the slot
+            self.gate.release()
+            return
+        loop = asyncio.get_running_loop()
+        work.add_done_callback(lambda _: loop.call_soon_threadsafe(self.gate.release))
 
     def run_sync(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> T:
         now = time.monotonic()
@@ -394,7 +412,11 @@ class Database:
         self.pool_config = pool
         self.generation = generation
         # Growing wakes waiters at once; shrinking lets current holders finish first.
-        self.limiter.total_tokens = pool.capacity
+        if pool.capacity > self._thread_count:
+            # The old executor's running reads finish on their threads, which then exit.
+            self._threads.shutdown(wait=False)
+            self._threads = _executor(pool.capacity)
+            self._thread_count = pool.capacity
         self.gate.set_capacity(pool.capacity)
         self._retiring.append(old)
         self.metrics.resizes.inc()
@@ -426,10 +448,20 @@ class Database:
             retiring_pools=len(self._retiring),
         )
 
+    @property
+    def threads(self) -> int:
+        """The worker threads DB work may use at once."""
+        return self._thread_count
+
     def dispose(self) -> None:
+        self._threads.shutdown(wait=True)
         for engine in [*self._retiring, self.engine]:
             engine.dispose()
         self._retiring = []
+
+
+def _executor(capacity: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(capacity, thread_name_prefix="skillcoach-db")
 
 
 class _Once:

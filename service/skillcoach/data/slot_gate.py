@@ -19,6 +19,7 @@ for a slot. `GateCore` holds the decisions, on a clock passed in (unit-tested on
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import math
 import time
@@ -26,7 +27,6 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-import anyio
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from skillcoach.errors import PoolExhausted
@@ -208,19 +208,20 @@ class SlotGate:
         config: GateConfig | None = None,
         *,
         registry: CollectorRegistry | None = None,
+        metric_prefix: str = "skillcoach_db_gate",
+        what: str = "DB work",
     ) -> None:
         self.core = GateCore(capacity, config or GateConfig())
-        self._events: dict[Waiter, anyio.Event] = {}
+        self._waiting: dict[Waiter, asyncio.Future[None]] = {}
         self._shed = Counter(
-            "skillcoach_db_gate_shed_total",
-            "DB work refused with 503 because it queued too long while the slot gate was"
-            " overloaded",
+            f"{metric_prefix}_shed_total",
+            f"{what} refused with 503 because it queued too long while the gate was overloaded",
             registry=registry,
         )
         Gauge(
-            "skillcoach_db_gate_overloaded",
-            "1 while the DB slot gate is overloaded (queue delay above target for an interval:"
-            " LIFO and shedding), else 0",
+            f"{metric_prefix}_overloaded",
+            "1 while the gate is overloaded (queue delay above target for an interval: LIFO"
+            " and shedding), else 0",
             registry=registry,
         ).set_function(lambda: float(self.core.overloaded))
 
@@ -232,32 +233,59 @@ class SlotGate:
     def waiting(self) -> int:
         return self.core.waiting
 
-    async def acquire(self) -> None:
+    async def acquire(self, deadline: float | None = None) -> None:
+        waiter = self.arrive()
+        if waiter is not None:
+            await self.wait(waiter, deadline)
+
+    def arrive(self) -> Waiter | None:
+        """Ask for a slot: None when it was granted at once (the common case, which then costs
+        no await), else the waiter to pass to `wait`."""
         waiter, changed = self.core.arrive(time.monotonic())
-        at_once = waiter.state is WaiterState.GRANTED  # (a flag: mypy would keep the narrowing)
+        granted = waiter.state is WaiterState.GRANTED  # (a flag: mypy would keep the narrowing)
         self._wake(changed)
-        if at_once:
-            return
-        event = self._events[waiter] = anyio.Event()
+        return None if granted else waiter
+
+    async def wait(self, waiter: Waiter, deadline: float | None = None) -> None:
+        """Until the waiter is granted its slot (returns) or shed (raises GateShed), or the
+        monotonic `deadline` passes (raises TimeoutError).
+
+        Plain asyncio, no cancel scopes: a replica under a storm has a thousand waiters, and
+        one future plus one timer each is what keeps waiting (and shedding) cheap."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._waiting[waiter] = fut
+        timer: asyncio.TimerHandle | None = None
+
+        def arm(now: float) -> None:
+            nonlocal timer
+            due = self.core.next_check(waiter, now)
+            if deadline is not None:
+                due = min(due, deadline)
+            timer = loop.call_later(max(0.0, due - now), check)
+
+        def check() -> None:
+            if fut.done():
+                return
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                fut.set_exception(TimeoutError("no slot before the deadline"))
+                return
+            self._wake(self.core.expire(now))
+            if not fut.done():
+                arm(now)
+
+        arm(time.monotonic())
         try:
-            while True:
-                now = time.monotonic()
-                with anyio.move_on_after(self.core.next_check(waiter, now) - now):
-                    await event.wait()
-                if waiter.state is WaiterState.GRANTED:
-                    return
-                if waiter.state is WaiterState.SHED:
-                    delay = time.monotonic() - waiter.enqueued
-                    raise GateShed(
-                        f"database overloaded: shed after queueing {delay * 1000:.0f} ms"
-                    )
-                self._wake(self.core.expire(time.monotonic()))
+            await fut
         except BaseException:
-            # Cancelled (the deadline) or shed; granted meanwhile: the slot is passed on.
+            # Out of time, cancelled, or shed; granted meanwhile: the slot is passed on.
             self._wake(self.core.leave(waiter, time.monotonic()))
             raise
         finally:
-            self._events.pop(waiter, None)
+            if timer is not None:
+                timer.cancel()
+            self._waiting.pop(waiter, None)
 
     def release(self) -> None:
         self._wake(self.core.release(time.monotonic()))
@@ -267,8 +295,13 @@ class SlotGate:
 
     def _wake(self, changed: Iterable[Waiter]) -> None:
         for waiter in changed:
+            fut = self._waiting.get(waiter)
             if waiter.state is WaiterState.SHED:
                 self._shed.inc()
-            event = self._events.get(waiter)
-            if event is not None:
-                event.set()
+                if fut is not None and not fut.done():
+                    delay = time.monotonic() - waiter.enqueued
+                    fut.set_exception(
+                        GateShed(f"overloaded: shed after queueing {delay * 1000:.0f} ms")
+                    )
+            elif fut is not None and not fut.done():
+                fut.set_result(None)
