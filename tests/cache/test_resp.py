@@ -80,6 +80,33 @@ def test_a_loop_busy_past_the_deadline_does_not_abort_a_reply_that_came(redis_ur
     assert closed is False
 
 
+def test_a_reply_queued_behind_others_on_a_live_connection_is_waited_for() -> None:
+    """A node that answers every request, one after another, 40 ms each: the second reply
+    comes 80 ms after the first request, past the 50 ms timeout, but replies are flowing on
+    the connection, so it is not aborted."""
+
+    async def main() -> list[list[bytes | None]]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while data := await reader.read(4096):
+                for _ in range(data.count(b"MGET")):
+                    await asyncio.sleep(0.04)
+                    writer.write(b"*1\r\n$1\r\nv\r\n")
+
+        slow = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = slow.sockets[0].getsockname()[1]
+        client = PipelinedRedis(timeout=0.05)
+        try:
+            first = asyncio.ensure_future(client.mget("127.0.0.1", port, b"a"))
+            await asyncio.sleep(0.005)
+            second = asyncio.ensure_future(client.mget("127.0.0.1", port, b"b"))
+            return list(await asyncio.gather(first, second))
+        finally:
+            client.close()
+            slow.close()
+
+    assert asyncio.run(main()) == [[b"v"], [b"v"]]
+
+
 def test_a_node_that_never_answers_is_aborted_on_time() -> None:
     """A server that accepts and never replies: the timer fires on time and aborts."""
 

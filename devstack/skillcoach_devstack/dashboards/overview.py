@@ -141,9 +141,25 @@ def build() -> Dashboard:
         unit="reqps",
     )
     board.timeseries(
+        "Gates overloaded per replica",
+        "1 while a gate serves newest first and sheds requests that queued longer than twice"
+        " DB_GATE_INTERVAL_MS: the request gate in front of the application, and the DB slot"
+        " gate in front of the pool.",
+        [
+            Query(
+                f"max by (pod) (skillcoach_http_gate_overloaded{{{NS}}})",
+                legend="{{pod}} request gate",
+            ),
+            Query(
+                f"max by (pod) (skillcoach_db_gate_overloaded{{{NS}}})",
+                legend="{{pod}} DB gate",
+            ),
+        ],
+    )
+    board.timeseries(
         "In flight vs limit",
-        "Requests being served by each replica, and the limit (pool capacity + queue"
-        " allowance) past which it sheds.",
+        "Requests in flight on each replica (running, or waiting at its request gate), and the"
+        " limit (pool capacity + queue allowance) past which it sheds at once.",
         [
             Query(
                 f"max by (pod) (skillcoach_http_requests_in_flight{{{NS}}})",

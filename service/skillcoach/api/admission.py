@@ -27,7 +27,15 @@ from skillcoach.api.problems import ServiceUnavailable, problem_response
 from skillcoach.data.deadline import work_scope
 from skillcoach.data.slot_gate import GateConfig, GateShed, SlotGate
 
-__all__ = ["SHED_SCOPE_KEY", "UNSHED_PATHS", "AdmissionMiddleware", "route_label"]
+__all__ = [
+    "SHED_SCOPE_KEY",
+    "UNSHED_PATHS",
+    "AdmissionMiddleware",
+    "Gatekeeper",
+    "Refused",
+    "refuse",
+    "route_label",
+]
 
 UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # Set in the ASGI scope of a request this middleware refused.
@@ -44,10 +52,17 @@ def route_label(scope: Scope) -> str:
     return "shed" if scope.get(SHED_SCOPE_KEY) else "unmatched"
 
 
-class AdmissionMiddleware:
+class Refused(Exception):
+    """Not admitted: the reason, for the 503's detail."""
+
+
+class Gatekeeper:
+    """The admission decisions, shared by AdmissionMiddleware and the fast path (a cache miss
+    the fast path answers itself must pass the same gate): the in-flight cap, the request
+    gate, the deadline."""
+
     def __init__(
         self,
-        app: ASGIApp,
         *,
         limit: Callable[[], int],
         running: Callable[[], int],
@@ -55,7 +70,6 @@ class AdmissionMiddleware:
         registry: CollectorRegistry,
         gate: GateConfig | None = None,
     ) -> None:
-        self.app = app
         self._limit = limit  # read per request: a live pool resize moves it
         self._running = running  # likewise
         self._timeout = request_timeout
@@ -84,45 +98,56 @@ class AdmissionMiddleware:
             registry=registry,
         ).set_function(lambda: self._limit())
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNSHED_PATHS:
-            await self.app(scope, receive, send)
-            return
+    async def enter(self) -> float:
+        """Admit the request (it then runs, and must `leave`): returns its deadline. Raises
+        Refused at the in-flight cap, when shed by the gate, or out of time waiting."""
         if self._in_flight >= self._limit():
             self.shed.inc()
-            await self._refuse(scope, receive, send, "this replica is at its concurrency limit")
-            return
+            raise Refused("this replica is at its concurrency limit")
         self._in_flight += 1
-        try:
-            deadline = time.monotonic() + self._timeout
-            if not await self._admitted(deadline):
-                await self._refuse(scope, receive, send, "this replica is overloaded")
-                return
-            try:
-                with work_scope(deadline=deadline, name=lambda: route_label(scope)):
-                    await self.app(scope, receive, send)
-            finally:
-                self.gate.release()
-        finally:
-            self._in_flight -= 1
-
-    async def _admitted(self, deadline: float) -> bool:
-        """Wait for a running slot: True once granted; False when shed or out of time."""
+        deadline = time.monotonic() + self._timeout
         running = self._running()
         if running != self.gate.capacity:  # a live pool resize
             self.gate.set_capacity(running)
         waiter = self.gate.arrive()
-        if waiter is None:
-            return True
-        try:
-            await self.gate.wait(waiter, deadline)
-        except (GateShed, TimeoutError):
-            return False
-        return True
+        if waiter is not None:
+            try:
+                await self.gate.wait(waiter, deadline)
+            except BaseException as exc:
+                self._in_flight -= 1
+                if isinstance(exc, GateShed | TimeoutError):
+                    raise Refused("this replica is overloaded") from None
+                raise
+        return deadline
 
-    @staticmethod
-    async def _refuse(scope: Scope, receive: Receive, send: Send, why: str) -> None:
-        # Shed before routing: the HTTP metrics label it route="shed", not "unmatched".
-        scope[SHED_SCOPE_KEY] = True
-        problem = ServiceUnavailable(f"{why}; retry shortly", retry_after=1)
-        await problem_response(problem, scope["path"])(scope, receive, send)
+    def leave(self) -> None:
+        self.gate.release()
+        self._in_flight -= 1
+
+
+async def refuse(scope: Scope, receive: Receive, send: Send, why: str) -> None:
+    """503 + Retry-After, before routing: the HTTP metrics label it route="shed"."""
+    scope[SHED_SCOPE_KEY] = True
+    problem = ServiceUnavailable(f"{why}; retry shortly", retry_after=1)
+    await problem_response(problem, scope["path"])(scope, receive, send)
+
+
+class AdmissionMiddleware:
+    def __init__(self, app: ASGIApp, *, keeper: Gatekeeper) -> None:
+        self.app = app
+        self.keeper = keeper
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNSHED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        try:
+            deadline = await self.keeper.enter()
+        except Refused as refused:
+            await refuse(scope, receive, send, str(refused))
+            return
+        try:
+            with work_scope(deadline=deadline, name=lambda: route_label(scope)):
+                await self.app(scope, receive, send)
+        finally:
+            self.keeper.leave()

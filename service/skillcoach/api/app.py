@@ -19,7 +19,7 @@ from starlette.applications import Starlette
 
 from skillcoach.answers.learner_answers import AnswerConfig, LearnerAnswers
 from skillcoach.answers.warming import warm_cache
-from skillcoach.api.admission import AdmissionMiddleware
+from skillcoach.api.admission import AdmissionMiddleware, Gatekeeper
 from skillcoach.api.auth import KeyCache, flush_usage_forever
 from skillcoach.api.background import Drain, Supervisor
 from skillcoach.api.body_deadline import BodyDeadlineMiddleware
@@ -239,6 +239,15 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
     def running() -> int:
         return running_limit(pool_capacity=capacity())
 
+    # Admission, shared: the full application's middleware and the fast path's misses.
+    keeper = Gatekeeper(
+        limit=admitted,
+        running=running,
+        request_timeout=settings.request_timeout,
+        registry=registry,
+        gate=GateConfig.from_settings(settings),
+    )
+
     app = Starlette(
         routes=[
             *ops.routes(metrics_on_api_port=settings.metrics_port == 0),
@@ -253,26 +262,22 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
         BodyDeadlineMiddleware, timeout=settings.body_timeout_seconds, max_bytes=MAX_BODY_BYTES
     )
     # Added last = outermost: shed requests are counted by the HTTP metrics too.
-    app.add_middleware(
-        AdmissionMiddleware,
-        limit=admitted,
-        running=running,
-        request_timeout=settings.request_timeout,
-        registry=registry,
-        gate=GateConfig.from_settings(settings),
-    )
+    app.add_middleware(AdmissionMiddleware, keeper=keeper)
     app.add_middleware(
         HttpMetricsMiddleware,
         metrics=http_metrics,
         traced=tracing.enabled,
         access_log=settings.access_log,
     )
-    # A cache hit skips everything above (see hit_path) and records its own metrics.
+    # The two cacheable reads skip everything above (see hit_path) and record their own
+    # metrics: hits from the cache, misses computed under the same admission.
     app.add_middleware(
         CacheHitPath,
         state=lambda: getattr(app.state, "skillcoach", None),
         registry=registry,
         metrics=http_metrics,
+        keeper=keeper,
+        handlers=exception_handlers(),
         traced=tracing.enabled,
         access_log=settings.access_log,
     )

@@ -1,25 +1,33 @@
-"""The cache-hit fast path, as pure ASGI in front of the whole application.
+"""The fast path, as pure ASGI in front of the whole application.
 
-A cached answer needs none of the framework: no Request object, no routing, no middleware
-stack, no exception machinery. For the two cacheable GETs with default-shaped queries and a
-key this replica already knows, this answers a hit straight from the cache; anything else (a
-miss, an unknown key, an odd query, a sick Redis) falls through to the full application,
-which then does everything as usual. So a hit costs one Redis round trip and two ASGI sends.
+The two cacheable GETs with default-shaped queries and a key this replica already knows need
+none of the framework: no Request object, no routing, no middleware stack. A hit is answered
+straight from the cache: one Redis round trip and two ASGI sends. A miss (or any read with the
+cache off) is computed here too, through the same admission (the request gate, the deadline)
+and the same LearnerAnswers as the full route, its errors mapped by the same exception
+handlers; only with tracing on does a miss take the full path (whose spans it needs).
+Anything else (an unknown key, an odd query, a rate-limit refusal) falls through to the full
+application, which then does everything as usual.
 
-A hit is still a request like any other for the HTTP metrics (recorded here, through label
-children bound once), the X-Request-ID header, the access log and the server span's name.
+Every request answered here is still a request like any other for the HTTP metrics (recorded
+here, through label children bound once), the X-Request-ID header, the access log, the
+request's log context and the server span's name.
 """
 
 from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from skillcoach.answers.bodies import recommendations_variant, weaknesses_variant
+from skillcoach.api.admission import Gatekeeper, Refused, refuse
 from skillcoach.api.http_metrics import (
     REQUEST_ID_HEADER,
     REQUEST_ID_KEY,
@@ -29,11 +37,16 @@ from skillcoach.api.http_metrics import (
     name_server_span,
     request_id,
 )
+from skillcoach.api.problems import NotFound
 from skillcoach.api.rate_limit import RATE_DECISION, client_address
+from skillcoach.api.responses import json_bytes_response
 from skillcoach.api.state import AppState
 from skillcoach.data.api_keys import ApiKey, hash_key, well_formed
 from skillcoach.data.api_keys import Scope as KeyScope
+from skillcoach.data.deadline import work_scope
 from skillcoach.limits import LEARNER_ID, RECOMMENDATIONS_LIMIT, WEAKNESSES_LIMIT, IntParam
+from skillcoach.ml.live_model import ServedModel
+from skillcoach.telemetry.logs import REQUEST, RequestLog
 
 __all__ = ["ROUTES", "CacheHitPath"]
 
@@ -45,6 +58,21 @@ LIMITS = {"weaknesses": WEAKNESSES_LIMIT, "recommendations": RECOMMENDATIONS_LIM
 # The route templates of the full application's two routes (api/routes/learners.py).
 ROUTES = {kind: f"/v1/learners/{{learner_id}}/{kind}" for kind in LIMITS}
 
+Handler = Callable[[Request, Exception], Awaitable[Response]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A read the fast path may answer: authorized, in bounds, a model served."""
+
+    state: AppState
+    served: ServedModel
+    kind: str
+    learner_id: int
+    limit: int
+    variant: str
+    rid: bytes
+
 
 class CacheHitPath:
     def __init__(
@@ -54,11 +82,16 @@ class CacheHitPath:
         state: Callable[[], AppState | None],
         registry: CollectorRegistry,
         metrics: HttpMetrics,
+        keeper: Gatekeeper,
+        handlers: dict[type[Exception], Handler],
         traced: bool = False,
         access_log: bool = False,
     ) -> None:
         self.app = app
         self._state = state
+        self._keeper = keeper
+        self._handlers = handlers
+        self._metrics = metrics
         self._traced = traced
         self._access_log = access_log
         self.served = Counter(
@@ -82,42 +115,109 @@ class CacheHitPath:
             match = _PATH.fullmatch(scope["path"])
             if match is not None:
                 start = time.perf_counter()
-                hit = await self._hit(scope, match)
-                if hit is not None:
-                    body, kind, rid = hit
-                    if self._traced:
-                        # Before sending: the server span ends with the response.
-                        name_server_span("GET", ROUTES[kind])
-                    await send(
-                        {
-                            "type": "http.response.start",
-                            "status": 200,
-                            "headers": [
-                                _CONTENT_TYPE,
-                                (b"content-length", str(len(body)).encode()),
-                                (REQUEST_ID_HEADER, rid),
-                            ],
-                        }
-                    )
-                    await send({"type": "http.response.body", "body": body})
-                    self._record(kind, rid, time.perf_counter() - start)
-                    return
+                read = self._read(scope, match)
+                if read is not None:
+                    cache = read.state.cache
+                    body = None
+                    if cache is not None:
+                        body = await cache.lookup(
+                            learner_id=read.learner_id, kind=read.kind, variant=read.variant
+                        )
+                    if body is not None:
+                        await self._hit(read, body, start, send)
+                        return
+                    if not self._traced:
+                        await self._miss(read, start, scope, receive, send)
+                        return
                 scope[START_KEY] = start
         await self.app(scope, receive, send)
 
-    def _record(self, kind: str, rid: bytes, seconds: float) -> None:
-        served, requests, duration = self._children[kind]
+    async def _hit(self, read: _Read, body: bytes, start: float, send: Send) -> None:
+        if self._traced:
+            # Before sending: the server span ends with the response.
+            name_server_span("GET", ROUTES[read.kind])
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    _CONTENT_TYPE,
+                    (b"content-length", str(len(body)).encode()),
+                    (REQUEST_ID_HEADER, read.rid),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+        seconds = time.perf_counter() - start
+        served, requests, duration = self._children[read.kind]
         served.inc()
         requests.inc()
         duration.observe(seconds)
         if self._access_log:
             access_line(
-                request_id=rid, method="GET", route=ROUTES[kind], status=200, seconds=seconds
-            )
+                request_id=read.rid, method="GET", route=ROUTES[read.kind], status=200,
+                seconds=seconds,
+            )  # fmt: skip
 
-    async def _hit(self, scope: Scope, match: re.Match[str]) -> tuple[bytes, str, bytes] | None:
+    async def _miss(
+        self, read: _Read, start: float, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Computed here, as the full route would (api/routes/learners.py), admitted as the
+        full application admits (api/admission.py)."""
+        route = ROUTES[read.kind]
+        token = REQUEST.set(RequestLog(read.rid.decode(), "GET", lambda: route))
+        status = 500
+        try:
+            try:
+                deadline = await self._keeper.enter()
+            except Refused as refused:
+                status = 503
+                route = "shed"
+                await refuse(scope, receive, _with_request_id(send, read.rid), str(refused))
+                return
+            try:
+                with work_scope(deadline=deadline, name=lambda: route):
+                    response = await self._answer(read, scope)
+            finally:
+                self._keeper.leave()
+            response.raw_headers.append((REQUEST_ID_HEADER, read.rid))
+            status = response.status_code
+            await response(scope, receive, send)
+        finally:
+            seconds = time.perf_counter() - start
+            self._metrics.record("GET", route, status, seconds)
+            if self._access_log:
+                access_line(
+                    request_id=read.rid, method="GET", route=route, status=status,
+                    seconds=seconds,
+                )  # fmt: skip
+            REQUEST.reset(token)
+
+    async def _answer(self, read: _Read, scope: Scope) -> Response:
+        answers = read.state.answers
+        try:
+            if read.kind == "weaknesses":
+                body = await answers.weaknesses(
+                    read.served, learner_id=read.learner_id, limit=read.limit
+                )
+            else:
+                body = await answers.recommendations(
+                    read.served, learner_id=read.learner_id, limit=read.limit
+                )
+            if body is None:
+                lid = read.learner_id
+                raise NotFound(f"learner {lid} does not exist", learner_id=lid)
+        except Exception as exc:  # mapped exactly as the full application maps it
+            for cls in type(exc).__mro__:
+                handler = self._handlers.get(cls)
+                if handler is not None:
+                    return await handler(Request(scope), exc)
+            raise
+        return json_bytes_response(body)
+
+    def _read(self, scope: Scope, match: re.Match[str]) -> _Read | None:
         state = self._state()
-        if state is None or state.cache is None:
+        if state is None:
             return None
         served = state.live_model.current
         if served is None or not state.settings.auth_enabled:
@@ -152,8 +252,7 @@ class CacheHitPath:
         else:
             target = state.answers.config.recommendation_target
             variant = recommendations_variant(served.version, limit, target)
-        body = await state.cache.lookup(learner_id=learner_id, kind=kind, variant=variant)
-        return None if body is None else (body, kind, rid)
+        return _Read(state, served, kind, learner_id, limit, variant, rid)
 
     @staticmethod
     def _authorized(state: AppState, authorization: bytes) -> ApiKey | None:
@@ -166,6 +265,15 @@ class CacheHitPath:
             return None
         _, key = state.keys.get(hash_key(token))
         return key if key is not None and key.allows(KeyScope.READ) else None
+
+
+def _with_request_id(send: Send, rid: bytes) -> Send:
+    async def sender(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", ()), (REQUEST_ID_HEADER, rid)]
+        await send(message)
+
+    return sender
 
 
 def _limit(query: bytes, bounds: IntParam) -> int | None:

@@ -18,6 +18,7 @@ slow handshake is no reason to give up the fast path, and the breaker bounds a r
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 import time
 from collections import deque
@@ -56,6 +57,9 @@ class _Protocol(asyncio.Protocol):
         self.pending: deque[asyncio.Future[list[bytes | None]]] = deque()
         self.buffer = bytearray()
         self.closed = False
+        # Loop time of the last bytes from the server: replies still flowing means a live
+        # node whose answers are queued behind others (see _ReplyDeadline).
+        self.last_data = -math.inf
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
@@ -72,6 +76,7 @@ class _Protocol(asyncio.Protocol):
                 fut.set_exception(exc)
 
     def data_received(self, data: bytes) -> None:
+        self.last_data = time.monotonic()
         self.buffer += data
         while self.pending:
             try:
@@ -157,7 +162,9 @@ class _ReplyDeadline:
     which the replies are already waiting: a plain timer then aborts healthy connections by
     the hundred and sends every lookup the slow way. So a timer that fired more than half a
     timeout late grants one more timeout (the reply is read on the same loop turn, if it is
-    there), at most MAX_EXTENSIONS times; a timer that fired on time aborts at once."""
+    there), and so does one on a connection that received replies within the last timeout (a
+    live node, its answers queued behind others'); at most MAX_EXTENSIONS times. A timer that
+    fired on time on a silent connection aborts at once."""
 
     __slots__ = ("_extensions", "_fut", "_handle", "_loop", "_proto", "_timeout")
 
@@ -176,7 +183,9 @@ class _ReplyDeadline:
         if self._fut.done():
             return
         now = self._loop.time()
-        if now - due > self._timeout / 2 and self._extensions < MAX_EXTENSIONS:
+        late = now - due > self._timeout / 2
+        flowing = time.monotonic() - self._proto.last_data < self._timeout
+        if (late or flowing) and self._extensions < MAX_EXTENSIONS:
             self._extensions += 1
             self._handle = self._loop.call_at(now + self._timeout, self._fire, now + self._timeout)
             return

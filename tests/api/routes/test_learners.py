@@ -7,7 +7,9 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
+from skillcoach.api.app import create_app
 from skillcoach.api.schemas import AttemptsAccepted, Recommendations, Weaknesses
+from skillcoach.settings import load_settings
 from tests.fixtures_api import Keys, exercise_id
 
 _ids = itertools.count(1000)
@@ -319,3 +321,49 @@ def test_a_client_gone_before_its_body_is_read_records_nothing_and_raises_nothin
     assert sent[0]["type"] == "http.response.start"
     assert sent[0]["status"] == 499
     assert client.get(f"/v1/learners/{learner}/weaknesses").status_code == 404  # nothing kept
+
+
+def test_the_fast_path_answers_reads_as_the_full_route_does(client: TestClient) -> None:
+    """A default-shaped read with a key the replica knows is computed by the fast path
+    (api/hit_path.py); `limit=03` is not default-shaped and takes the full route. Same
+    answers, same problems, both with a request id."""
+    learner = new_learner()
+    assert post(client, learner, batch((exercise_id(1, 0), False), (exercise_id(2, 1), True)))
+    client.get(f"/v1/learners/{learner}/weaknesses")  # the key is known to the replica now
+    for kind in ("weaknesses", "recommendations"):
+        fast = client.get(f"/v1/learners/{learner}/{kind}?limit=3")
+        full = client.get(f"/v1/learners/{learner}/{kind}?limit=03")
+        assert fast.status_code == full.status_code == 200, (fast.text, full.text)
+        assert fast.content == full.content
+        assert fast.headers["content-type"] == full.headers["content-type"]
+        assert fast.headers["x-request-id"] and full.headers["x-request-id"]
+        missing_fast = client.get(f"/v1/learners/999997/{kind}?limit=3")
+        missing_full = client.get(f"/v1/learners/999997/{kind}?limit=03")
+        assert missing_fast.status_code == missing_full.status_code == 404
+        assert missing_fast.json() == missing_full.json()
+        assert missing_fast.headers["content-type"] == missing_full.headers["content-type"]
+
+
+def test_the_fast_path_computes_without_the_router(api_bouncer_url: str, keys: Keys) -> None:
+    """With the learners' routes taken out of the router, a default-shaped read with a known
+    key is still answered (the fast path never reaches it), and anything else is not."""
+    settings = load_settings(
+        database_url=api_bouncer_url, environment="test", pool_size=2, max_overflow=0,
+        metrics_port=0,
+    )  # fmt: skip
+    app = create_app(settings)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        c.headers["Authorization"] = f"Bearer {keys.read}"
+        learner = 1
+        assert c.get(f"/v1/learners/{learner}/weaknesses").status_code in (200, 404)
+        app.router.routes[:] = [
+            r for r in app.router.routes if not getattr(r, "path", "").startswith("/v1/learners")
+        ]
+        fast = c.get("/v1/learners/999996/weaknesses")
+        assert fast.status_code == 404
+        assert fast.json()["detail"] == "learner 999996 does not exist"
+        full = c.get("/v1/learners/999996/weaknesses?limit=03")
+        assert full.status_code == 404  # the router's own: no such route any more
+        assert "does not exist" not in full.json().get("detail", "")
+        metrics = c.get("/metrics").text
+        assert 'route="/v1/learners/{learner_id}/weaknesses",status="404"' in metrics
