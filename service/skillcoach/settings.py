@@ -164,7 +164,7 @@ class Settings(BaseSettings):
         " sheds by queueing time), before the rest get 503 + Retry-After at once",
     )
     db_gate_target_ms: float = Field(
-        default=100.0,
+        default=200.0,
         gt=0,
         le=60_000,
         description="queue delay that counts as queueing (CoDel target) at both gates, the request"

@@ -42,10 +42,9 @@ class GateShed(PoolExhausted):
 
 @dataclass(frozen=True, slots=True)
 class GateConfig:
-    # The defaults of the settings. A target of 10 ms (CoDel's usual) made this DB-bound
-    # service shed a quarter of its requests at 100 connections, where a FIFO queue of
-    # ~80 ms serves them all: the target must sit above the queue of normal full load.
-    target: float = 0.100  # seconds of queue delay that count as "queueing"
+    # The defaults of the settings. The target must sit above the queue of normal full load,
+    # or the gate sheds requests a FIFO queue would serve in time (docs/architecture.md).
+    target: float = 0.200  # seconds of queue delay that count as "queueing"
     interval: float = 0.500  # how long that must last before the gate is overloaded
 
     @property
