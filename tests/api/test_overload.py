@@ -123,7 +123,9 @@ def test_fast_path_misses_are_shed_by_the_gate_not_left_to_the_deadline(
 
     codes = [code for code, _, _ in results]
     assert len(codes) == 120 and set(codes) <= {200, 503}, sorted(set(codes))
-    assert codes.count(200) >= 3 and codes.count(503) >= 40, codes
+    # The storm is over within one round of the 3-connection pool, which the replica's own
+    # background work (registry polls, key-usage flushes) shares: one round is served.
+    assert codes.count(200) >= 1 and codes.count(503) >= 40, codes
     shed = [t for code, t, _ in results if code == 503]
     for code, _, r in results:
         if code == 503:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import functools
 import itertools
 import logging
@@ -363,7 +364,18 @@ class Database:
                 ) from None
         # The slot is held until the thread is done: once it runs, it finishes (bounded by
         # statement_timeout) and returns its connection, whatever happens to this request.
-        work = self._threads.submit(self._transaction, fn, args, kwargs, asked_at, deadline)
+        # The request's context goes with it (asyncio.to_thread's habit): the current span
+        # parents the SQL spans, a background task's suppression reaches the instrumentation,
+        # and a long checkout is reported under its route.
+        work = self._threads.submit(
+            contextvars.copy_context().run,
+            self._transaction,
+            fn,
+            args,
+            kwargs,
+            asked_at,
+            deadline,
+        )
         try:
             result = await asyncio.wrap_future(work)
         except asyncio.CancelledError:
