@@ -24,7 +24,7 @@ from skillcoach.data.database import create_sync_engine
 from skillcoach.data.learner_reads import fetch_exercise_history, fetch_skill_evidence
 from skillcoach.data.migrate import upgrade
 from skillcoach.data.model_registry import fetch_promoted, promote
-from skillcoach.ml.analysis import focus_skills, rank_weaknesses, recommend
+from skillcoach.ml.analysis import RecommendationPolicy, candidates, rank_weaknesses, recommend
 from skillcoach.ml.live_model import ServedModel
 from skillcoach.ml.model import BestLR
 from skillcoach.ml.seeding import seed_database
@@ -39,6 +39,10 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
         "p99_us": round(us[int(0.99 * (len(us) - 1))], 1),
         "mean_us": round(statistics.fmean(us), 1),
     }
+
+
+# The service's default policy, at the API's default limit of 10.
+POLICY = RecommendationPolicy(limit=10)
 
 
 def _inference(url: str, learners: int, rounds: int) -> dict[str, Any]:
@@ -57,9 +61,12 @@ def _inference(url: str, learners: int, rounds: int) -> dict[str, Any]:
         histories = []
         for i, ev in zip(ids, evidence, strict=True):
             assert ev is not None
-            skills, _ = focus_skills(BestLR.from_artifact(record.artifact), ev, count=3)
-            cand, _ = catalog.exercises_of(skills)
-            histories.append(fetch_exercise_history(conn, learner_id=i, exercise_ids=cand))
+            pool = candidates(
+                BestLR.from_artifact(record.artifact), ev, catalog.exercises_of, POLICY
+            )
+            histories.append(
+                fetch_exercise_history(conn, learner_id=i, exercise_ids=pool.exercise_ids)
+            )
     engine.dispose()
     model = BestLR.from_artifact(record.artifact, sha256=record.sha256)
     served = ServedModel(
@@ -79,19 +86,7 @@ def _inference(url: str, learners: int, rounds: int) -> dict[str, Any]:
             t0 = time.perf_counter()
             rank_weaknesses(served.model, ev, min_attempts=5)
             t1 = time.perf_counter()
-            skills, mastery = focus_skills(served.model, ev, count=3)
-            cand, cand_skills = catalog.exercises_of(skills)
-            recommend(
-                served.model,
-                ev,
-                skills=skills,
-                skill_mastery=mastery,
-                candidate_ids=cand,
-                candidate_skill_ids=cand_skills,
-                history=hist,
-                target=0.7,
-                limit=10,
-            )
+            recommend(candidates(served.model, ev, catalog.exercises_of, POLICY), hist, POLICY)
             t2 = time.perf_counter()
             weak.append(t1 - t0)
             recs.append(t2 - t1)

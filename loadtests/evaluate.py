@@ -11,9 +11,10 @@ priors and fit on the training learners exactly as `skillcoach train` does
   true weakest (true mastery), for the model, the counts-only model (what format /1 serves)
   and the Laplace-smoothed per-skill accuracy baseline; the oracle (true mastery) is 1;
 - Spearman of estimated vs true mastery per learner (learners with >= 3 skills), averaged;
-- recommendations as analysis.recommend picks them (weakest 3 skills, predicted success
-  closest to the 0.7 target, 5 per learner): the share whose TRUE success probability lies in
-  0.6-0.8 and the mean distance of the true probability to the target;
+- recommendations as the service picks them (analysis.candidates and recommend under the
+  default policy, 5 per learner, with the learner's own seen-exercise history): the share whose
+  TRUE success probability lies in 0.6-0.8 and the mean distance of the true probability to
+  the target;
 - calibration of predicted success on held-out attempts (10-bin reliability, ECE).
 Writes loadtests/results/evaluate-<stamp>.json; --plot also writes its PNGs beside it.
 """
@@ -34,7 +35,9 @@ from scipy.stats import spearmanr
 
 from loadtests.recording import record
 from loadtests.variants import VARIANTS, Variant, variant_params
+from skillcoach.data.records import ExerciseHistory, SkillEvidence
 from skillcoach.ml import quality
+from skillcoach.ml.analysis import RecommendationPolicy, candidates, recommend
 from skillcoach.ml.features import AttemptLog, expected_success
 from skillcoach.ml.model import BestLR
 from skillcoach.ml.simulator import (
@@ -67,7 +70,6 @@ IntArray = npt.NDArray[np.int64]
 TARGET = 0.7  # the service's default recommendation target
 BAND = (0.6, 0.8)
 RECOMMENDATIONS = 5
-FOCUS = 3
 TEST_FRACTION = 0.2
 
 
@@ -143,57 +145,84 @@ def _spearman(groups: IntArray, truth: FloatArray, estimate: FloatArray) -> floa
 
 
 def _recommendations(
-    model: BestLR, ev: dict[str, Any], mastery: FloatArray, world: World, params: SimulationParams
+    model: BestLR, ev: dict[str, Any], world: World, params: SimulationParams, test: AttemptLog
 ) -> dict[str, Any]:
-    """analysis.recommend's choice per learner (all candidates unseen-equal), scored by truth."""
+    """The service's own choice per held-out learner (analysis.candidates and recommend under
+    the default policy, with the learner's real seen-exercise history), scored by the truth."""
     cat = world.catalog
-    per = cat.exercises_per_skill
-    order = np.lexsort((ev["skill"], mastery, ev["learner"]))
-    learner_sorted = ev["learner"][order]
-    start = np.r_[True, learner_sorted[1:] != learner_sorted[:-1]]
-    rank = np.arange(len(order)) - np.flatnonzero(start)[np.cumsum(start) - 1]
-    focus = order[rank < FOCUS]  # rows of ev: each learner's weakest FOCUS skills
-    # Every exercise of every focus skill, as (row of ev, exercise index).
-    rows = np.repeat(focus, per)
-    ex_index = (ev["skill"][rows] - 1) * per + np.tile(np.arange(per), len(focus))
-    p = model.exercise_success(
-        cat.exercise_ids[ex_index], ev["skill"][rows], ev["c"][rows], ev["i_"][rows],
-        total_correct=ev["tc"][rows], total_incorrect=ev["ti"][rows],
-        skill_residual=ev["r"][rows], skill_information=ev["info"][rows],
-        total_residual=ev["tr"][rows], total_information=ev["tinfo"][rows],
-    )  # fmt: skip
-    learner = ev["learner"][rows]
-    pick_order = np.lexsort((cat.exercise_ids[ex_index], np.abs(p - TARGET), learner))
-    ls = learner[pick_order]
-    s = np.r_[True, ls[1:] != ls[:-1]]
-    r = np.arange(len(pick_order)) - np.flatnonzero(s)[np.cumsum(s) - 1]
-    chosen = pick_order[r < RECOMMENDATIONS]
-    # The learner's true theta on the skill at the end of the history.
+    policy = RecommendationPolicy(target=TARGET, limit=RECOMMENDATIONS)
+
+    def exercises_of(skills: IntArray) -> tuple[IntArray, IntArray]:
+        mask = np.isin(cat.exercise_skill_ids, skills)
+        return cat.exercise_ids[mask], cat.exercise_skill_ids[mask]
+
     span = int(max(ev["skill"].max(), world.m_skill.max())) + 1
     m_keys = world.m_learner * span + world.m_skill
     m_order = np.argsort(m_keys)
-    pos = m_order[np.searchsorted(m_keys[m_order], ev["keys"][rows[chosen]])]
-    true_p = success_probability(world.theta_final[pos], cat.exercise_difficulty[ex_index[chosen]],
-                                 guess=params.guess, slip=params.slip)  # fmt: skip
-    # The same focus skills' candidates picked by their TRUE success: how much of the band the
-    # catalog allows at all (few exercises per skill leave little to choose from).
-    all_pos = m_order[np.searchsorted(m_keys[m_order], ev["keys"][rows])]
-    all_true = success_probability(world.theta_final[all_pos], cat.exercise_difficulty[ex_index],
-                                   guess=params.guess, slip=params.slip)  # fmt: skip
-    best = np.lexsort((cat.exercise_ids[ex_index], np.abs(all_true - TARGET), learner))
-    lb = learner[best]
-    sb = np.r_[True, lb[1:] != lb[:-1]]
-    oracle_true = all_true[
-        best[np.arange(len(best)) - np.flatnonzero(sb)[np.cumsum(sb) - 1] < RECOMMENDATIONS]
-    ]
+
+    def truth(learner: int, skill_ids: IntArray, exercise_ids: IntArray) -> FloatArray:
+        pos = m_order[np.searchsorted(m_keys[m_order], learner * span + skill_ids)]
+        difficulty = cat.exercise_difficulty[np.searchsorted(cat.exercise_ids, exercise_ids)]
+        out: FloatArray = success_probability(world.theta_final[pos], difficulty,
+                                              guess=params.guess, slip=params.slip)  # fmt: skip
+        return out
+
+    # The learner_exercise_stats rows of every held-out learner: attempts and last answer.
+    ex_span = int(cat.exercise_ids.max()) + 1
+    h_keys, h_group = np.unique(test.learner_ids * ex_span + test.exercise_ids,
+                                return_inverse=True)  # fmt: skip
+    h_count = np.bincount(h_group)
+    h_last = np.zeros(len(h_keys), dtype=np.int64)
+    np.maximum.at(h_last, h_group, test.answered_at)
+    h_learner = h_keys // ex_span
+    never = datetime(2000, 1, 1, tzinfo=UTC)
+    chosen_true: list[FloatArray] = []
+    chosen_predicted: list[FloatArray] = []
+    oracle_true: list[FloatArray] = []
+    widened = on_target = 0
+    bounds = np.flatnonzero(np.r_[True, ev["learner"][1:] != ev["learner"][:-1], True])
+    for a, b in itertools.pairwise(bounds):
+        learner = int(ev["learner"][a])
+        rows = slice(a, b)
+        evidence = SkillEvidence(
+            ev["skill"][rows], ev["c"][rows], ev["i_"][rows], [never] * (b - a),
+            sum_residual=ev["r"][rows], sum_information=ev["info"][rows],
+        )  # fmt: skip
+        pool = candidates(model, evidence, exercises_of, policy)
+        lo, hi = np.searchsorted(h_learner, [learner, learner + 1])
+        history = ExerciseHistory(
+            h_keys[lo:hi] % ex_span,
+            h_count[lo:hi],
+            [datetime.fromtimestamp(us / 1e6, UTC) for us in h_last[lo:hi]],
+        )
+        recs = recommend(pool, history, policy)
+        on_target += sum(r.on_target for r in recs)
+        ids = np.array([r.exercise_id for r in recs], dtype=np.int64)
+        skills = np.array([r.skill_id for r in recs], dtype=np.int64)
+        chosen_true.append(truth(learner, skills, ids))
+        chosen_predicted.append(np.array([r.predicted_success for r in recs]))
+        # The same candidates picked by their TRUE success: how much of the band the catalog
+        # (and the policy's choice of skills) allows at all.
+        pool_true = truth(learner, pool.skill_ids, pool.exercise_ids)
+        best = np.lexsort((pool.exercise_ids, np.abs(pool_true - TARGET)))[:RECOMMENDATIONS]
+        oracle_true.append(pool_true[best])
+        widened += len(np.unique(pool.skill_ids)) > policy.skills
+    true_p, predicted, oracle = (np.concatenate(x) for x in (chosen_true, chosen_predicted,
+                                                              oracle_true))  # fmt: skip
+
+    def in_band(x: FloatArray) -> float:
+        return float(np.mean((x >= BAND[0]) & (x <= BAND[1])))
+
     return {
-        "oracle_share_in_band": float(np.mean((oracle_true >= BAND[0]) & (oracle_true <= BAND[1]))),
-        "n": len(chosen),
-        "share_in_band": float(np.mean((true_p >= BAND[0]) & (true_p <= BAND[1]))),
+        "oracle_share_in_band": in_band(oracle),
+        "n": len(true_p),
+        "share_in_band": in_band(true_p),
         "mean_distance": float(np.mean(np.abs(true_p - TARGET))),
-        "mean_predicted": float(np.mean(p[chosen])),
+        "mean_predicted": float(np.mean(predicted)),
         "mean_true": float(np.mean(true_p)),
-        "predicted_vs_true_mae": float(np.mean(np.abs(p[chosen] - true_p))),
+        "predicted_vs_true_mae": float(np.mean(np.abs(predicted - true_p))),
+        "share_widened": widened / (len(bounds) - 1),
+        "share_on_target": on_target / len(true_p),
     }
 
 
@@ -277,7 +306,7 @@ def evaluate_variant(variant: Variant, params: SimulationParams) -> dict[str, An
             "spearman": _spearman(ev["learner"], truth, mastery),
             "ece": quality.expected_calibration_error(y, fit.p_test),
             "reliability": _reliability(y, fit.p_test),
-            "recommendations": _recommendations(fit.model, ev, mastery, world, params),
+            "recommendations": _recommendations(fit.model, ev, world, params, test),
             "ability_weights": fit.model.ability_weights.tolist(),
         }  # fmt: skip
     out["seconds"] = round(time.perf_counter() - started, 2)

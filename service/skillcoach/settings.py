@@ -274,6 +274,20 @@ class Settings(BaseSettings):
     recommendation_skills: int = Field(
         default=3, ge=1, le=50, description="weakest skills recommendations draw from"
     )
+    recommendation_max_skills: int = Field(
+        default=10,
+        ge=1,
+        le=200,
+        description="skills recommendations widen to (next weakest first) while fewer exercises"
+        " than asked for are predicted on target",
+    )
+    recommendation_tolerance: float = Field(
+        default=0.05,
+        ge=0.0,
+        le=0.5,
+        description="how near the target predicted success must be for an exercise to count"
+        " as on target",
+    )
 
     # -- writes -----------------------------------------------------------------------------
     idempotency_retention_seconds: float = Field(

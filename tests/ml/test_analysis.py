@@ -8,11 +8,14 @@ import pytest
 
 from skillcoach.data.records import ExerciseHistory, SkillEvidence
 from skillcoach.ml.analysis import (
+    Candidates,
+    RecommendationPolicy,
     ability_interval,
-    focus_skills,
+    candidates,
     mastery_interval,
     rank_weaknesses,
     recommend,
+    weakest_skills,
 )
 from skillcoach.ml.model import BestLR
 from tests.fixtures_api import exercise_id, hand_model
@@ -63,60 +66,138 @@ def test_empty_evidence_ranks_nothing() -> None:
     assert rank_weaknesses(hand_model(), SkillEvidence.empty(), min_attempts=5) == []
 
 
-def test_focus_for_new_learner_is_every_skill() -> None:
-    skills, mastery = focus_skills(hand_model(), SkillEvidence.empty(), count=2)
-    assert sorted(skills.tolist()) == [1, 2, 3]
-    assert np.all((mastery > 0) & (mastery < 1))
+NO_HISTORY = ExerciseHistory(np.zeros(0, np.int64), np.zeros(0, np.int64), [])
 
 
-def test_recommend_orders_unseen_by_distance_then_seen_by_age() -> None:
-    model = hand_model()
-    ev = evidence({1: (1, 1)})
-    skills, mastery = focus_skills(model, ev, count=1)
-    ids = np.array([exercise_id(1, k) for k in range(4)], dtype=np.int64)
-    history = ExerciseHistory(
-        exercise_ids=np.array([ids[3], ids[0]], dtype=np.int64),
-        n_attempts=np.array([1, 2], dtype=np.int64),
-        last_answered_at=[T0 + timedelta(days=2), T0 + timedelta(days=1)],
+class CatalogCalls:
+    """The hand catalog's exercises_of, recording which skills each call asked for (in
+    the order asked)."""
+
+    def __init__(self) -> None:
+        self.asked: list[list[int]] = []
+        model = hand_model()
+        self.ids, self.skills = model.exercise_ids, model.exercise_skill_ids
+
+    def __call__(self, skill_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.asked.append(skill_ids.tolist())
+        mask = np.isin(self.skills, skill_ids)
+        return self.ids[mask], self.skills[mask]
+
+
+def test_weakest_skills_for_new_learner_is_every_skill_weakest_first() -> None:
+    skills, mastery = weakest_skills(hand_model(), SkillEvidence.empty())
+    assert skills.tolist() == [1, 2, 3]  # skill weights -1.5, 0, +1.5
+    assert np.all(np.diff(mastery) > 0) and np.all((mastery > 0) & (mastery < 1))
+
+
+def test_weakest_skills_orders_practised_skills_by_mastery() -> None:
+    skills, mastery = weakest_skills(hand_model(), evidence({3: (2, 2), 1: (40, 0), 2: (0, 40)}))
+    assert np.all(np.diff(mastery) > 0)
+    # Forty misses on the medium skill outweigh the hard skill's harder exercises.
+    assert skills.tolist() == [2, 1, 3]
+
+
+def _full_pool(ev: SkillEvidence) -> Candidates:
+    return candidates(
+        hand_model(), ev, CatalogCalls(), RecommendationPolicy(skills=3, max_skills=3, limit=0)
     )
-    recs = recommend(
-        model,
-        ev,
-        skills=skills,
-        skill_mastery=mastery,
-        candidate_ids=ids,
-        candidate_skill_ids=np.full(4, 1, dtype=np.int64),
-        history=history,
-        target=0.5,
-        limit=4,
+
+
+def _success_of(pool: Candidates, exercise: int) -> float:
+    return float(pool.success[pool.exercise_ids.tolist().index(exercise)])
+
+
+def test_candidates_stop_at_the_weakest_skills_when_they_hold_enough() -> None:
+    ev = evidence({1: (1, 1), 2: (1, 1), 3: (1, 1)})
+    full = _full_pool(ev)
+    target = _success_of(full, exercise_id(1, 3))
+    pool = candidates(
+        hand_model(), ev, CatalogCalls(), RecommendationPolicy(target=target, skills=1, limit=1)
     )
-    assert [r.seen_count for r in recs] == [0, 0, 2, 1]
-    assert [r.exercise_id for r in recs][2:] == [ids[0], ids[3]]  # older sighting first
-    d = [abs(r.predicted_success - 0.5) for r in recs[:2]]
+    assert set(pool.skill_ids.tolist()) == {1}
+    assert len(pool) == 4
+
+
+def test_candidates_widen_to_the_next_weakest_skill_until_enough_are_on_target() -> None:
+    ev = evidence({1: (1, 1), 2: (1, 1), 3: (1, 1)})
+    full = _full_pool(ev)
+    target = _success_of(full, exercise_id(2, 0))
+    tolerance = 0.01
+    # The setup: no exercise of skill 1 (the weakest) is near the target, one of skill 2 is.
+    near = np.abs(full.success - target) <= tolerance
+    assert not near[full.skill_ids == 1].any() and near[full.skill_ids == 2].sum() == 1
+    policy = RecommendationPolicy(
+        target=target, tolerance=tolerance, skills=1, max_skills=3, limit=1
+    )
+    calls = CatalogCalls()
+    pool = candidates(hand_model(), ev, calls, policy)
+    assert set(pool.skill_ids.tolist()) == {1, 2}  # skill 3 was not needed
+    assert calls.asked == [[1, 2, 3]]  # weakest first, up to max_skills
+    # Each candidate keeps its own skill's mastery, as the full pool computed it.
+    for ex, m in zip(pool.exercise_ids.tolist(), pool.skill_mastery.tolist(), strict=True):
+        assert m == pytest.approx(float(full.skill_mastery[full.exercise_ids.tolist().index(ex)]))
+    recs = recommend(pool, NO_HISTORY, dataclasses.replace(policy, limit=3))
+    assert recs[0].exercise_id == exercise_id(2, 0) and recs[0].on_target
+    assert not any(r.on_target for r in recs[1:])
+    d = [abs(r.predicted_success - target) for r in recs[1:]]
     assert d == sorted(d)
-    assert recs[0].skill_mastery == pytest.approx(float(mastery[0]))
+
+
+def test_candidates_widen_no_further_than_max_skills() -> None:
+    ev = evidence({1: (1, 1), 2: (1, 1), 3: (1, 1)})
+    policy = RecommendationPolicy(target=0.999, tolerance=0.0, skills=1, max_skills=2, limit=5)
+    pool = candidates(hand_model(), ev, CatalogCalls(), policy)
+    assert set(pool.skill_ids.tolist()) == {1, 2}
+    assert recommend(pool, NO_HISTORY, policy)[0].on_target is False
+
+
+def test_candidates_for_new_learner_draw_from_every_skill() -> None:
+    policy = RecommendationPolicy(skills=1, max_skills=1, limit=1)
+    pool = candidates(hand_model(), SkillEvidence.empty(), CatalogCalls(), policy)
+    assert set(pool.skill_ids.tolist()) == {1, 2, 3}
+    assert len(pool) == 12
+
+
+def test_recommend_orders_on_target_unseen_then_seen_by_age_then_the_rest_by_distance() -> None:
+    ids = np.array([exercise_id(1, k) for k in range(6)], dtype=np.int64)
+    pool = Candidates(
+        exercise_ids=ids,
+        skill_ids=np.full(6, 1, dtype=np.int64),
+        success=np.array([0.71, 0.68, 0.72, 0.95, 0.5, 0.8]),
+        skill_mastery=np.full(6, 0.4),
+    )
+    history = ExerciseHistory(
+        exercise_ids=np.array([ids[0], ids[2], ids[5]], dtype=np.int64),
+        n_attempts=np.array([1, 2, 1], dtype=np.int64),
+        last_answered_at=[T0 + timedelta(days=2), T0 + timedelta(days=1), T0],
+    )
+    recs = recommend(pool, history, RecommendationPolicy(target=0.7, tolerance=0.05, limit=6))
+    # On target: 1 (unseen), then 2 (seen longer ago) and 0; off target: 5 (0.10 away, even
+    # though seen), 4 (0.20), 3 (0.25).
+    assert [r.exercise_id for r in recs] == [ids[i] for i in (1, 2, 0, 5, 4, 3)]
+    assert [r.on_target for r in recs] == [True, True, True, False, False, False]
+    assert [r.seen_count for r in recs] == [0, 2, 1, 1, 0, 0]
+    assert recs[1].last_seen_at == T0 + timedelta(days=1)
+    assert recs[0].skill_mastery == pytest.approx(0.4)
 
 
 def test_recommend_with_no_history_at_all() -> None:
-    model = hand_model()
-    skills, mastery = focus_skills(model, SkillEvidence.empty(), count=3)
-    ids = np.array([exercise_id(s, k) for s in (1, 2, 3) for k in range(4)], dtype=np.int64)
-    none = ExerciseHistory(np.zeros(0, np.int64), np.zeros(0, np.int64), [])
-    recs = recommend(
-        model,
-        SkillEvidence.empty(),
-        skills=skills,
-        skill_mastery=mastery,
-        candidate_ids=ids,
-        candidate_skill_ids=ids // 10,
-        history=none,
-        target=0.7,
-        limit=5,
-    )
+    policy = RecommendationPolicy(target=0.7, limit=5)
+    pool = candidates(hand_model(), SkillEvidence.empty(), CatalogCalls(), policy)
+    recs = recommend(pool, NO_HISTORY, policy)
     assert len(recs) == 5
     assert all(r.seen_count == 0 and r.last_seen_at is None for r in recs)
-    d = [abs(r.predicted_success - 0.7) for r in recs]
+    on = [r for r in recs if r.on_target]
+    assert [r.on_target for r in recs] == [True] * len(on) + [False] * (5 - len(on))
+    d = [abs(r.predicted_success - 0.7) for r in recs[len(on) :]]
     assert d == sorted(d)
+
+
+def test_recommend_from_no_candidates_is_empty() -> None:
+    policy = RecommendationPolicy()
+    pool = candidates(hand_model(), evidence({9: (1, 1)}), CatalogCalls(), policy)
+    assert len(pool) == 0
+    assert recommend(pool, NO_HISTORY, policy) == []
 
 
 def _ability_model() -> BestLR:
@@ -131,6 +212,25 @@ def _ability_model() -> BestLR:
 
 def _with_residuals(ev: SkillEvidence, residual: list[float], info: list[float]) -> SkillEvidence:
     return dataclasses.replace(ev, sum_residual=np.array(residual), sum_information=np.array(info))
+
+
+def test_candidates_predict_each_exercise_from_its_own_skills_evidence() -> None:
+    model = _ability_model()
+    counts = evidence({3: (4, 1), 1: (2, 3), 2: (0, 6)})
+    ev = _with_residuals(counts, [0.8, -1.2, -0.4], [1.1, 1.4, 0.9])
+    pool = candidates(model, ev, CatalogCalls(), RecommendationPolicy(max_skills=3, limit=0))
+    assert len(pool) == 12
+    row = {int(s): k for k, s in enumerate(ev.skill_ids)}
+    for ex, skill, p in zip(pool.exercise_ids, pool.skill_ids, pool.success, strict=True):
+        k = row[int(skill)]
+        expected = model.exercise_success(
+            [ex], [skill], [ev.n_correct[k]], [ev.n_incorrect[k]],
+            total_correct=4 + 2 + 0, total_incorrect=1 + 3 + 6,
+            skill_residual=[ev.sum_residual[k]], skill_information=[ev.sum_information[k]],
+            total_residual=float(ev.sum_residual.sum()),
+            total_information=float(ev.sum_information.sum()),
+        )  # fmt: skip
+        assert p == pytest.approx(float(expected[0]), abs=1e-12)
 
 
 def test_misses_on_easy_items_rank_weaker_than_misses_on_hard_ones() -> None:

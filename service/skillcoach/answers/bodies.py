@@ -79,14 +79,18 @@ def recommendations_body(
                     "reason": {
                         "skill_id": r.skill_id,
                         "skill_mastery": round(r.skill_mastery, 4),
-                        "why": (
-                            "weak skill; predicted success closest to target"
-                            if r.seen_count == 0
-                            else "weak skill; least recently seen exercise"
-                        ),
+                        "why": _why(r),
                     },
                 }
                 for r in recs
             ],
         }
     )
+
+
+def _why(r: Recommendation) -> str:
+    if not r.on_target:
+        return "weak skill; no exercise predicted nearer the target"
+    if r.seen_count == 0:
+        return "weak skill; predicted success closest to target"
+    return "weak skill; least recently seen exercise"

@@ -6,9 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
 from sqlalchemy import Connection
 
 from skillcoach.answers.bodies import (
@@ -23,7 +21,13 @@ from skillcoach.data.catalog_reads import Catalog
 from skillcoach.data.database import Database
 from skillcoach.data.learner_reads import fetch_exercise_history, fetch_skill_evidence
 from skillcoach.data.records import ExerciseHistory, SkillEvidence
-from skillcoach.ml.analysis import focus_skills, rank_weaknesses, recommend
+from skillcoach.ml.analysis import (
+    Candidates,
+    RecommendationPolicy,
+    candidates,
+    rank_weaknesses,
+    recommend,
+)
 from skillcoach.ml.inference import Inference
 from skillcoach.ml.live_model import ServedModel
 from skillcoach.ml.model import BestLR
@@ -36,39 +40,56 @@ __all__ = ["AnswerConfig", "LearnerAnswers"]
 class AnswerConfig:
     # Fewer attempts on a skill than this: flagged insufficient_data.
     min_attempts: int = 5
-    # Skills the recommendations draw exercises from (the weakest first).
+    # Skills the recommendations draw exercises from (the weakest first), and how far they
+    # widen while too few exercises are on target.
     recommendation_skills: int = 3
-    # Predicted success the recommended exercises aim at, when the client names none.
+    recommendation_max_skills: int = 10
+    # Predicted success the recommended exercises aim at, when the client names none, and
+    # how near it an exercise must be predicted to count as on target.
     recommendation_target: float = 0.7
+    recommendation_tolerance: float = 0.05
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AnswerConfig:
         return cls(
             min_attempts=settings.insufficient_data_attempts,
             recommendation_skills=settings.recommendation_skills,
+            recommendation_max_skills=settings.recommendation_max_skills,
             recommendation_target=settings.recommendation_target,
+            recommendation_tolerance=settings.recommendation_tolerance,
+        )
+
+    def policy(self, *, target: float, limit: int) -> RecommendationPolicy:
+        return RecommendationPolicy(
+            target=target,
+            tolerance=self.recommendation_tolerance,
+            skills=self.recommendation_skills,
+            max_skills=self.recommendation_max_skills,
+            limit=limit,
         )
 
 
-_RecommendationInputs = tuple[
-    SkillEvidence, np.ndarray[Any, Any], np.ndarray[Any, Any], ExerciseHistory, float
-]
+_RecommendationInputs = tuple[SkillEvidence, Candidates, ExerciseHistory, float]
 
 
 def _recommendation_inputs(
-    conn: Connection, *, learner_id: int, model: BestLR, catalog: Catalog, skill_count: int
+    conn: Connection,
+    *,
+    learner_id: int,
+    model: BestLR,
+    catalog: Catalog,
+    policy: RecommendationPolicy,
 ) -> _RecommendationInputs | None:
     """Both reads in one transaction (one pooled connection, one consistent snapshot), and
-    the seconds the model spent choosing the skills between them."""
+    the seconds the model spent choosing the candidates between them."""
     evidence = fetch_skill_evidence(conn, learner_id=learner_id)
     if evidence is None:
         return None
     start = time.perf_counter()
-    skills, mastery = focus_skills(model, evidence, count=skill_count)
-    focus_seconds = time.perf_counter() - start
-    candidates, _ = catalog.exercises_of(skills)
-    history = fetch_exercise_history(conn, learner_id=learner_id, exercise_ids=candidates)
-    return evidence, skills, mastery, history, focus_seconds
+    pool = candidates(model, evidence, catalog.exercises_of, policy)
+    choose_seconds = time.perf_counter() - start
+    history = fetch_exercise_history(conn, learner_id=learner_id, exercise_ids=pool.exercise_ids)
+    return evidence, pool, history, choose_seconds
 
 
 class LearnerAnswers:
@@ -156,30 +177,20 @@ class LearnerAnswers:
     async def compute_recommendations(
         self, served: ServedModel, *, learner_id: int, limit: int, target: float
     ) -> Answer | None:
+        policy = self.config.policy(target=target, limit=limit)
         loaded = await self.db.run(
             _recommendation_inputs,
             retry=True,
             learner_id=learner_id,
             model=served.model,
             catalog=served.catalog,
-            skill_count=self.config.recommendation_skills,
+            policy=policy,
         )
         if loaded is None:
             return None
-        evidence, skills, mastery, history, focus_seconds = loaded
-        ids, skill_ids = served.catalog.exercises_of(skills)
-        with self.inference.timed("recommendations", earlier=focus_seconds):
-            recs = recommend(
-                served.model,
-                evidence,
-                skills=skills,
-                skill_mastery=mastery,
-                candidate_ids=ids,
-                candidate_skill_ids=skill_ids,
-                history=history,
-                target=target,
-                limit=limit,
-            )
+        evidence, pool, history, choose_seconds = loaded
+        with self.inference.timed("recommendations", earlier=choose_seconds):
+            recs = recommend(pool, history, policy)
         names = served.catalog.skill_names
         body = recommendations_body(learner_id, served.version, target, names, recs)
         return body, evidence.data_version

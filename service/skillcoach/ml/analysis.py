@@ -6,6 +6,7 @@ catalog, then call these functions once per request with whole arrays.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,12 +19,17 @@ from skillcoach.data.records import ExerciseHistory, SkillEvidence
 from skillcoach.ml.model import BestLR, sigmoid
 
 __all__ = [
+    "Candidates",
+    "ExercisesOf",
     "Recommendation",
+    "RecommendationPolicy",
     "SkillWeakness",
     "ability_interval",
+    "candidates",
     "mastery_interval",
     "rank_weaknesses",
     "recommend",
+    "weakest_skills",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -56,6 +62,7 @@ class Recommendation:
     skill_mastery: float
     seen_count: int
     last_seen_at: datetime | None
+    on_target: bool = True
 
 
 def mastery_interval(
@@ -135,17 +142,52 @@ def rank_weaknesses(
     ]
 
 
-def focus_skills(
-    model: BestLR, evidence: SkillEvidence, *, count: int
-) -> tuple[IntArray, FloatArray]:
-    """The skills to practise and their mastery: the weakest practised ones, or for a learner
-    with no history yet, every skill the model knows (the target then picks the exercises)."""
-    total_c, total_i = evidence.totals
+@dataclass(frozen=True, slots=True)
+class RecommendationPolicy:
+    """How recommendations are chosen: exercises whose predicted success is within
+    `tolerance` of `target` (on target), drawn from the `skills` weakest skills, and from up to
+    `max_skills` of them while fewer than `limit` of the candidates are on target."""
+
+    target: float = 0.7
+    tolerance: float = 0.05
+    skills: int = 3
+    max_skills: int = 10
+    limit: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Candidates:
+    """Exercises a recommendation chooses from: their skill, predicted success and the
+    skill's mastery, in the skills' weakness order."""
+
+    exercise_ids: IntArray
+    skill_ids: IntArray
+    success: FloatArray
+    skill_mastery: FloatArray
+
+    def __len__(self) -> int:
+        return len(self.exercise_ids)
+
+
+ExercisesOf = Callable[[IntArray], tuple[IntArray, IntArray]]
+
+
+def weakest_skills(model: BestLR, evidence: SkillEvidence) -> tuple[IntArray, FloatArray]:
+    """Every practised skill, weakest first, with its mastery; for a learner with no history
+    yet, every skill the model knows (the target then picks the exercises)."""
+    skills, mastery, _ = _weakest(model, evidence)
+    return skills, mastery
+
+
+def _weakest(model: BestLR, evidence: SkillEvidence) -> tuple[IntArray, FloatArray, IntArray]:
+    """weakest_skills, and each skill's row in the evidence (empty for a new learner)."""
     if len(evidence) == 0:
         skills = model.skill_ids
         zeros = np.zeros(len(skills))
         mastery = model.skill_mastery(skills, zeros, zeros, total_correct=0, total_incorrect=0)
-        return skills, mastery
+        order = np.lexsort((skills, mastery))
+        return skills[order], mastery[order], np.zeros(0, dtype=np.int64)
+    total_c, total_i = evidence.totals
     mastery = model.skill_mastery(
         evidence.skill_ids,
         evidence.n_correct,
@@ -154,59 +196,88 @@ def focus_skills(
         total_incorrect=total_i,
         **_residual_kwargs(evidence),
     )
-    order = np.lexsort((evidence.skill_ids, mastery))[:count]
-    return evidence.skill_ids[order], mastery[order]
+    order = np.lexsort((evidence.skill_ids, mastery))
+    return evidence.skill_ids[order], mastery[order], order
+
+
+def candidates(
+    model: BestLR, evidence: SkillEvidence, exercises_of: ExercisesOf, policy: RecommendationPolicy
+) -> Candidates:
+    """The exercises of the weakest `policy.skills` skills, widened skill by skill (weakest
+    next, at most `policy.max_skills`) until `policy.limit` of them are predicted on target:
+    a weak skill whose exercises are all far too hard or too easy for this learner does not
+    fill the list with exercises nobody should be given. A learner with no history draws
+    from every skill."""
+    skills, mastery, ev_order = _weakest(model, evidence)
+    new_learner = len(evidence) == 0
+    if not new_learner:
+        skills = skills[: max(policy.skills, policy.max_skills)]
+        mastery = mastery[: len(skills)]
+    ids, skill_ids = exercises_of(skills)
+    if len(ids) == 0:
+        return Candidates(ids, skill_ids, np.zeros(0), np.zeros(0))
+    rank = _positions(skills, skill_ids)  # the candidate's skill's place, weakest first
+    # One call over every skill it may widen to: the call's fixed cost dominates, so this is
+    # cheaper than predicting the weakest skills first and the rest only when they fall short.
+    if new_learner:
+        success = model.exercise_success(
+            ids, skill_ids, 0.0, 0.0, total_correct=0, total_incorrect=0
+        )
+        return Candidates(ids, skill_ids, success, mastery[rank])
+    rows = ev_order[rank]  # every candidate's skill is a practised one: its evidence row
+    total_c, total_i = evidence.totals
+    r, i = evidence.sum_residual, evidence.sum_information
+    total_r, total_i_info = evidence.residual_totals
+    success = model.exercise_success(
+        ids,
+        skill_ids,
+        evidence.n_correct[rows],
+        evidence.n_incorrect[rows],
+        total_correct=total_c,
+        total_incorrect=total_i,
+        skill_residual=None if r is None else r[rows],
+        skill_information=None if i is None else i[rows],
+        total_residual=total_r,
+        total_information=total_i_info,
+    )
+    on_target = np.abs(success - policy.target) <= policy.tolerance
+    enough = np.cumsum(np.bincount(rank[on_target], minlength=len(skills))) >= policy.limit
+    enough[: policy.skills - 1] = False
+    take = int(np.argmax(enough)) + 1 if enough.any() else len(skills)
+    keep = rank < take
+    return Candidates(ids[keep], skill_ids[keep], success[keep], mastery[rank[keep]])
 
 
 def recommend(
-    model: BestLR,
-    evidence: SkillEvidence,
-    *,
-    skills: IntArray,
-    skill_mastery: FloatArray,
-    candidate_ids: IntArray,
-    candidate_skill_ids: IntArray,
-    history: ExerciseHistory,
-    target: float,
-    limit: int,
+    pool: Candidates, history: ExerciseHistory, policy: RecommendationPolicy
 ) -> list[Recommendation]:
-    """Unseen exercises first, then the least recently seen; within each, predicted success
-    closest to `target` (hard enough to teach, easy enough to keep going)."""
-    if len(candidate_ids) == 0:
+    """On-target exercises first: unseen ones, then the least recently seen, each closest to
+    the target (hard enough to teach, easy enough to keep going). Then, if the list is not
+    full, the rest by distance to the target."""
+    if len(pool) == 0:
         return []
-    skill_pos = {int(s): i for i, s in enumerate(skills)}
-    ev_rows = _positions(evidence.skill_ids, candidate_skill_ids)
-    n_c = np.append(evidence.n_correct, 0)[ev_rows]  # -1 (never practised) reads the sentinel
-    n_i = np.append(evidence.n_incorrect, 0)[ev_rows]
-    total_c, total_i = evidence.totals
-    p = model.exercise_success(
-        candidate_ids,
-        candidate_skill_ids,
-        n_c,
-        n_i,
-        total_correct=total_c,
-        total_incorrect=total_i,
-        **_residual_kwargs(evidence, ev_rows),
-    )
-    seen_idx = _positions(history.exercise_ids, candidate_ids)
+    seen_idx = _positions(history.exercise_ids, pool.exercise_ids)
     # A sentinel 0 after the real counts, so unseen exercises (-1) index it without a guard.
-    counts = np.append(history.n_attempts, 0)
-    seen_count = counts[seen_idx]
-    # Rank of last-seen time among seen exercises (older = lower); unseen rank below all.
-    seen_stamps = [ts.timestamp() for ts in history.last_answered_at]
-    stamps = np.array([*seen_stamps, -np.inf])[seen_idx]
-    distance = np.abs(p - target)
-    order = np.lexsort((candidate_ids, distance, stamps))
+    seen_count = np.append(history.n_attempts, 0)[seen_idx]
+    distance = np.abs(pool.success - policy.target)
+    off = distance > policy.tolerance
+    # Last-seen time (older = lower; unseen below all) orders only the on-target exercises:
+    # converting just those keeps a per-row Python call off the rest of the history.
+    stamps = np.full(len(pool), -np.inf)
+    dated = np.flatnonzero(~off & (seen_idx >= 0))
+    stamps[dated] = [history.last_answered_at[j].timestamp() for j in seen_idx[dated]]
+    order = np.lexsort((pool.exercise_ids, distance, np.where(off, distance, stamps), off))
     return [
         Recommendation(
-            exercise_id=int(candidate_ids[i]),
-            skill_id=int(candidate_skill_ids[i]),
-            predicted_success=float(p[i]),
-            skill_mastery=float(skill_mastery[skill_pos[int(candidate_skill_ids[i])]]),
+            exercise_id=int(pool.exercise_ids[i]),
+            skill_id=int(pool.skill_ids[i]),
+            predicted_success=float(pool.success[i]),
+            skill_mastery=float(pool.skill_mastery[i]),
             seen_count=int(seen_count[i]),
             last_seen_at=history.last_answered_at[seen_idx[i]] if seen_idx[i] >= 0 else None,
+            on_target=not bool(off[i]),
         )
-        for i in order[:limit]
+        for i in order[: policy.limit]
     ]
 
 
