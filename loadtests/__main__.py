@@ -1,4 +1,5 @@
-"""`python -m loadtests {suite,locust,model,concurrency,cache,scale,check,reads}`: benchmarks."""
+"""`python -m loadtests {suite,locust,model,inference,concurrency,cache,scale,check,reads,
+evaluate}`: benchmarks."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 from loadtests.bench_cache import main as cache_main
 from loadtests.bench_check import main as check_main
 from loadtests.bench_concurrency import main as concurrency_main
+from loadtests.bench_inference import main as inference_main
 from loadtests.bench_locust import main as locust_main
 from loadtests.bench_model import main as model_main
 from loadtests.bench_reads import main as reads_main
@@ -16,6 +18,7 @@ from loadtests.evaluate import main as evaluate_main
 
 COMMANDS = {
     "model": model_main,
+    "inference": inference_main,
     "concurrency": concurrency_main,
     "cache": cache_main,
     "scale": scale_main,

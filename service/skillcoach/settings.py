@@ -288,6 +288,13 @@ class Settings(BaseSettings):
         description="how near the target predicted success must be for an exercise to count"
         " as on target",
     )
+    recommendation_min_exercise_attempts: int = Field(
+        default=20,
+        ge=0,
+        le=1_000_000,
+        description="training answers an exercise needs before its predicted success counts as"
+        " on target (fewer: offered only to fill the list)",
+    )
 
     # -- writes -----------------------------------------------------------------------------
     idempotency_retention_seconds: float = Field(

@@ -159,26 +159,66 @@ def test_candidates_for_new_learner_draw_from_every_skill() -> None:
 
 
 def test_recommend_orders_on_target_unseen_then_seen_by_age_then_the_rest_by_distance() -> None:
-    ids = np.array([exercise_id(1, k) for k in range(6)], dtype=np.int64)
+    ids = np.array([exercise_id(1, k) for k in range(7)], dtype=np.int64)
     pool = Candidates(
         exercise_ids=ids,
-        skill_ids=np.full(6, 1, dtype=np.int64),
-        success=np.array([0.71, 0.68, 0.72, 0.95, 0.5, 0.8]),
-        skill_mastery=np.full(6, 0.4),
+        skill_ids=np.full(7, 1, dtype=np.int64),
+        success=np.array([0.71, 0.68, 0.72, 0.95, 0.5, 0.8, 0.7]),
+        skill_mastery=np.full(7, 0.4),
+        trusted=np.array([True] * 6 + [False]),
     )
     history = ExerciseHistory(
         exercise_ids=np.array([ids[0], ids[2], ids[5]], dtype=np.int64),
         n_attempts=np.array([1, 2, 1], dtype=np.int64),
         last_answered_at=[T0 + timedelta(days=2), T0 + timedelta(days=1), T0],
     )
-    recs = recommend(pool, history, RecommendationPolicy(target=0.7, tolerance=0.05, limit=6))
-    # On target: 1 (unseen), then 2 (seen longer ago) and 0; off target: 5 (0.10 away, even
-    # though seen), 4 (0.20), 3 (0.25).
-    assert [r.exercise_id for r in recs] == [ids[i] for i in (1, 2, 0, 5, 4, 3)]
-    assert [r.on_target for r in recs] == [True, True, True, False, False, False]
-    assert [r.seen_count for r in recs] == [0, 2, 1, 1, 0, 0]
+    recs = recommend(pool, history, RecommendationPolicy(target=0.7, tolerance=0.05, limit=7))
+    # On target: 1 (unseen), then 2 (seen longer ago) and 0; off target: 6 (exactly at the
+    # target, but its prediction is not trusted), 5 (0.10 away, even though seen), 4 (0.20),
+    # 3 (0.25).
+    assert [r.exercise_id for r in recs] == [ids[i] for i in (1, 2, 0, 6, 5, 4, 3)]
+    assert [r.on_target for r in recs] == [True, True, True, False, False, False, False]
+    assert [r.trusted for r in recs] == [True, True, True, False, True, True, True]
+    assert [r.seen_count for r in recs] == [0, 2, 1, 0, 1, 0, 0]
     assert recs[1].last_seen_at == T0 + timedelta(days=1)
     assert recs[0].skill_mastery == pytest.approx(0.4)
+
+
+def _with_attempts(model: BestLR, attempts: dict[int, int], default: int = 100) -> BestLR:
+    return BestLR.from_artifact(
+        BestLR.from_coefficients(
+            intercept=model.intercept, skill_ids=model.skill_ids,
+            skill_weights=model.skill_weights, exercise_ids=model.exercise_ids,
+            exercise_skill_ids=model.exercise_skill_ids, exercise_weights=model.exercise_weights,
+            count_weights=model.count_weights,
+            exercise_attempts=[attempts.get(int(e), default) for e in model.exercise_ids],
+        ).to_artifact()
+    )  # fmt: skip
+
+
+def test_an_exercise_with_few_training_answers_is_never_on_target() -> None:
+    ev = evidence({1: (1, 1), 2: (1, 1), 3: (1, 1)})
+    full = _full_pool(ev)
+    target = _success_of(full, exercise_id(1, 2))
+    policy = RecommendationPolicy(
+        target=target, tolerance=0.01, skills=1, max_skills=3, limit=1, min_exercise_attempts=20
+    )
+    # Trusted, the weakest skill holds the one on-target exercise; with 19 training answers
+    # to it, it is not, so the candidates widen.
+    trusted = candidates(_with_attempts(hand_model(), {}), ev, CatalogCalls(), policy)
+    assert set(trusted.skill_ids.tolist()) == {1} and trusted.trusted.all()
+    thin = _with_attempts(hand_model(), {exercise_id(1, 2): 19})
+    pool = candidates(thin, ev, CatalogCalls(), policy)
+    assert len(set(pool.skill_ids.tolist())) > 1
+    assert pool.trusted.tolist().count(False) == 1
+    recs = recommend(pool, NO_HISTORY, dataclasses.replace(policy, limit=len(pool)))
+    flagged = [r for r in recs if r.exercise_id == exercise_id(1, 2)]
+    assert len(flagged) == 1 and not flagged[0].trusted and not flagged[0].on_target
+    # min_exercise_attempts 0 trusts every exercise the model knows.
+    loose = candidates(
+        thin, ev, CatalogCalls(), dataclasses.replace(policy, min_exercise_attempts=0)
+    )
+    assert loose.trusted.all()
 
 
 def test_recommend_with_no_history_at_all() -> None:

@@ -134,3 +134,30 @@ def test_ability_is_difficulty_aware_and_round_trips() -> None:
     counts_only = loaded.skill_mastery([1, 1], [0, 0], [3, 3], total_correct=0, total_incorrect=3)
     logit = np.log(counts_only / (1 - counts_only)) + 1.0 * skill + 0.5 * total
     assert mastery == pytest.approx(sigmoid(logit))
+
+
+def _with_attempts(attempts: Any) -> bytes:
+    base = hand_model()
+    doc = orjson.loads(base.to_artifact())
+    doc["exercise_attempts"] = attempts
+    return orjson.dumps(doc)
+
+
+def test_exercise_attempts_round_trip_and_are_optional() -> None:
+    model = hand_model()
+    assert model.exercise_attempts is None and model.exercise_attempts_of([11]) is None
+    assert b"exercise_attempts" not in model.to_artifact()  # an older /2 artifact's shape
+    n = list(range(len(model.exercise_ids)))
+    loaded = BestLR.from_artifact(_with_attempts(n))
+    again = BestLR.from_artifact(loaded.to_artifact())
+    assert again.exercise_attempts is not None and again.exercise_attempts.tolist() == n
+    row = {int(e): k for k, e in enumerate(model.exercise_ids)}
+    got = again.exercise_attempts_of([exercise_id(2, 1), 999, exercise_id(1, 0)])
+    assert got is not None
+    assert got.tolist() == [row[exercise_id(2, 1)], 0, row[exercise_id(1, 0)]]  # unknown: 0
+
+
+@pytest.mark.parametrize("attempts", [[1, 2], "many", [-1] * 12, [0.5] * 12, [[1]] * 12])
+def test_malformed_exercise_attempts_fail_with_artifact_error(attempts: Any) -> None:
+    with pytest.raises(ArtifactError, match="exercise_attempts"):
+        BestLR.from_artifact(_with_attempts(attempts))

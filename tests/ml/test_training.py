@@ -73,6 +73,16 @@ def test_stored_model_loads_and_matches_the_schema(seeded: Engine) -> None:
     assert len(model.skill_ids) == n_skills == PARAMS.skills
     assert len(model.exercise_ids) == PARAMS.n_exercises
     assert row.metrics["auc"] == report.metrics["auc"]
+    # The training answers behind every exercise's weight: they sum to the training set, and
+    # each is at most the exercise's attempts in the database.
+    assert model.exercise_attempts is not None
+    assert int(model.exercise_attempts.sum()) == report.metrics["n_train"]
+    with seeded.connect() as conn:
+        per_exercise = dict(
+            conn.execute(text("SELECT exercise_id, count(*) FROM attempts GROUP BY 1")).all()
+        )
+    for e, n in zip(model.exercise_ids.tolist(), model.exercise_attempts.tolist(), strict=True):
+        assert n <= per_exercise.get(e, 0)
     assert row.promoted is False
     assert row.trained_at.tzinfo is not None
     schema = row.feature_schema

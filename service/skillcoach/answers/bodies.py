@@ -89,6 +89,8 @@ def recommendations_body(
 
 
 def _why(r: Recommendation) -> str:
+    if not r.trusted:
+        return "weak skill; too few answers to this exercise yet to predict it closely"
     if not r.on_target:
         return "weak skill; no exercise predicted nearer the target"
     if r.seen_count == 0:

@@ -48,6 +48,8 @@ class AnswerConfig:
     # how near it an exercise must be predicted to count as on target.
     recommendation_target: float = 0.7
     recommendation_tolerance: float = 0.05
+    # Training answers an exercise needs before its predicted success counts as on target.
+    recommendation_min_exercise_attempts: int = 20
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AnswerConfig:
@@ -57,6 +59,7 @@ class AnswerConfig:
             recommendation_max_skills=settings.recommendation_max_skills,
             recommendation_target=settings.recommendation_target,
             recommendation_tolerance=settings.recommendation_tolerance,
+            recommendation_min_exercise_attempts=settings.recommendation_min_exercise_attempts,
         )
 
     def policy(self, *, target: float, limit: int) -> RecommendationPolicy:
@@ -66,6 +69,7 @@ class AnswerConfig:
             skills=self.recommendation_skills,
             max_skills=self.recommendation_max_skills,
             limit=limit,
+            min_exercise_attempts=self.recommendation_min_exercise_attempts,
         )
 
 

@@ -34,6 +34,7 @@ __all__ = [
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
+BoolArray = npt.NDArray[np.bool_]
 
 # Pseudo-observations behind the model's estimate when forming an interval: the model pools
 # what the whole population says about a skill, worth a few attempts of this learner's own.
@@ -63,6 +64,8 @@ class Recommendation:
     seen_count: int
     last_seen_at: datetime | None
     on_target: bool = True
+    # False: too few training answers to this exercise to trust its predicted success.
+    trusted: bool = True
 
 
 def mastery_interval(
@@ -146,24 +149,29 @@ def rank_weaknesses(
 class RecommendationPolicy:
     """How recommendations are chosen: exercises whose predicted success is within
     `tolerance` of `target` (on target), drawn from the `skills` weakest skills, and from up to
-    `max_skills` of them while fewer than `limit` of the candidates are on target."""
+    `max_skills` of them while fewer than `limit` of the candidates are on target. An exercise
+    the model was trained on fewer than `min_exercise_attempts` answers to is never on target:
+    its weight is mostly the shrinkage towards its skill's, and its prediction is a guess."""
 
     target: float = 0.7
     tolerance: float = 0.05
     skills: int = 3
     max_skills: int = 10
     limit: int = 5
+    min_exercise_attempts: int = 20
 
 
 @dataclass(frozen=True, slots=True)
 class Candidates:
-    """Exercises a recommendation chooses from: their skill, predicted success and the
-    skill's mastery, in the skills' weakness order."""
+    """Exercises a recommendation chooses from: their skill, predicted success, whether that
+    prediction rests on enough training answers, and the skill's mastery, in the skills'
+    weakness order."""
 
     exercise_ids: IntArray
     skill_ids: IntArray
     success: FloatArray
     skill_mastery: FloatArray
+    trusted: BoolArray
 
     def __len__(self) -> int:
         return len(self.exercise_ids)
@@ -215,15 +223,22 @@ def candidates(
         mastery = mastery[: len(skills)]
     ids, skill_ids = exercises_of(skills)
     if len(ids) == 0:
-        return Candidates(ids, skill_ids, np.zeros(0), np.zeros(0))
+        return Candidates(ids, skill_ids, np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.bool_))
     rank = _positions(skills, skill_ids)  # the candidate's skill's place, weakest first
+    e_rows = model.exercise_rows(ids)
+    attempts = model.exercise_attempts_of(ids, rows=e_rows)
+    trusted = (
+        np.ones(len(ids), dtype=np.bool_)
+        if attempts is None
+        else attempts >= policy.min_exercise_attempts
+    )
     # One call over every skill it may widen to: the call's fixed cost dominates, so this is
     # cheaper than predicting the weakest skills first and the rest only when they fall short.
     if new_learner:
         success = model.exercise_success(
-            ids, skill_ids, 0.0, 0.0, total_correct=0, total_incorrect=0
+            ids, skill_ids, 0.0, 0.0, total_correct=0, total_incorrect=0, rows=e_rows
         )
-        return Candidates(ids, skill_ids, success, mastery[rank])
+        return Candidates(ids, skill_ids, success, mastery[rank], trusted)
     rows = ev_order[rank]  # every candidate's skill is a practised one: its evidence row
     total_c, total_i = evidence.totals
     r, i = evidence.sum_residual, evidence.sum_information
@@ -239,13 +254,14 @@ def candidates(
         skill_information=None if i is None else i[rows],
         total_residual=total_r,
         total_information=total_i_info,
+        rows=e_rows,
     )
-    on_target = np.abs(success - policy.target) <= policy.tolerance
+    on_target = (np.abs(success - policy.target) <= policy.tolerance) & trusted
     enough = np.cumsum(np.bincount(rank[on_target], minlength=len(skills))) >= policy.limit
     enough[: policy.skills - 1] = False
     take = int(np.argmax(enough)) + 1 if enough.any() else len(skills)
     keep = rank < take
-    return Candidates(ids[keep], skill_ids[keep], success[keep], mastery[rank[keep]])
+    return Candidates(ids[keep], skill_ids[keep], success[keep], mastery[rank[keep]], trusted[keep])
 
 
 def recommend(
@@ -260,25 +276,29 @@ def recommend(
     # A sentinel 0 after the real counts, so unseen exercises (-1) index it without a guard.
     seen_count = np.append(history.n_attempts, 0)[seen_idx]
     distance = np.abs(pool.success - policy.target)
-    off = distance > policy.tolerance
+    off = (distance > policy.tolerance) | ~pool.trusted
     # Last-seen time (older = lower; unseen below all) orders only the on-target exercises:
     # converting just those keeps a per-row Python call off the rest of the history.
     stamps = np.full(len(pool), -np.inf)
     dated = np.flatnonzero(~off & (seen_idx >= 0))
     stamps[dated] = [history.last_answered_at[j].timestamp() for j in seen_idx[dated]]
-    order = np.lexsort((pool.exercise_ids, distance, np.where(off, distance, stamps), off))
+    top = np.lexsort((pool.exercise_ids, distance, np.where(off, distance, stamps), off))
+    top = top[: policy.limit]
+    seen_at = history.last_answered_at
+    # Whole columns to Python values at once: per-element numpy scalars cost more than the
+    # rest of this function.
     return [
         Recommendation(
-            exercise_id=int(pool.exercise_ids[i]),
-            skill_id=int(pool.skill_ids[i]),
-            predicted_success=float(pool.success[i]),
-            skill_mastery=float(pool.skill_mastery[i]),
-            seen_count=int(seen_count[i]),
-            last_seen_at=history.last_answered_at[seen_idx[i]] if seen_idx[i] >= 0 else None,
-            on_target=not bool(off[i]),
+            exercise_id=e, skill_id=s, predicted_success=p, skill_mastery=m, seen_count=n,
+            last_seen_at=seen_at[j] if j >= 0 else None, on_target=not o, trusted=t,
         )
-        for i in order[: policy.limit]
-    ]
+        for e, s, p, m, n, j, o, t in zip(
+            pool.exercise_ids[top].tolist(), pool.skill_ids[top].tolist(),
+            pool.success[top].tolist(), pool.skill_mastery[top].tolist(),
+            seen_count[top].tolist(), seen_idx[top].tolist(), off[top].tolist(),
+            pool.trusted[top].tolist(), strict=True,
+        )
+    ]  # fmt: skip
 
 
 def _positions(keys: IntArray, ids: IntArray) -> IntArray:

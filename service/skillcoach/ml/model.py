@@ -8,9 +8,12 @@ A model artifact is UTF-8 JSON (no pickle: loading a registry row never executes
      "count_features": ["skill_correct", "skill_incorrect", "total_correct", "total_incorrect"],
      "count_weights": [float x 4],
      "ability_features": ["skill_ability", "total_ability"], "ability_weights": [float x 2],
-     "ability_prior": float}
+     "ability_prior": float, "exercise_attempts": [int]}
 
 Format /1 (no ability keys) still loads, with zero ability weights: it scores as it always did.
+"exercise_attempts" (the training attempts behind each exercise's weight, optional in /2:
+artifacts stored before it load without it) tells recommendations which exercises' predicted
+success rests on enough answers to be trusted.
 
 The logit of a success on exercise e of skill s for a learner with prior counts c is
     intercept + skill_weights[s] + exercise_weights[e] + count_weights . log1p(c)
@@ -89,6 +92,17 @@ def ability_features(
     return skill, np.broadcast_to(total, skill.shape).astype(np.float64)
 
 
+def _attempt_counts(counts: npt.ArrayLike, exercise_ids: IntArray) -> IntArray:
+    try:
+        raw = np.asarray(counts)
+    except (TypeError, ValueError):
+        raise ArtifactError("exercise_attempts is not a list of counts") from None
+    integral = raw.dtype.kind in "iu" or raw.size == 0
+    if raw.shape != exercise_ids.shape or not integral or (raw < 0).any():
+        raise ArtifactError("exercise_attempts must be one non-negative count per exercise")
+    return raw.astype(np.int64)
+
+
 def _index(ids: IntArray) -> tuple[IntArray, IntArray]:
     """Sorted ids and the positions that sort them, for vectorized id -> row lookups."""
     order = np.argsort(ids, kind="stable").astype(np.int64)
@@ -106,6 +120,8 @@ class BestLR:
     count_weights: FloatArray
     ability_weights: FloatArray
     ability_prior: float
+    # Training attempts per exercise (aligned with exercise_ids); None: the artifact predates it.
+    exercise_attempts: IntArray | None
     skill_mean_exercise_weight: FloatArray
     # (prior, skill weight, total weight) as Python floats, None when both weights are 0.
     _ability_terms: tuple[float, float, float] | None
@@ -127,6 +143,7 @@ class BestLR:
         count_weights: npt.ArrayLike,
         ability_weights: npt.ArrayLike = (0.0, 0.0),
         ability_prior: float = ABILITY_PRIOR,
+        exercise_attempts: npt.ArrayLike | None = None,
     ) -> BestLR:
         s_ids = np.asarray(skill_ids, dtype=np.int64)
         s_w = np.asarray(skill_weights, dtype=np.float64)
@@ -145,6 +162,7 @@ class BestLR:
             raise ArtifactError("exercise arrays differ in length")
         if c_w.shape != (len(COUNT_FEATURES),):
             raise ArtifactError(f"count_weights must have {len(COUNT_FEATURES)} entries")
+        e_n = None if exercise_attempts is None else _attempt_counts(exercise_attempts, e_ids)
         if len(np.unique(s_ids)) != len(s_ids) or len(np.unique(e_ids)) != len(e_ids):
             raise ArtifactError("duplicate skill or exercise ids")
         if not (np.isfinite(s_w).all() and np.isfinite(e_w).all() and np.isfinite(c_w).all()):
@@ -168,6 +186,7 @@ class BestLR:
             count_weights=c_w,
             ability_weights=a_w,
             ability_prior=float(ability_prior),
+            exercise_attempts=e_n,
             skill_mean_exercise_weight=means,
             _ability_terms=(
                 (float(ability_prior), float(a_w[0]), float(a_w[1])) if np.any(a_w != 0) else None
@@ -180,6 +199,11 @@ class BestLR:
 
     # -- serialization ---------------------------------------------------------------------
     def to_artifact(self) -> bytes:
+        extra = (
+            {}
+            if self.exercise_attempts is None
+            else {"exercise_attempts": self.exercise_attempts.tolist()}
+        )
         return orjson.dumps(
             {
                 "format": ARTIFACT_FORMAT,
@@ -194,6 +218,7 @@ class BestLR:
                 "ability_features": list(ABILITY_FEATURES),
                 "ability_weights": self.ability_weights.tolist(),
                 "ability_prior": self.ability_prior,
+                **extra,
             }
         )
 
@@ -220,6 +245,7 @@ class BestLR:
                        "ability_prior": doc.get("ability_prior")}  # fmt: skip
             if ability["ability_weights"] is None or ability["ability_prior"] is None:
                 raise ArtifactError("artifact lacks its ability weights or prior")
+            ability["exercise_attempts"] = doc.get("exercise_attempts")
         try:
             return cls.from_coefficients(
                 intercept=doc["intercept"],
@@ -254,6 +280,18 @@ class BestLR:
     def exercise_rows(self, exercise_ids: npt.ArrayLike) -> IntArray:
         ids = np.asarray(exercise_ids, dtype=np.int64)
         return self._rows(ids, self._exercise_sorted, self._exercise_order)
+
+    def exercise_attempts_of(
+        self, exercise_ids: npt.ArrayLike, *, rows: IntArray | None = None
+    ) -> IntArray | None:
+        """Training attempts behind each exercise's weight (0 for an exercise the model does
+        not know), or None when the artifact does not say; `rows`: exercise_rows(ids), when
+        the caller has them already."""
+        if self.exercise_attempts is None:
+            return None
+        rows = self.exercise_rows(exercise_ids) if rows is None else rows
+        out: IntArray = np.where(rows >= 0, self.exercise_attempts[np.maximum(rows, 0)], 0)
+        return out
 
     # -- inference ---------------------------------------------------------------------------
     @property
@@ -358,9 +396,11 @@ class BestLR:
         skill_information: npt.ArrayLike | None = None,
         total_residual: npt.ArrayLike = 0.0,
         total_information: npt.ArrayLike = 0.0,
+        rows: IntArray | None = None,
     ) -> FloatArray:
-        """P(success) on each given exercise; evidence is the learner's on that exercise's skill."""
-        e_rows = self.exercise_rows(exercise_ids)
+        """P(success) on each given exercise; evidence is the learner's on that exercise's skill.
+        `rows`: exercise_rows(exercise_ids), when the caller has them already."""
+        e_rows = self.exercise_rows(exercise_ids) if rows is None else rows
         e_term = np.where(e_rows >= 0, self.exercise_weights[np.maximum(e_rows, 0)], 0.0)
         return sigmoid(
             self.logit(

@@ -453,6 +453,9 @@ def fit_best_lr(
         exercise_weights=coef[n_skills : n_skills + n_exercises],
         count_weights=coef[n_skills + n_exercises : n_skills + n_exercises + n_counts],
         ability_weights=coef[n_skills + n_exercises + n_counts :],
+        exercise_attempts=np.bincount(
+            np.searchsorted(exercise_ids, log.exercise_ids[~is_test]), minlength=n_exercises
+        ),
     )
     test = log.subset(is_test)
     p_model = quality.bestlr_success(
