@@ -117,6 +117,14 @@ def test_a_miss_is_timed_from_its_lookup_and_its_inference_is_measured(
         assert value(after, name, kind=kind) - value(before, name, kind=kind) == 1, kind
         inference = value(after, "skillcoach_model_inference_duration_seconds_sum", kind=kind)
         assert 0 < inference < 1, (kind, inference)
+    # The computed recommendations' exercises, counted by how they fit the target (the hand
+    # model carries no training counts: every exercise is trusted).
+    fits = {
+        fit: value(after, "skillcoach_recommended_exercises_total", fit=fit)
+        - value(before, "skillcoach_recommended_exercises_total", fit=fit)
+        for fit in ("on_target", "off_target", "untrusted")
+    }
+    assert fits["on_target"] + fits["off_target"] == 2 and fits["untrusted"] == 0, fits
     for route in (WEAK, RECS):
         count = "skillcoach_http_requests_total"
         assert value(after, count, method="GET", route=route, status="200") > value(

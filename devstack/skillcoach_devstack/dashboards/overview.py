@@ -226,4 +226,21 @@ def build() -> Dashboard:
         unit="ops",
         width=6,
     )
+    board.timeseries(
+        "Recommendations on target",
+        "Share of recommended exercises predicted within the tolerance of their target, and of"
+        " those whose exercise had too few training answers to trust. A falling on-target share:"
+        " the weak skills' exercises are too hard or too easy for these learners (add"
+        " exercises), or the model is stale (retrain).",
+        [
+            Query(
+                f"sum by (fit) (rate(skillcoach_recommended_exercises_total{{{NS}}}[{RATE}]))"
+                " / ignoring (fit) group_left"
+                f" sum(rate(skillcoach_recommended_exercises_total{{{NS}}}[{RATE}]))",
+                legend="{{fit}}",
+            )
+        ],
+        unit="percentunit",
+        maximum=1,
+    )
     return board.builder

@@ -195,6 +195,7 @@ class LearnerAnswers:
         evidence, pool, history, choose_seconds = loaded
         with self.inference.timed("recommendations", earlier=choose_seconds):
             recs = recommend(pool, history, policy)
+        self.inference.recommended(recs)
         names = served.catalog.skill_names
         body = recommendations_body(learner_id, served.version, target, names, recs)
         return body, evidence.data_version

@@ -1,19 +1,24 @@
 """Timing of model inference: skillcoach_model_inference_duration_seconds{kind} and a span
-"model.inference <kind>" per answer computed (when tracing records the request)."""
+"model.inference <kind>" per answer computed (when tracing records the request); and how the
+recommended exercises fit their target, skillcoach_recommended_exercises_total{fit}."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from skillcoach.ml.analysis import Recommendation
 from skillcoach.telemetry.tracing import NO_SPANS, Spans
 
-__all__ = ["INFERENCE_BUCKETS", "KINDS", "Inference"]
+__all__ = ["FITS", "INFERENCE_BUCKETS", "KINDS", "Inference"]
 
 KINDS = ("weaknesses", "recommendations")
+# on_target: predicted near the target; off_target: the nearest the learner's weak skills
+# offered; untrusted: an exercise with too few training answers to predict it closely.
+FITS = ("on_target", "off_target", "untrusted")
 # One vectorised call per answer: tens of microseconds for a small learner, milliseconds for
 # a large catalog.
 INFERENCE_BUCKETS = (
@@ -41,6 +46,14 @@ class Inference:
             registry=registry,
         )
         self._by_kind = {kind: self.duration.labels(kind) for kind in KINDS}
+        self.recommended_exercises = Counter(
+            "skillcoach_recommended_exercises",
+            "Exercises in computed recommendation answers, by how their predicted success fits"
+            " the target",
+            ["fit"],
+            registry=registry,
+        )
+        self._by_fit = {fit: self.recommended_exercises.labels(fit) for fit in FITS}
         self._spans = spans
 
     @contextmanager
@@ -53,3 +66,19 @@ class Inference:
                 yield
             finally:
                 self._by_kind[kind].observe(time.perf_counter() - start + earlier)
+
+    def recommended(self, recs: Iterable[Recommendation]) -> None:
+        """Count a computed answer's exercises by fit: a falling on-target share means the
+        weak skills' exercises are too hard or too easy for the learners, or the model is
+        stale (a cached answer is counted once, when it is computed)."""
+        on = off = untrusted = 0
+        for r in recs:
+            if not r.trusted:
+                untrusted += 1
+            elif r.on_target:
+                on += 1
+            else:
+                off += 1
+        for fit, n in zip(FITS, (on, off, untrusted), strict=True):
+            if n:
+                self._by_fit[fit].inc(n)
