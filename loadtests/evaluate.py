@@ -24,8 +24,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,13 @@ from loadtests.recording import record
 from loadtests.variants import VARIANTS, Variant, variant_params
 from skillcoach.data.records import ExerciseHistory, SkillEvidence
 from skillcoach.ml import quality
-from skillcoach.ml.analysis import RecommendationPolicy, candidates, recommend
+from skillcoach.ml.analysis import (
+    Candidates,
+    Recommendation,
+    RecommendationPolicy,
+    candidates,
+    recommend,
+)
 from skillcoach.ml.features import AttemptLog, expected_success
 from skillcoach.ml.model import BestLR
 from skillcoach.ml.simulator import (
@@ -71,6 +78,8 @@ TARGET = 0.7  # the service's default recommendation target
 BAND = (0.6, 0.8)
 RECOMMENDATIONS = 5
 TEST_FRACTION = 0.2
+# Attempt times are microseconds since this instant (AttemptLog.answered_at).
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,42 +153,29 @@ def _spearman(groups: IntArray, truth: FloatArray, estimate: FloatArray) -> floa
     return float(np.mean(values)) if values else None
 
 
-def _recommendations(
-    model: BestLR, ev: dict[str, Any], world: World, params: SimulationParams, test: AttemptLog
-) -> dict[str, Any]:
-    """The service's own choice per held-out learner (analysis.candidates and recommend under
-    the default policy, with the learner's real seen-exercise history), scored by the truth."""
-    cat = world.catalog
-    policy = RecommendationPolicy(target=TARGET, limit=RECOMMENDATIONS)
+def service_recommendations(
+    model: BestLR,
+    ev: dict[str, Any],
+    catalog: Catalog,
+    test: AttemptLog,
+    policy: RecommendationPolicy,
+) -> Iterator[tuple[int, Candidates, list[Recommendation]]]:
+    """What the service answers each held-out learner (analysis.candidates and recommend), with
+    the evidence of `final_evidence` and the seen-exercise history the learner_exercise_stats
+    rows would hold after `test`: (learner, candidates, recommendations), learner by learner."""
 
     def exercises_of(skills: IntArray) -> tuple[IntArray, IntArray]:
-        mask = np.isin(cat.exercise_skill_ids, skills)
-        return cat.exercise_ids[mask], cat.exercise_skill_ids[mask]
+        mask = np.isin(catalog.exercise_skill_ids, skills)
+        return catalog.exercise_ids[mask], catalog.exercise_skill_ids[mask]
 
-    span = int(max(ev["skill"].max(), world.m_skill.max())) + 1
-    m_keys = world.m_learner * span + world.m_skill
-    m_order = np.argsort(m_keys)
-
-    def truth(learner: int, skill_ids: IntArray, exercise_ids: IntArray) -> FloatArray:
-        pos = m_order[np.searchsorted(m_keys[m_order], learner * span + skill_ids)]
-        difficulty = cat.exercise_difficulty[np.searchsorted(cat.exercise_ids, exercise_ids)]
-        out: FloatArray = success_probability(world.theta_final[pos], difficulty,
-                                              guess=params.guess, slip=params.slip)  # fmt: skip
-        return out
-
-    # The learner_exercise_stats rows of every held-out learner: attempts and last answer.
-    ex_span = int(cat.exercise_ids.max()) + 1
+    ex_span = int(catalog.exercise_ids.max()) + 1
     h_keys, h_group = np.unique(test.learner_ids * ex_span + test.exercise_ids,
                                 return_inverse=True)  # fmt: skip
     h_count = np.bincount(h_group)
     h_last = np.zeros(len(h_keys), dtype=np.int64)
     np.maximum.at(h_last, h_group, test.answered_at)
     h_learner = h_keys // ex_span
-    never = datetime(2000, 1, 1, tzinfo=UTC)
-    chosen_true: list[FloatArray] = []
-    chosen_predicted: list[FloatArray] = []
-    oracle_true: list[FloatArray] = []
-    widened = on_target = 0
+    never = datetime(2000, 1, 1, tzinfo=UTC)  # last_answered_at of a skill: not used here
     bounds = np.flatnonzero(np.r_[True, ev["learner"][1:] != ev["learner"][:-1], True])
     for a, b in itertools.pairwise(bounds):
         learner = int(ev["learner"][a])
@@ -193,9 +189,35 @@ def _recommendations(
         history = ExerciseHistory(
             h_keys[lo:hi] % ex_span,
             h_count[lo:hi],
-            [datetime.fromtimestamp(us / 1e6, UTC) for us in h_last[lo:hi]],
+            [EPOCH + timedelta(microseconds=int(us)) for us in h_last[lo:hi]],
         )
-        recs = recommend(pool, history, policy)
+        yield learner, pool, recommend(pool, history, policy)
+
+
+def _recommendations(
+    model: BestLR, ev: dict[str, Any], world: World, params: SimulationParams, test: AttemptLog
+) -> dict[str, Any]:
+    """The service's own choice per held-out learner (service_recommendations under the
+    default policy), scored by the truth."""
+    cat = world.catalog
+    policy = RecommendationPolicy(target=TARGET, limit=RECOMMENDATIONS)
+    span = int(max(ev["skill"].max(), world.m_skill.max())) + 1
+    m_keys = world.m_learner * span + world.m_skill
+    m_order = np.argsort(m_keys)
+
+    def truth(learner: int, skill_ids: IntArray, exercise_ids: IntArray) -> FloatArray:
+        pos = m_order[np.searchsorted(m_keys[m_order], learner * span + skill_ids)]
+        difficulty = cat.exercise_difficulty[np.searchsorted(cat.exercise_ids, exercise_ids)]
+        out: FloatArray = success_probability(world.theta_final[pos], difficulty,
+                                              guess=params.guess, slip=params.slip)  # fmt: skip
+        return out
+
+    chosen_true: list[FloatArray] = []
+    chosen_predicted: list[FloatArray] = []
+    oracle_true: list[FloatArray] = []
+    learners = widened = on_target = 0
+    for learner, pool, recs in service_recommendations(model, ev, cat, test, policy):
+        learners += 1
         on_target += sum(r.on_target for r in recs)
         ids = np.array([r.exercise_id for r in recs], dtype=np.int64)
         skills = np.array([r.skill_id for r in recs], dtype=np.int64)
@@ -209,10 +231,6 @@ def _recommendations(
         widened += len(np.unique(pool.skill_ids)) > policy.skills
     true_p, predicted, oracle = (np.concatenate(x) for x in (chosen_true, chosen_predicted,
                                                               oracle_true))  # fmt: skip
-
-    def in_band(x: FloatArray) -> float:
-        return float(np.mean((x >= BAND[0]) & (x <= BAND[1])))
-
     return {
         "oracle_share_in_band": in_band(oracle),
         "n": len(true_p),
@@ -221,9 +239,14 @@ def _recommendations(
         "mean_predicted": float(np.mean(predicted)),
         "mean_true": float(np.mean(true_p)),
         "predicted_vs_true_mae": float(np.mean(np.abs(predicted - true_p))),
-        "share_widened": widened / (len(bounds) - 1),
+        "share_widened": widened / learners,
         "share_on_target": on_target / len(true_p),
     }
+
+
+def in_band(true_success: FloatArray) -> float:
+    """Share of recommended exercises whose true success probability lies in BAND."""
+    return float(np.mean((true_success >= BAND[0]) & (true_success <= BAND[1])))
 
 
 def _reliability(y: npt.NDArray[np.bool_], p: FloatArray, bins: int = 10) -> list[dict[str, Any]]:

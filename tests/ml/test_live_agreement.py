@@ -1,5 +1,6 @@
-"""The live API, after `skillcoach train --promote`, ranks weaknesses as the offline evaluation
-(`python -m loadtests evaluate`) says the model does, on the same learners.
+"""The live API, after `skillcoach train --promote`, ranks weaknesses and recommends exercises
+as the offline evaluation (`python -m loadtests evaluate`) says the model does, on the same
+learners.
 
 One small seeded world of a non-default simulator variant goes in through the public API only
 (POST /v1/learners/{id}/attempts in batches with Idempotency-Keys, a real `skillcoach serve`
@@ -32,6 +33,7 @@ from loadtests.evaluate import (
     estimated_mastery,
     final_evidence,
     fit_on_training,
+    service_recommendations,
     simulate,
     true_mastery,
 )
@@ -43,6 +45,7 @@ from skillcoach.data.api_keys import Scope, create_api_key
 from skillcoach.data.database import create_sync_engine
 from skillcoach.data.model_registry import promote, store_model
 from skillcoach.ml import quality
+from skillcoach.ml.analysis import RecommendationPolicy
 from skillcoach.ml.model import BestLR
 from skillcoach.ml.simulator import Catalog
 from skillcoach.ml.training import _split
@@ -66,6 +69,8 @@ REFRESH_SECONDS = 0.3
 LOAD_DEADLINE_SECONDS = 30.0
 # The issue's target: the served ranking beats per-skill accuracy by this much.
 MARGIN_OVER_LAPLACE = 0.05
+# Recommendations as the server answers them by default (its settings' defaults).
+RECOMMENDATIONS = RecommendationPolicy(target=0.7, limit=5)
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -226,6 +231,19 @@ def _served(http: httpx.Client, learners: list[int], span: int) -> Served:
     )
 
 
+def _recommended(http: httpx.Client, learners: list[int]) -> dict[int, list[tuple[int, float]]]:
+    """The API's recommendations of each learner: (exercise, predicted success), in order."""
+    out: dict[int, list[tuple[int, float]]] = {}
+    for learner in learners:
+        r = http.get(
+            f"/v1/learners/{learner}/recommendations",
+            params={"limit": RECOMMENDATIONS.limit, "target": RECOMMENDATIONS.target},
+        )
+        assert r.status_code == 200, r.text
+        out[learner] = [(e["exercise_id"], e["predicted_success"]) for e in r.json()["exercises"]]
+    return out
+
+
 def _wait_for_model(http: httpx.Client, version: int) -> None:
     deadline = time.monotonic() + LOAD_DEADLINE_SECONDS
     status: dict[str, Any] = {}
@@ -268,6 +286,7 @@ def test_live_weaknesses_after_train_promote_agree_with_the_offline_evaluation(
         assert stale.model_versions == {live.placeholder_version}
         np.testing.assert_array_equal(stale.keys, ev["keys"])
         assert np.abs(stale.mastery - offline_mastery).max() > 0.05
+        stale_recs = _recommended(http, held_out)
 
         monkeypatch.setenv("SKILLCOACH_DATABASE_URL", live.direct_url)
         argv = ["train", "--promote", "--seed", str(SPLIT_SEED),
@@ -281,6 +300,7 @@ def test_live_weaknesses_after_train_promote_agree_with_the_offline_evaluation(
         _wait_for_model(http, version)
 
         served = _served(http, held_out, span)
+        recommended = _recommended(http, held_out)
 
     assert served.model_versions == {version}
     # The same evidence reached the database as the offline evaluation counts...
@@ -299,3 +319,34 @@ def test_live_weaknesses_after_train_promote_agree_with_the_offline_evaluation(
     laplace_p3, _ = quality.precision_at_k(ev["learner"], ev["skill"], truth, laplace)
     assert laplace_p3 is not None
     assert api_p3 >= laplace_p3 + MARGIN_OVER_LAPLACE, (api_p3, laplace_p3)
+
+    # Recommendations: the evaluation's own service_recommendations on the offline fit, with the
+    # held-out learners' seen-exercise history, picks what the API picks, in its order.
+    offline_recs = {
+        learner: [(r.exercise_id, r.predicted_success) for r in recs]
+        for learner, _, recs in service_recommendations(
+            fit.model, ev, catalog, log.subset(is_test), RECOMMENDATIONS
+        )
+    }
+    assert offline_recs.keys() == recommended.keys()
+
+    def differing(answers: dict[int, list[tuple[int, float]]]) -> list[int]:
+        return [
+            learner
+            for learner in held_out
+            if [e for e, _ in answers[learner]] != [e for e, _ in offline_recs[learner]]
+        ]
+
+    # The placeholder's picks are not the fit's: the comparison tells a stale model apart.
+    assert len(differing(stale_recs)) > 0.5 * len(held_out)
+    differ = differing(recommended)
+    # A candidate predicted within rounding of the tolerance's edge may fall on either side.
+    assert len(differ) <= 0.02 * len(held_out), {
+        k: (recommended[k], offline_recs[k]) for k in differ
+    }
+    offline_p = {(k, e): p for k, recs in offline_recs.items() for e, p in recs}
+    for learner in held_out:
+        assert len(recommended[learner]) == RECOMMENDATIONS.limit
+        for e, p in recommended[learner]:
+            if (learner, e) in offline_p:
+                assert p == pytest.approx(offline_p[(learner, e)], abs=0.5e-4 + 1e-9)
