@@ -59,11 +59,10 @@ def _inference(url: str, learners: int, rounds: int) -> dict[str, Any]:
         ]
         evidence = [fetch_skill_evidence(conn, learner_id=i) for i in ids]
         histories = []
+        live = BestLR.from_artifact(record.artifact)
         for i, ev in zip(ids, evidence, strict=True):
             assert ev is not None
-            pool = candidates(
-                BestLR.from_artifact(record.artifact), ev, catalog.exercises_of, POLICY
-            )
+            pool = candidates(live, ev, catalog.exercises_of, POLICY)
             histories.append(
                 fetch_exercise_history(conn, learner_id=i, exercise_ids=pool.exercise_ids)
             )

@@ -85,13 +85,13 @@ class CatalogCalls:
 
 
 def test_weakest_skills_for_new_learner_is_every_skill_weakest_first() -> None:
-    skills, mastery = weakest_skills(hand_model(), SkillEvidence.empty())
+    skills, mastery, _ = weakest_skills(hand_model(), SkillEvidence.empty())
     assert skills.tolist() == [1, 2, 3]  # skill weights -1.5, 0, +1.5
     assert np.all(np.diff(mastery) > 0) and np.all((mastery > 0) & (mastery < 1))
 
 
 def test_weakest_skills_orders_practised_skills_by_mastery() -> None:
-    skills, mastery = weakest_skills(hand_model(), evidence({3: (2, 2), 1: (40, 0), 2: (0, 40)}))
+    skills, mastery, _ = weakest_skills(hand_model(), evidence({3: (2, 2), 1: (40, 0), 2: (0, 40)}))
     assert np.all(np.diff(mastery) > 0)
     # Forty misses on the medium skill outweigh the hard skill's harder exercises.
     assert skills.tolist() == [2, 1, 3]

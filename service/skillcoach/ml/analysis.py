@@ -82,13 +82,14 @@ def mastery_interval(
 
 
 def _residual_kwargs(evidence: SkillEvidence, rows: IntArray | None = None) -> dict[str, Any]:
-    """The difficulty-aware evidence as BestLR keyword arguments (rows -1: never practised)."""
+    """The difficulty-aware evidence as BestLR keyword arguments, of the given evidence rows
+    (default: all)."""
     r, i = evidence.sum_residual, evidence.sum_information
     if r is None or i is None:
         return {}
     total_r, total_i = evidence.residual_totals
     if rows is not None:
-        r, i = np.append(r, 0.0)[rows], np.append(i, 0.0)[rows]
+        r, i = r[rows], i[rows]
     return {"skill_residual": r, "skill_information": i, "total_residual": total_r,
             "total_information": total_i}  # fmt: skip
 
@@ -180,15 +181,10 @@ class Candidates:
 ExercisesOf = Callable[[IntArray], tuple[IntArray, IntArray]]
 
 
-def weakest_skills(model: BestLR, evidence: SkillEvidence) -> tuple[IntArray, FloatArray]:
-    """Every practised skill, weakest first, with its mastery; for a learner with no history
-    yet, every skill the model knows (the target then picks the exercises)."""
-    skills, mastery, _ = _weakest(model, evidence)
-    return skills, mastery
-
-
-def _weakest(model: BestLR, evidence: SkillEvidence) -> tuple[IntArray, FloatArray, IntArray]:
-    """weakest_skills, and each skill's row in the evidence (empty for a new learner)."""
+def weakest_skills(model: BestLR, evidence: SkillEvidence) -> tuple[IntArray, FloatArray, IntArray]:
+    """Every practised skill, weakest first, with its mastery and its row in the evidence; for
+    a learner with no history yet, every skill the model knows (the target then picks the
+    exercises), and no rows."""
     if len(evidence) == 0:
         skills = model.skill_ids
         zeros = np.zeros(len(skills))
@@ -216,7 +212,7 @@ def candidates(
     a weak skill whose exercises are all far too hard or too easy for this learner does not
     fill the list with exercises nobody should be given. A learner with no history draws
     from every skill."""
-    skills, mastery, ev_order = _weakest(model, evidence)
+    skills, mastery, ev_order = weakest_skills(model, evidence)
     new_learner = len(evidence) == 0
     if not new_learner:
         skills = skills[: max(policy.skills, policy.max_skills)]
@@ -241,8 +237,6 @@ def candidates(
         return Candidates(ids, skill_ids, success, mastery[rank], trusted)
     rows = ev_order[rank]  # every candidate's skill is a practised one: its evidence row
     total_c, total_i = evidence.totals
-    r, i = evidence.sum_residual, evidence.sum_information
-    total_r, total_i_info = evidence.residual_totals
     success = model.exercise_success(
         ids,
         skill_ids,
@@ -250,11 +244,8 @@ def candidates(
         evidence.n_incorrect[rows],
         total_correct=total_c,
         total_incorrect=total_i,
-        skill_residual=None if r is None else r[rows],
-        skill_information=None if i is None else i[rows],
-        total_residual=total_r,
-        total_information=total_i_info,
         rows=e_rows,
+        **_residual_kwargs(evidence, rows),
     )
     on_target = (np.abs(success - policy.target) <= policy.tolerance) & trusted
     enough = np.cumsum(np.bincount(rank[on_target], minlength=len(skills))) >= policy.limit
