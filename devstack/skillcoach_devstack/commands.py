@@ -144,22 +144,28 @@ def queue_allowance(env: Mapping[str, str] | None = None) -> int:
 
 def in_flight_limit(plan: PoolPlan, env: Mapping[str, str] | None = None) -> int:
     """What one replica admits at once: its pool capacity under the plan plus the queue
-    allowance; HAProxy's maxconn for each replica."""
+    allowance."""
     return limits.in_flight_limit(pool_capacity=plan.per_pod, queue_allowance=queue_allowance(env))
+
+
+def balancer_limit(plan: PoolPlan) -> int:
+    """HAProxy's maxconn for each replica: twice what a replica runs under the plan
+    (limits.balancer_limit); the rest wait in HAProxy's queue."""
+    return limits.balancer_limit(pool_capacity=plan.per_pod)
 
 
 def make_haproxy(
     cfg: StackConfig, ports: Sequence[int] = (), *, plan: PoolPlan | None = None
 ) -> HAProxy:
     """HAProxy on the API port in front of the replicas on ports (empty: only good for pid,
-    state and stop); with a plan, each replica's maxconn is its in-flight limit under it."""
+    state and stop); with a plan, each replica's maxconn is its balancer limit under it."""
     config = HAProxyConfig(
         listen_port=cfg.api_port,
         stats_port=cfg.haproxy_stats_port,
         servers=tuple(Server(server_name(p), p) for p in ports),
     )
     if plan is not None:
-        config = dataclasses.replace(config, server_maxconn=in_flight_limit(plan))
+        config = dataclasses.replace(config, server_maxconn=balancer_limit(plan))
     return HAProxy(
         config=config,
         runtime_dir=cfg.haproxy_dir,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
-from skillcoach.limits import in_flight_limit
+from skillcoach.limits import balancer_limit
 from skillcoach.settings import Settings
 from skillcoach_devstack.errors import StackError
 from skillcoach_devstack.packages import require_binary
@@ -68,11 +68,10 @@ def server_name(port: int) -> str:
 
 
 def _default_server_maxconn() -> int:
-    """A replica's in-flight limit under the service's default settings."""
+    """A replica's balancer limit under the service's default settings."""
     defaults = Settings.model_fields
     capacity = int(defaults["pool_size"].default) + int(defaults["max_overflow"].default)
-    allowance = int(defaults["queue_allowance"].default)
-    return in_flight_limit(pool_capacity=capacity, queue_allowance=allowance)
+    return balancer_limit(pool_capacity=capacity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,20 +95,18 @@ class HAProxyConfig:
     check_interval: str = "1s"
     maxconn: int = 4096
     hard_stop_after: str = "10s"
-    # Requests HAProxy sends to one replica at once: the replica's in-flight limit (pool
-    # capacity + queue allowance, which the stack computes from the pool plan and settings).
-    # Beyond it the replica would only answer 503 itself, from its one Python event loop, at a
-    # cost in CPU that starves the requests it admitted (the 1,000-connection benchmark:
-    # p99 of those 503s ~140 ms, 2xx throughput collapsing); HAProxy refuses them in C instead.
+    # Requests HAProxy sends to one replica at once: twice what the replica runs
+    # (skillcoach.limits.balancer_limit, which the stack computes from the pool plan). The
+    # rest wait in HAProxy's queue, first in, first out, at no cost to the replicas. With the
+    # replica's in-flight limit here instead (1,016 by default), 1,000 clients queued inside
+    # the replicas' event loops, whose overloaded gates serve the newest first: a p99 of
+    # 0.8-1 s at 1,000 connections against 0.3 s through this queue (docs/benchmarks.md).
     server_maxconn: int = field(default_factory=_default_server_maxconn)
-    # HAProxy time format: how long a request beyond every replica's maxconn may wait in
-    # HAProxy's queue for a slot before HAProxy answers its own 503. Short: the replica already
-    # queues up to its allowance behind its pool, so a request beyond that should be refused at
-    # once (the client retries after Retry-After), not wait in a second queue. 10 ms still
-    # lets a queued request take a slot freed meanwhile (one frees about every millisecond at
-    # ~900 req/s per replica) and stays well inside the 50 ms budget for a shed response; at
-    # 100 ms the benchmark measured HAProxy's own 503s at p50 103 ms, p99 215 ms.
-    timeout_queue: str = "10ms"
+    # HAProxy time format: how long a request may wait in HAProxy's queue for a replica
+    # before HAProxy answers its own 503 with Retry-After. The wait is bounded by time, like
+    # the replicas' own gates, which shed what waited about a second: a full queue at 1,000
+    # connections waits a fifth of that, and only a longer overload is refused.
+    timeout_queue: str = "1s"
 
     def server_lines(self) -> str:
         if not self.servers:

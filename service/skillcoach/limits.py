@@ -28,6 +28,7 @@ __all__ = [
     "FloatRange",
     "IntParam",
     "IntRange",
+    "balancer_limit",
     "in_flight_limit",
     "running_limit",
 ]
@@ -98,3 +99,12 @@ def in_flight_limit(*, pool_capacity: int, queue_allowance: int) -> int:
     """Requests one replica admits at once before it sheds with 503: one per pooled
     connection plus a bounded queue. A load balancer in front should send no more."""
     return pool_capacity + queue_allowance
+
+
+def balancer_limit(*, pool_capacity: int) -> int:
+    """Requests a load balancer that can queue (HAProxy's per-server maxconn) sends one
+    replica at once: twice what it runs, so each replica has its next requests at hand, while
+    the rest wait first in, first out in the balancer, bounded by its queue timeout. Waiting
+    there costs a replica nothing; waiting inside it costs the event loop a parsed request
+    and a task each, and an overloaded gate serves the newest first, so a few wait long."""
+    return 2 * running_limit(pool_capacity=pool_capacity)

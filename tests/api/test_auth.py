@@ -5,6 +5,7 @@ evict a valid key."""
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ from sqlalchemy import Engine
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
+import skillcoach.api.auth
 import skillcoach.api.hit_path
 import skillcoach.api.state
 from skillcoach.api.app import create_app
@@ -107,8 +109,9 @@ def _until(check: Callable[[], bool], seconds: float) -> float:
 @pytest.fixture
 def lookups(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
     """Counts of the database lookups and hashes authentication makes."""
-    counts = {"lookup": 0, "hash": 0}
+    counts = {"lookup": 0, "hash": 0, "refresh": 0}
     real_lookup, real_hash = skillcoach.api.state.lookup_key, skillcoach.api.state.hash_key
+    real_refresh = skillcoach.api.auth.lookup_keys
 
     def lookup(*args: Any, **kwargs: Any) -> ApiKey | None:
         counts["lookup"] += 1
@@ -118,7 +121,12 @@ def lookups(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
         counts["hash"] += 1
         return real_hash(token)
 
+    def refresh(*args: Any, **kwargs: Any) -> dict[str, ApiKey]:
+        counts["refresh"] += 1
+        return real_refresh(*args, **kwargs)
+
     monkeypatch.setattr(skillcoach.api.state, "lookup_key", lookup)
+    monkeypatch.setattr(skillcoach.api.auth, "lookup_keys", refresh)
     monkeypatch.setattr(skillcoach.api.state, "hash_key", hashed)
     monkeypatch.setattr(skillcoach.api.hit_path, "hash_key", hashed)
     return counts
@@ -167,6 +175,72 @@ def _key_id(conn: Any, key: str) -> str:
         "SELECT id FROM api_keys WHERE key_hash = %(h)s", {"h": hash_key(key)}
     ).one()
     return str(row.id)
+
+
+def test_a_key_in_steady_use_never_misses_the_cache(
+    app_client: TestClient, engine: Engine, lookups: dict[str, int]
+) -> None:
+    """The refresh renews its entry before the TTL ends: no request after the first looks the
+    key up itself, and every one takes the fast path (before, each TTL ended in a miss for
+    every request in flight: hundreds at once on a busy replica)."""
+    key = _new_key(engine, {Scope.READ})
+    weak = f"/v1/learners/{LEARNER}/weaknesses"
+    assert app_client.get(weak, headers=_bearer(key)).status_code == 200
+    assert lookups["lookup"] == 1
+    before, sent = _fast_hits(app_client), 0
+    start = time.monotonic()
+    while time.monotonic() - start < 4 * TTL:
+        assert app_client.get(weak, headers=_bearer(key)).status_code == 200
+        sent += 1
+        time.sleep(0.02)
+    assert lookups["lookup"] == 1, "a request looked its key up again"
+    assert _fast_hits(app_client) - before == sent
+    assert lookups["refresh"] >= 3  # about every 0.5 TTL
+
+
+def test_requests_that_miss_on_one_key_together_share_one_lookup(
+    app_client: TestClient, engine: Engine, lookups: dict[str, int]
+) -> None:
+    state = _state(app_client)
+    key_hash = hash_key(_new_key(engine, {Scope.READ}))
+
+    async def burst() -> list[ApiKey | None]:
+        return list(await asyncio.gather(*(state.find_key(key_hash) for _ in range(20))))
+
+    portal = app_client.portal
+    assert portal is not None
+    found = portal.call(burst)
+    assert lookups["lookup"] == 1
+    assert found[0] is not None and all(f == found[0] for f in found)
+    assert state.keys.get(key_hash) == (True, found[0]) and state.key_lookups == {}
+
+
+def test_the_refresh_renews_keys_in_use_and_refuses_revoked_ones() -> None:
+    now = [0.0]
+    cache = KeyCache(10, clock=lambda: now[0], keep_fresh=30)
+    a, b = (ApiKey(i, n, frozenset({Scope.READ})) for i, n in enumerate("ab"))
+    cache.put("a", a)
+    cache.put("b", b)
+    cache.put("idle", ApiKey(3, "idle", frozenset({Scope.READ})))
+    assert cache.take_used() == []  # nothing served yet
+    assert cache.get("a") == (True, a) and cache.get("b") == (True, b)
+    assert sorted(cache.take_used()) == ["a", "b"]
+    now[0] = 6.0
+    cache.refreshed(["a", "b"], {"a": a})  # b was revoked meanwhile
+    assert cache.get("b") == (True, None)
+    assert cache.take_used() == ["a"]  # b is no valid key any more
+    now[0] = 12.0  # past the first entries' TTL
+    assert cache.get("idle") == (False, None)  # never served: left to end
+    # a is not served again, but was within keep_fresh: still refreshed, so its client
+    # finds it cached when it comes back.
+    for t in (12.0, 18.0, 24.0, 30.0):
+        now[0] = t
+        assert cache.take_used() == ["a"]
+        cache.refreshed(["a"], {"a": a})
+    now[0] = 36.5  # served last at 0: past keep_fresh
+    assert cache.take_used() == []
+    now[0] = 40.5
+    assert cache.get("a") == (False, None)  # a renewal lasts one TTL, no more
 
 
 def test_an_expired_key_is_refused_at_once_from_the_cache(
@@ -221,7 +295,7 @@ def test_every_v1_route_refuses_a_request_without_a_valid_key(
             r = app_client.request(method, path, headers={"Authorization": header})
             assert r.status_code == 401, (method, path, header, r.text)
     # None of these came anywhere near a hash or the database.
-    assert lookups == {"lookup": 0, "hash": 0}
+    assert (lookups["lookup"], lookups["hash"]) == (0, 0)
 
 
 def test_malformed_tokens_never_reach_the_database(
@@ -232,7 +306,7 @@ def test_malformed_tokens_never_reach_the_database(
         for path in (f"/v1/learners/{LEARNER}/weaknesses", "/v1/skills"):
             r = app_client.get(path, headers=_bearer(token))
             assert r.status_code == 401 and "malformed" in r.json()["detail"], r.text
-    assert lookups == {"lookup": 0, "hash": 0}
+    assert (lookups["lookup"], lookups["hash"]) == (0, 0)
     # The same path with a well-formed unknown token does ask the database, once.
     assert app_client.get("/v1/skills", headers=_bearer(good)).status_code == 401
     assert app_client.get("/v1/skills", headers=_bearer(good)).status_code == 401

@@ -11,6 +11,7 @@ import redis
 
 from skillcoach.cache.resp import (
     MAX_EXTENSIONS,
+    MAX_FLOWING_WAIT,
     PipelinedRedis,
     RespAuthError,
     RespError,
@@ -105,6 +106,45 @@ def test_a_reply_queued_behind_others_on_a_live_connection_is_waited_for() -> No
             slow.close()
 
     assert asyncio.run(main()) == [[b"v"], [b"v"]]
+
+
+def test_a_long_queue_of_replies_is_read_to_the_end_while_they_keep_coming() -> None:
+    """Twelve lookups pipelined on one connection, answered 40 ms apart: the last reply comes
+    about 480 ms (nearly ten timeouts) after its request, beyond MAX_EXTENSIONS timeouts, as
+    when a replica reads a burst of a thousand lookups over several loop turns. Replies keep
+    coming, so none of the lookups fails and the connection stays open; a node that stops
+    answering halfway is still aborted."""
+
+    async def serve(stop_after: int | None) -> tuple[list[Any], bool]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            answered = 0
+            while data := await reader.read(4096):
+                for _ in range(data.count(b"MGET")):
+                    if stop_after is not None and answered == stop_after:
+                        await asyncio.sleep(10)
+                    await asyncio.sleep(0.04)
+                    writer.write(b"*1\r\n$1\r\nv\r\n")
+                    answered += 1
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = PipelinedRedis(timeout=0.05)
+        try:
+            got = await asyncio.gather(
+                *[client.mget("127.0.0.1", port, b"k") for _ in range(12)],
+                return_exceptions=True,
+            )
+            return list(got), next(iter(client._conns.values())).closed
+        finally:
+            client.close()
+            server.close()
+
+    assert MAX_FLOWING_WAIT * 0.05 > 12 * 0.04 > (1 + MAX_EXTENSIONS) * 0.05
+    got, closed = asyncio.run(serve(None))
+    assert got == [[b"v"]] * 12 and closed is False
+    got, closed = asyncio.run(serve(6))
+    assert got[:6] == [[b"v"]] * 6 and closed is True
+    assert all(isinstance(g, RespError) for g in got[6:])
 
 
 def test_a_node_that_never_answers_is_aborted_on_time() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Awaitable, Callable
 
@@ -228,3 +229,27 @@ def test_a_version_raise_that_lands_closes_the_breaker(redis_url: str) -> None:
         assert not cache.degraded
 
     with_cache(redis_url, body, breaker_cooldown=60, breaker_min_span=0)
+
+
+def test_a_fast_path_lookup_that_fails_is_counted_as_what_it_was() -> None:
+    """A node that accepts and never answers: the lookup falls back to the full path (None)
+    and is counted as a lookup timeout, so a fast path failing under load shows on the
+    errors counter even when the full path then serves the request."""
+
+    async def body() -> tuple[bytes | None, float | None]:
+        silent = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = silent.sockets[0].getsockname()[1]
+        config = CacheConfig(url=f"redis://127.0.0.1:{port}/0", socket_timeout=0.05)
+        registry = CollectorRegistry()
+        cache = Cache(connect_redis(config), config, registry)
+        try:
+            got = await cache.lookup(learner_id=next(_learners), kind="weaknesses", variant="m1")
+            return got, registry.get_sample_value(
+                "skillcoach_cache_errors_total", {"op": "lookup", "reason": "timeout"}
+            )
+        finally:
+            await cache.aclose()
+            silent.close()
+
+    got, timeouts = asyncio.run(body())
+    assert got is None and timeouts == 1

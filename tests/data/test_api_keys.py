@@ -21,6 +21,7 @@ from skillcoach.data.api_keys import (
     hash_key,
     list_api_keys,
     lookup_key,
+    lookup_keys,
     record_last_used,
     revoke_api_keys,
     well_formed,
@@ -63,6 +64,25 @@ def test_lookup_refuses_revoked_and_expired_keys(engine: Engine) -> None:
     assert _lookup(engine, live) is None
     with pytest.raises(ValueError, match="time zone"), engine.begin() as conn:
         create_api_key(conn, name="naive", scopes=READ, expires_at=datetime(2030, 1, 1))
+
+
+def test_many_keys_are_looked_up_in_one_statement_active_ones_only(engine: Engine) -> None:
+    live, later = (
+        _create(engine, "m-live"),
+        _create(engine, "m-later", datetime.now(UTC) + timedelta(days=1)),
+    )
+    gone = _create(engine, "m-gone", datetime.now(UTC) - timedelta(seconds=1))
+    revoked = _create(engine, "m-revoked")
+    with engine.begin() as conn:
+        assert revoke_api_keys(conn, ident="m-revoked") != []
+    hashes = [hash_key(k) for k in (live, later, gone, revoked, "sk_never-issued")]
+    with engine.begin() as conn:
+        found = lookup_keys(conn, key_hashes=hashes)
+        assert lookup_keys(conn, key_hashes=[]) == {}
+    assert set(found) == {hash_key(live), hash_key(later)}
+    # Each the same ApiKey a single lookup gives.
+    assert found[hash_key(later)] == _lookup(engine, later)
+    assert found[hash_key(live)] == _lookup(engine, live)
 
 
 def test_list_shows_everything_but_the_secret(engine: Engine) -> None:

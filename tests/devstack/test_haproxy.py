@@ -16,8 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from skillcoach.limits import running_limit
 from skillcoach.settings import Settings
-from skillcoach_devstack.commands import in_flight_limit, make_haproxy, queue_allowance
+from skillcoach_devstack.commands import (
+    balancer_limit,
+    in_flight_limit,
+    make_haproxy,
+    queue_allowance,
+)
 from skillcoach_devstack.config import StackConfig
 from skillcoach_devstack.errors import StackError
 from skillcoach_devstack.haproxy import (
@@ -55,14 +61,14 @@ def test_rendered_config_has_the_servers_checks_and_timeouts() -> None:
     lines = _directives(render_config(TEMPLATE, _config()))
     assert "bind 127.0.0.1:18000" in lines
     assert "bind 127.0.0.1:18404" in lines
-    # Each replica gets at most its in-flight limit (16 pool + 1000 queue allowance) at once.
-    assert "server api-18001 127.0.0.1:18001 maxconn 1016" in lines
-    assert "server api-18002 127.0.0.1:18002 maxconn 1016" in lines
+    # Each replica gets at most twice what it runs (2 x 2 x 16 pool) at once; the rest queue.
+    assert "server api-18001 127.0.0.1:18001 maxconn 64" in lines
+    assert "server api-18002 127.0.0.1:18002 maxconn 64" in lines
     assert "balance leastconn" in lines
     assert "http-check send meth GET uri /readyz" in lines
     assert "http-check expect status 200" in lines
     assert "default-server check inter 1s fall 2 rise 2" in lines
-    for timeout in ("connect 2s", "client 30s", "server 30s", "queue 10ms"):
+    for timeout in ("connect 2s", "client 30s", "server 30s", "queue 1s"):
         assert f"timeout {timeout}" in lines
     # Retries only when the replica never saw the request.
     assert "retry-on conn-failure" in lines
@@ -93,7 +99,7 @@ def test_server_maxconn_and_queue_timeout_are_configurable() -> None:
         render_config(TEMPLATE, _config(servers=(Server("a", 1, maxconn=0),)))
 
 
-def test_the_stack_gives_each_replica_its_in_flight_limit(
+def test_the_stack_sends_each_replica_twice_what_it_runs_and_queues_the_rest(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cfg = StackConfig(root=Path("/r"))
@@ -106,18 +112,22 @@ def test_the_stack_gives_each_replica_its_in_flight_limit(
         oversubscribed=False,
     )
     monkeypatch.delenv("SKILLCOACH_QUEUE_ALLOWANCE", raising=False)
-    assert queue_allowance() == Settings().queue_allowance == 1000
     # Without a plan (status, stop): the default settings' limit.
     defaults = Settings()
-    assert make_haproxy(cfg, (8001,)).config.server_maxconn == (
-        defaults.pool_size + defaults.max_overflow + defaults.queue_allowance
+    capacity = defaults.pool_size + defaults.max_overflow
+    assert make_haproxy(cfg, (8001,)).config.server_maxconn == 2 * running_limit(
+        pool_capacity=capacity
     )
     lb = make_haproxy(cfg, (8001, 8002), plan=plan)
-    assert lb.config.server_maxconn == 12 + 3 + 1000
-    assert "server api-8002 127.0.0.1:8002 maxconn 1015" in _directives(lb.render())
-    # The replicas inherit SKILLCOACH_QUEUE_ALLOWANCE from the caller: so does the limit.
+    assert lb.config.server_maxconn == balancer_limit(plan) == 4 * (12 + 3)
+    directives = _directives(lb.render())
+    assert "server api-8002 127.0.0.1:8002 maxconn 60" in directives
+    # The excess waits in HAProxy's queue, bounded by time, not refused at once.
+    assert "timeout queue 1s" in directives
+    # The queue allowance bounds what a replica admits, not what HAProxy sends it.
     monkeypatch.setenv("SKILLCOACH_QUEUE_ALLOWANCE", "50")
-    assert make_haproxy(cfg, (8001,), plan=plan).config.server_maxconn == 12 + 3 + 50
+    assert make_haproxy(cfg, (8001,), plan=plan).config.server_maxconn == 60
+    assert queue_allowance() == 50
     assert in_flight_limit(plan, {"SKILLCOACH_QUEUE_ALLOWANCE": " 0 "}) == 15
     with pytest.raises(StackError, match="SKILLCOACH_QUEUE_ALLOWANCE"):
         in_flight_limit(plan, {"SKILLCOACH_QUEUE_ALLOWANCE": "-1"})

@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from skillcoach.answers.learner_answers import AnswerConfig, LearnerAnswers
 from skillcoach.answers.warming import warm_cache
 from skillcoach.api.admission import AdmissionMiddleware, Gatekeeper
-from skillcoach.api.auth import KeyCache, flush_usage_forever
+from skillcoach.api.auth import KeyCache, flush_usage_forever, refresh_keys_forever
 from skillcoach.api.background import Drain, Supervisor
 from skillcoach.api.body_deadline import BodyDeadlineMiddleware
 from skillcoach.api.error_handlers import exception_handlers
@@ -197,6 +197,9 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
             start("long_held_scan", _scan_long_held_forever, db)
             # Two tasks, not one group: a failing rate-limit sync must not stop the flushes.
             start("key_usage", background(flush_usage_forever), db, state.usage)
+            if settings.auth_enabled and settings.api_key_cache_seconds > 0:
+                ttl = settings.api_key_cache_seconds
+                start("key_refresh", background(refresh_keys_forever), db, state.keys, ttl)
             start("rate_limit_sync", background(state.limiter.sync_forever))
             start(
                 "idempotency_prune",

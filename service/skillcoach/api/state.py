@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
@@ -33,6 +35,8 @@ class AppState:
     cache: Cache | None = None
     usage: KeyUsage = field(default_factory=KeyUsage)
     limiter: RateLimiter = field(init=False)
+    # Key lookups under way, by key hash (see find_key).
+    key_lookups: dict[str, asyncio.Task[ApiKey | None]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -77,8 +81,7 @@ class AppState:
         key_hash = hash_key(token)
         hit, key = self.keys.get(key_hash)
         if not hit:
-            key = await self.db.run(lookup_key, key_hash=key_hash, retry=True)
-            self.keys.put(key_hash, key)
+            key = await self.find_key(key_hash)
         if key is None:
             raise Unauthorized("unknown, revoked or expired API key")
         if decided is UNDECIDED and limiter.key_limit:
@@ -88,6 +91,25 @@ class AppState:
         self.usage.seen(key.id)
         require_scope(key, scope)
         return key
+
+    async def find_key(self, key_hash: str) -> ApiKey | None:
+        """One database lookup per key at a time: requests that miss on the same key together
+        (a replica starting under load, or after an outage) share it instead of each taking a
+        connection through the request gate. It runs as its own task, so a request that goes
+        away does not cancel it for the others."""
+        task = self.key_lookups.get(key_hash)
+        if task is None:
+            task = asyncio.ensure_future(self.db.run(lookup_key, key_hash=key_hash, retry=True))
+            self.key_lookups[key_hash] = task
+            task.add_done_callback(functools.partial(self._looked_up, key_hash))
+        return await asyncio.shield(task)
+
+    def _looked_up(self, key_hash: str, task: asyncio.Task[ApiKey | None]) -> None:
+        if self.key_lookups.get(key_hash) is task:
+            del self.key_lookups[key_hash]
+        # exception() also marks a failure as seen when every waiter has gone away.
+        if not task.cancelled() and task.exception() is None:
+            self.keys.put(key_hash, task.result())
 
 
 def app_state(request: Request) -> AppState:

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import cast
 
-__all__ = ["PipelinedRedis", "RespAuthError", "RespError"]
+__all__ = ["PipelinedRedis", "RespAuthError", "RespError", "is_redirect"]
 
 
 class RespError(Exception):
@@ -38,6 +38,12 @@ class RespAuthError(RespError):
 
 class _ErrorReply(RespError):
     """Redis answered this request with an error (e.g. MOVED); the stream is still in step."""
+
+
+def is_redirect(exc: BaseException) -> bool:
+    """A cluster's MOVED or ASK answer: the slot map is stale, not the node failing (the full
+    path follows it and refreshes the map)."""
+    return isinstance(exc, _ErrorReply) and str(exc).startswith(("MOVED ", "ASK "))
 
 
 def _command(*args: bytes) -> bytes:
@@ -97,11 +103,14 @@ class _Protocol(asyncio.Protocol):
             if not fut.done():
                 fut.set_result(value)
 
-    def abort(self, reason: str) -> None:
+    def abort(self, reason: str, *, timed_out: bool = False) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
-        self._fail_all(RespError(reason))
+        error = RespError(reason)
+        if timed_out:  # what error_reason reads: a timeout, not some other failure
+            error.__cause__ = TimeoutError(reason)
+        self._fail_all(error)
 
 
 def _line(buf: bytearray, start: int) -> tuple[bytes, int] | None:
@@ -152,6 +161,8 @@ def _auth(username: str | None, password: str | None) -> bytes | None:
 
 # How many times a reply's deadline is extended because the event loop, not Redis, was late.
 MAX_EXTENSIONS = 4
+# How long (in timeouts) a reply is waited for while the node's replies keep coming.
+MAX_FLOWING_WAIT = 20
 
 
 class _ReplyDeadline:
@@ -162,11 +173,13 @@ class _ReplyDeadline:
     which the replies are already waiting: a plain timer then aborts healthy connections by
     the hundred and sends every lookup the slow way. So a timer that fired more than half a
     timeout late grants one more timeout (the reply is read on the same loop turn, if it is
-    there), and so does one on a connection that received replies within the last timeout (a
-    live node, its answers queued behind others'); at most MAX_EXTENSIONS times. A timer that
-    fired on time on a silent connection aborts at once."""
+    there), at most MAX_EXTENSIONS times. On a connection that received replies within the
+    last timeout (a live node, this answer queued behind others': a burst of a thousand
+    lookups takes the loop several turns to read) the wait goes on for up to
+    MAX_FLOWING_WAIT timeouts in all. A timer that fired on time on a silent connection
+    aborts at once."""
 
-    __slots__ = ("_extensions", "_fut", "_handle", "_loop", "_proto", "_timeout")
+    __slots__ = ("_extensions", "_fut", "_handle", "_loop", "_proto", "_start", "_timeout")
 
     def __init__(
         self,
@@ -177,19 +190,23 @@ class _ReplyDeadline:
     ) -> None:
         self._loop, self._timeout, self._proto, self._fut = loop, timeout, proto, fut
         self._extensions = 0
-        self._handle = loop.call_at(loop.time() + timeout, self._fire, loop.time() + timeout)
+        self._start = loop.time()
+        self._handle = loop.call_at(self._start + timeout, self._fire, self._start + timeout)
 
     def _fire(self, due: float) -> None:
         if self._fut.done():
             return
         now = self._loop.time()
-        late = now - due > self._timeout / 2
         flowing = time.monotonic() - self._proto.last_data < self._timeout
-        if (late or flowing) and self._extensions < MAX_EXTENSIONS:
+        if flowing and now - self._start < MAX_FLOWING_WAIT * self._timeout:
+            self._handle = self._loop.call_at(now + self._timeout, self._fire, now + self._timeout)
+            return
+        late = now - due > self._timeout / 2
+        if late and self._extensions < MAX_EXTENSIONS:
             self._extensions += 1
             self._handle = self._loop.call_at(now + self._timeout, self._fire, now + self._timeout)
             return
-        self._proto.abort("reply timed out")
+        self._proto.abort("reply timed out", timed_out=True)
 
     def cancel(self) -> None:
         self._handle.cancel()
@@ -200,7 +217,8 @@ class PipelinedRedis:
 
     tls: the context every connection is wrapped in (None: plain TCP); username, password:
     AUTH on every new connection; db: the database of a standalone server. on_failure is
-    called once for each failed attempt to open a connection."""
+    called once for each failed attempt to open a connection, and once for each lookup whose
+    reply failed (timed out, connection lost, an error reply other than a redirect)."""
 
     def __init__(
         self,
@@ -305,6 +323,13 @@ class PipelinedRedis:
         deadline = _ReplyDeadline(loop, self._timeout, proto, fut)
         try:
             return await fut
+        except RespError as exc:
+            # Reported like a failed open: a lookup failing here sends its request the slow
+            # way, which the full path's own success would otherwise hide. A redirect is no
+            # failure of the node.
+            if self._on_failure is not None and not is_redirect(exc):
+                self._on_failure(exc)
+            raise
         finally:
             deadline.cancel()
 

@@ -480,7 +480,7 @@ class Cache:
             return None
         try:
             version, entry = await self._fast.mget(node[0], node[1], vkey.encode(), ekey.encode())
-        except Exception:  # any failure: the full path will count and handle it
+        except Exception:  # the full path then handles it (PipelinedRedis counted it)
             return None
         if entry is None or version is None:
             return None

@@ -11,9 +11,10 @@ import enum
 import hashlib
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Connection
 
@@ -29,6 +30,7 @@ __all__ = [
     "hash_key",
     "list_api_keys",
     "lookup_key",
+    "lookup_keys",
     "record_last_used",
     "revoke_api_keys",
     "well_formed",
@@ -116,16 +118,32 @@ def create_api_key(
     return key
 
 
+_ACTIVE_KEYS = (
+    "SELECT key_hash, id, name, scopes, expires_at FROM api_keys WHERE key_hash = {match}"
+    " AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())"
+)
+
+
 @single_statement  # one round trip when run alone (a key-cache miss)
 def lookup_key(conn: Reader, *, key_hash: str) -> ApiKey | None:
     """The active key of that hash; None for unknown, revoked and expired keys alike."""
-    row = conn.exec_driver_sql(
-        "SELECT id, name, scopes, expires_at FROM api_keys WHERE key_hash = %(h)s"
-        " AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())",
-        {"h": key_hash},
-    ).first()
-    if row is None:
-        return None
+    row = conn.exec_driver_sql(_ACTIVE_KEYS.format(match="%(h)s"), {"h": key_hash}).first()
+    return None if row is None else _api_key(row)
+
+
+@single_statement
+def lookup_keys(conn: Reader, *, key_hashes: Sequence[str]) -> dict[str, ApiKey]:
+    """The active keys among these hashes, by hash: one statement however many (the key
+    cache's refresh); an unknown, revoked or expired key is absent."""
+    if not key_hashes:
+        return {}
+    rows = conn.exec_driver_sql(
+        _ACTIVE_KEYS.format(match="ANY(%(h)s)"), {"h": list(key_hashes)}
+    ).all()
+    return {row.key_hash: _api_key(row) for row in rows}
+
+
+def _api_key(row: Any) -> ApiKey:
     return ApiKey(
         id=row.id,
         name=row.name,
