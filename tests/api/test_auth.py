@@ -9,6 +9,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -213,6 +214,36 @@ def test_requests_that_miss_on_one_key_together_share_one_lookup(
     assert lookups["lookup"] == 1
     assert found[0] is not None and all(f == found[0] for f in found)
     assert state.keys.get(key_hash) == (True, found[0]) and state.key_lookups == {}
+
+
+def test_requests_for_a_key_being_looked_up_wait_for_it_on_the_fast_path(
+    app_client: TestClient,
+    engine: Engine,
+    keys: Keys,
+    lookups: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replica that has not cached a key yet (just started, under load): the first request
+    looks it up on the full path; the others arriving meanwhile wait for that lookup and are
+    then answered by the fast path, instead of all taking the full path and its request gate."""
+    weak = f"/v1/learners/{LEARNER}/weaknesses"
+    assert app_client.get(weak, headers=_bearer(keys.read)).status_code == 200  # entry cached
+    key = _new_key(engine, {Scope.READ})
+    counted = skillcoach.api.state.lookup_key
+
+    def slow(*args: Any, **kwargs: Any) -> ApiKey | None:
+        time.sleep(0.5)  # in the worker thread: the lookup is under way for half a second
+        return counted(*args, **kwargs)
+
+    monkeypatch.setattr(skillcoach.api.state, "lookup_key", slow)
+    before = lookups["lookup"], _fast_hits(app_client)
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        statuses = list(
+            pool.map(lambda _: app_client.get(weak, headers=_bearer(key)).status_code, range(10))
+        )
+    assert statuses == [200] * 10
+    assert lookups["lookup"] - before[0] == 1
+    assert _fast_hits(app_client) - before[1] == 9  # all but the one that looked it up
 
 
 def test_the_refresh_renews_keys_in_use_and_refuses_revoked_ones() -> None:

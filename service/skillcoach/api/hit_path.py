@@ -16,6 +16,8 @@ request's log context and the server span's name.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -59,6 +61,8 @@ LIMITS = {"weaknesses": WEAKNESSES_LIMIT, "recommendations": RECOMMENDATIONS_LIM
 ROUTES = {kind: f"/v1/learners/{{learner_id}}/{kind}" for kind in LIMITS}
 
 Handler = Callable[[Request, Exception], Awaitable[Response]]
+# Set in the scope by _authorized: the hash of a key this replica has not cached.
+_KEY_HASH = "skillcoach.key_hash"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +120,12 @@ class CacheHitPath:
             if match is not None:
                 start = time.perf_counter()
                 read = self._read(scope, match)
+                if read is None and (lookup := self._key_lookup(scope)) is not None:
+                    # Its key is being looked up already (a replica that starts under load):
+                    # wait for that here instead of joining the herd at the request gate.
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(lookup)
+                    read = self._read(scope, match)
                 if read is not None:
                     cache = read.state.cache
                     body = None
@@ -229,8 +239,9 @@ class CacheHitPath:
             elif name == REQUEST_ID_HEADER:
                 rid = value
         # From here on the full path may follow: it reuses this request id.
-        rid = scope[REQUEST_ID_KEY] = request_id(((REQUEST_ID_HEADER, rid),) if rid else ())
-        key = None if authorization is None else self._authorized(state, authorization)
+        rid = scope.get(REQUEST_ID_KEY) or request_id(((REQUEST_ID_HEADER, rid),) if rid else ())
+        scope[REQUEST_ID_KEY] = rid
+        key = None if authorization is None else self._authorized(state, authorization, scope)
         if key is None:
             return None
         limiter = state.limiter
@@ -255,7 +266,7 @@ class CacheHitPath:
         return _Read(state, served, kind, learner_id, limit, variant, rid)
 
     @staticmethod
-    def _authorized(state: AppState, authorization: bytes) -> ApiKey | None:
+    def _authorized(state: AppState, authorization: bytes, scope: Scope) -> ApiKey | None:
         # Only keys this replica has already looked up and cached as valid (not revoked for
         # longer than the cache's TTL, not expired) with read scope; everything else goes the
         # full way (and gets its 401/403 there).
@@ -263,8 +274,21 @@ class CacheHitPath:
         token = token.strip()
         if scheme.lower() != "bearer" or not well_formed(token):
             return None
-        _, key = state.keys.get(hash_key(token))
+        key_hash = hash_key(token)
+        cached, key = state.keys.get(key_hash)
+        if not cached:
+            scope[_KEY_HASH] = key_hash  # for _key_lookup
         return key if key is not None and key.allows(KeyScope.READ) else None
+
+    def _key_lookup(self, scope: Scope) -> asyncio.Task[ApiKey | None] | None:
+        """The lookup under way of this request's uncached key, if one is. Only joined,
+        never started here: a lookup starts on the full path, behind admission, so a flood of
+        unknown tokens cannot reach the database past the request gate."""
+        key_hash = scope.get(_KEY_HASH)
+        state = self._state()
+        if key_hash is None or state is None:
+            return None
+        return state.key_lookups.get(key_hash)
 
 
 def _with_request_id(send: Send, rid: bytes) -> Send:
