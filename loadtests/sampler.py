@@ -42,6 +42,7 @@ WANTED = (
     "skillcoach_cache_hits_total",
     "skillcoach_cache_misses_total",
     "skillcoach_cache_errors_total",
+    "skillcoach_cache_fallthrough_total",
     "skillcoach_cache_skipped_total",
     "skillcoach_cache_breaker_state",
     "skillcoach_http_requests_in_flight",

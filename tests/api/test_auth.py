@@ -98,6 +98,13 @@ def _fast_hits(client: TestClient) -> float:
     return float(value or 0.0)
 
 
+def _fallthrough(client: TestClient, reason: str) -> float:
+    value = client.app.state.metrics_registry.get_sample_value(  # type: ignore[attr-defined]
+        "skillcoach_cache_fallthrough_total", {"reason": reason}
+    )
+    return float(value or 0.0)
+
+
 def _until(check: Callable[[], bool], seconds: float) -> float:
     """Poll until check() holds; how long it took. Fails at the deadline."""
     start = time.monotonic()
@@ -236,7 +243,7 @@ def test_requests_for_a_key_being_looked_up_wait_for_it_on_the_fast_path(
         return counted(*args, **kwargs)
 
     monkeypatch.setattr(skillcoach.api.state, "lookup_key", slow)
-    before = lookups["lookup"], _fast_hits(app_client)
+    before = lookups["lookup"], _fast_hits(app_client), _fallthrough(app_client, "key")
     with ThreadPoolExecutor(max_workers=10) as pool:
         statuses = list(
             pool.map(lambda _: app_client.get(weak, headers=_bearer(key)).status_code, range(10))
@@ -244,6 +251,8 @@ def test_requests_for_a_key_being_looked_up_wait_for_it_on_the_fast_path(
     assert statuses == [200] * 10
     assert lookups["lookup"] - before[0] == 1
     assert _fast_hits(app_client) - before[1] == 9  # all but the one that looked it up
+    # ... which is the one counted as taking the full path for its key.
+    assert _fallthrough(app_client, "key") - before[2] == 1
 
 
 def test_the_refresh_renews_keys_in_use_and_refuses_revoked_ones() -> None:

@@ -115,6 +115,7 @@ def test_a_refused_raise_is_listed_and_another_cache_bypasses_until_repaired(
             assert await b.refresh_bypass()
             assert value(b, "skillcoach_cache_bypass_learners") == 1
             assert await b.lookup(learner_id=learner, kind="weaknesses", variant="m1") is None
+            assert value(b, "skillcoach_cache_fallthrough_total", reason="bypassed") == 1
             calls.clear()
             assert await read(b, b"new", 2) == b"new"
             assert await read(b, b"new", 2) == b"new"
@@ -135,6 +136,7 @@ def test_a_refused_raise_is_listed_and_another_cache_bypasses_until_repaired(
             assert value(b, "skillcoach_cache_bypass_learners") == 0
             # Redis holds version 2 now: the old entry is dead, the next miss stores anew.
             assert await b.lookup(learner_id=learner, kind="weaknesses", variant="m1") is None
+            assert value(b, "skillcoach_cache_fallthrough_total", reason="stale") == 1
             assert await read(b, b"new", 2) == b"new"
             assert await b.lookup(learner_id=learner, kind="weaknesses", variant="m1") == b"new"
         finally:

@@ -244,6 +244,10 @@ def test_a_fast_path_lookup_that_fails_is_counted_as_what_it_was() -> None:
         cache = Cache(connect_redis(config), config, registry)
         try:
             got = await cache.lookup(learner_id=next(_learners), kind="weaknesses", variant="m1")
+            fell = registry.get_sample_value(
+                "skillcoach_cache_fallthrough_total", {"reason": "error"}
+            )
+            assert fell == 1
             return got, registry.get_sample_value(
                 "skillcoach_cache_errors_total", {"op": "lookup", "reason": "timeout"}
             )

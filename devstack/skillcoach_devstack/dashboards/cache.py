@@ -110,6 +110,15 @@ def build() -> Dashboard:
         unit="ops",
     )
     board.timeseries(
+        "Fast path: reads that took the full path, by reason",
+        "Per second. key: the replica had not cached the API key (a burst right after start);"
+        " absent or stale: no current entry (a miss follows); error: the lookup failed (see the"
+        " errors above); bypassed, breaker, no_node: the cache was not asked. A steady stream"
+        " of key or error under load sends requests through the request gate.",
+        [Query(_rate("skillcoach_cache_fallthrough_total", "reason"), legend="{{reason}}")],
+        unit="reqps",
+    )
+    board.timeseries(
         "Redis latency p50 / p99",
         "Round-trip time of cache calls by call.",
         [

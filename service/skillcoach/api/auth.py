@@ -186,7 +186,7 @@ async def flush_usage(db: Database, usage: KeyUsage) -> int:
 
 
 async def refresh_keys(db: Database, keys: KeyCache) -> int:
-    """One lookup of every key served since the last refresh; how many were asked. A
+    """One lookup of every key to keep fresh (KeyCache.take_used); how many were asked. A
     database error propagates, and the entries are left to end on their own (the requests
     then look their key up themselves, as after any miss)."""
     asked = keys.take_used()

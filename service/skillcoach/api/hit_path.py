@@ -126,6 +126,8 @@ class CacheHitPath:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(lookup)
                     read = self._read(scope, match)
+                if read is None and _KEY_HASH in scope:
+                    self._uncached_key()
                 if read is not None:
                     cache = read.state.cache
                     body = None
@@ -279,6 +281,12 @@ class CacheHitPath:
         if not cached:
             scope[_KEY_HASH] = key_hash  # for _key_lookup
         return key if key is not None and key.allows(KeyScope.READ) else None
+
+    def _uncached_key(self) -> None:
+        """Counted: a key the fast path could not serve from this replica's key cache."""
+        state = self._state()
+        if state is not None and state.cache is not None:
+            state.cache.metrics.fallthrough["key"].inc()
 
     def _key_lookup(self, scope: Scope) -> asyncio.Task[ApiKey | None] | None:
         """The lookup under way of this request's uncached key, if one is. Only joined,

@@ -12,7 +12,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from skillcoach.cache.resp import RespAuthError
 
-__all__ = ["CacheMetrics", "error_reason"]
+__all__ = ["FALLTHROUGH_REASONS", "CacheMetrics", "error_reason"]
+
+# Why a fast-path read found nothing to serve and took the full path: its API key was not
+# cached; the learner is bypassed after a write; the breaker is not closed; the cluster's slot
+# map had no node for the key; the lookup failed (see skillcoach_cache_errors_total); no entry;
+# an entry older than the learner's version.
+FALLTHROUGH_REASONS = ("key", "bypassed", "breaker", "no_node", "error", "absent", "stale")
 
 LATENCY_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25)
 
@@ -59,9 +65,9 @@ class CacheMetrics:
         self.misses = counter("misses", "Responses computed from PostgreSQL")
         self.stale = counter("stale", "Entries found but invalidated (older learner version)")
         # op: the call (get, set, lock, unlock, ping, version; lookup: the hit path could not
-        # open a connection); reason: auth, tls, timeout, connection or other (the class name
-        # goes to the log): a burst of timeouts on a saturated replica, a Redis that is gone
-        # and a wrong password look alike in a plain count.
+        # open a connection, or its reply failed); reason: auth, tls, timeout, connection or
+        # other (the class name goes to the log): a burst of timeouts on a saturated replica,
+        # a Redis that is gone and a wrong password look alike in a plain count.
         self.errors = Counter(
             "skillcoach_cache_errors_total",
             "Failed Redis calls",
@@ -82,6 +88,14 @@ class CacheMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        fallthrough = Counter(
+            "skillcoach_cache_fallthrough_total",
+            "Fast-path reads that found nothing to serve and took the full path, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        # Bound once: the fast path counts without a label lookup.
+        self.fallthrough = {r: fallthrough.labels(r) for r in FALLTHROUGH_REASONS}
         self.breaker = Gauge(
             "skillcoach_cache_breaker_state",
             "Circuit breaker: 0 closed, 1 open, 2 half-open",

@@ -470,22 +470,31 @@ class Cache:
         return await self._lookup(learner_id, kind, variant)
 
     async def _lookup(self, learner_id: int, kind: str, variant: str) -> bytes | None:
+        fallthrough = self.metrics.fallthrough
+        if self._bypassed(learner_id):
+            fallthrough["bypassed"].inc()
+            return None
         # Only while the breaker is closed: the half-open probe belongs to the full path,
         # which reports its outcome to the breaker.
-        if self._bypassed(learner_id) or self.breaker.state != Breaker.CLOSED:
+        if self.breaker.state != Breaker.CLOSED:
+            fallthrough["breaker"].inc()
             return None
         vkey, ekey, _ = _keys(learner_id, kind, variant)
         node = self._node(vkey)
         if node is None:
+            fallthrough["no_node"].inc()
             return None
         try:
             version, entry = await self._fast.mget(node[0], node[1], vkey.encode(), ekey.encode())
         except Exception:  # the full path then handles it (PipelinedRedis counted it)
+            fallthrough["error"].inc()
             return None
         if entry is None or version is None:
+            fallthrough["absent"].inc()
             return None
         tag, _, body = entry.partition(b"\n")
         if tag != version:
+            fallthrough["stale"].inc()
             return None
         self.lookup_count += 1
         self.hit_count += 1
