@@ -30,15 +30,12 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
 import psycopg2
-from pydantic import TypeAdapter, ValidationError
 
 from skillcoach import limits
 from skillcoach.data.pool_file import PoolFile
 from skillcoach.pgbouncer.admin import admin_query
-from skillcoach.settings import Settings
 from skillcoach_devstack import envfile, packages, postgres
 from skillcoach_devstack.config import Secrets, StackConfig, load_or_create_secrets
 from skillcoach_devstack.errors import StackError
@@ -124,28 +121,6 @@ def make_pgbouncer(cfg: StackConfig, secrets: Secrets, plan: PoolPlan | None = N
         users={cfg.app_user: secrets.app_password, ADMIN_USER: secrets.admin_password},
         template_path=default_template_path(),
     )
-
-
-def queue_allowance(env: Mapping[str, str] | None = None) -> int:
-    """The replicas' queue allowance: SKILLCOACH_QUEUE_ALLOWANCE, which passes through to them
-    from the caller's environment, validated like Settings does, else Settings' default. Only
-    this variable is read: the stack overrides the replicas' other settings."""
-    env = os.environ if env is None else env
-    field = Settings.model_fields["queue_allowance"]
-    raw = env.get("SKILLCOACH_QUEUE_ALLOWANCE")
-    if raw is None or raw.strip() == "":
-        return int(field.default)
-    try:
-        return TypeAdapter(Annotated[int, *field.metadata]).validate_python(raw)
-    except ValidationError as exc:
-        reason = exc.errors()[0]["msg"]
-        raise StackError(f"SKILLCOACH_QUEUE_ALLOWANCE={raw!r}: {reason}") from None
-
-
-def in_flight_limit(plan: PoolPlan, env: Mapping[str, str] | None = None) -> int:
-    """What one replica admits at once: its pool capacity under the plan plus the queue
-    allowance."""
-    return limits.in_flight_limit(pool_capacity=plan.per_pod, queue_allowance=queue_allowance(env))
 
 
 def balancer_limit(plan: PoolPlan) -> int:
