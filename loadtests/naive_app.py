@@ -8,7 +8,7 @@ What makes it naive is exactly what the seed's plan found:
 
 Sessions ARE closed properly (no artificial leak): the comparison is about blocking I/O and
 pool defaults, not about a bug. The work per request is skillcoach's: the learner's rows of
-learner_skill_stats, ranked by `rank_weaknesses` on the promoted model, the same JSON shape.
+learner_skill_stats, ranked by `weakness_columns` on the promoted model, the same JSON shape.
 
     python -m loadtests.naive_app --port 8100 --database-url postgresql://postgres@127.0.0.1:5432/db
 """
@@ -33,7 +33,7 @@ from skillcoach.answers.bodies import weaknesses_body
 from skillcoach.api.server import run_app
 from skillcoach.data.model_registry import fetch_promoted
 from skillcoach.data.records import SkillEvidence
-from skillcoach.ml.analysis import rank_weaknesses
+from skillcoach.ml.analysis import weakness_columns
 from skillcoach.ml.model import BestLR
 
 __all__ = ["create_app", "main"]
@@ -92,7 +92,7 @@ def create_app(database_url: str) -> Starlette:
             n_incorrect=np.array([r.n_incorrect for r in rows], dtype=np.int64),
             last_answered_at=[r.last_answered_at for r in rows],
         )
-        ranked = rank_weaknesses(loaded["model"], evidence, min_attempts=MIN_ATTEMPTS, limit=100)
+        ranked = weakness_columns(loaded["model"], evidence, min_attempts=MIN_ATTEMPTS, limit=100)
         # The same body skillcoach builds, so both apps send identical bytes.
         body = weaknesses_body(learner_id, loaded["version"], loaded["names"], ranked)
         return Response(body, media_type="application/json")

@@ -16,6 +16,7 @@ from skillcoach.ml.analysis import (
     rank_weaknesses,
     recommend,
     weakest_skills,
+    weakness_columns,
 )
 from skillcoach.ml.model import BestLR
 from tests.fixtures_api import exercise_id, hand_model
@@ -312,3 +313,25 @@ def test_counts_only_model_ignores_residual_evidence() -> None:
     assert rank_weaknesses(model, ev, min_attempts=5) == rank_weaknesses(
         model, counts, min_attempts=5
     )
+
+
+def test_interval_from_the_logit_matches_the_one_recovered_from_mastery() -> None:
+    model = _ability_model()
+    logit = np.array([-3.0, -0.4, 0.0, 1.7, 4.0])
+    mastery = 1 / (1 + np.exp(-logit))
+    information = np.array([0.0, 0.5, 2.0, 8.0, 30.0])
+    recovered = ability_interval(model, mastery, information)
+    given = ability_interval(model, mastery, information, logit=logit)
+    np.testing.assert_allclose(given, recovered, rtol=1e-9)
+
+
+def test_columns_and_records_agree_and_the_limit_keeps_the_weakest() -> None:
+    model = _ability_model()
+    counts = evidence({1: (3, 3), 2: (1, 1), 3: (6, 0), 4: (0, 7)})
+    ev = _with_residuals(counts, [-1.0, 0.2, 1.0, -2.5], [1.5, 0.5, 1.5, 1.8])
+    columns = weakness_columns(model, ev, min_attempts=5, limit=2)
+    everything = rank_weaknesses(model, ev, min_attempts=5)
+    assert len(columns) == 2
+    assert columns.rows() == everything[:2]
+    assert [w.mastery for w in everything] == sorted(w.mastery for w in everything)
+    assert isinstance(columns.rows()[0].skill_id, int)  # Python values, not numpy scalars

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
-from skillcoach.ml.analysis import Recommendation, SkillWeakness
+from skillcoach.ml.analysis import Recommendation, Weaknesses
 
 __all__ = [
     "Answer",
@@ -33,27 +35,45 @@ def recommendations_variant(model_version: int, limit: int, target: float) -> st
 
 
 def weaknesses_body(
-    learner_id: int, model_version: int, names: dict[int, str], ranked: list[SkillWeakness]
+    learner_id: int, model_version: int, names: dict[int, str], ranked: Weaknesses
 ) -> bytes:
+    # Whole columns to Python values at once and the timestamps left to orjson (the same
+    # ISO 8601 as isoformat()): per-skill numpy scalars and calls cost more than the model.
+    name = names.get
     return orjson.dumps(
         {
             "learner_id": learner_id,
             "model_version": model_version,
             "skills": [
                 {
-                    "skill_id": w.skill_id,
-                    "skill_name": names.get(w.skill_id),
-                    "mastery": round(w.mastery, 4),
-                    "interval": [round(w.low, 4), round(w.high, 4)],
-                    "attempts": w.attempts,
-                    "correct": w.correct,
-                    "insufficient_data": w.insufficient_data,
-                    "last_practised_at": _iso(w.last_practised_at),
+                    "skill_id": s,
+                    "skill_name": name(s),
+                    "mastery": m,
+                    "interval": [lo, hi],
+                    "attempts": a,
+                    "correct": c,
+                    "insufficient_data": thin,
+                    "last_practised_at": at,
                 }
-                for w in ranked
+                for s, m, lo, hi, a, c, thin, at in zip(
+                    ranked.skill_ids.tolist(),
+                    _rounded(ranked.mastery),
+                    _rounded(ranked.low),
+                    _rounded(ranked.high),
+                    ranked.attempts.tolist(),
+                    ranked.correct.tolist(),
+                    ranked.insufficient_data.tolist(),
+                    ranked.last_practised_at,
+                    strict=True,
+                )
             ],
         }
     )
+
+
+def _rounded(values: npt.NDArray[np.float64]) -> list[float]:
+    out: list[float] = values.round(4).tolist()
+    return out
 
 
 def recommendations_body(

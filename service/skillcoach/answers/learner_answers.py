@@ -25,8 +25,8 @@ from skillcoach.ml.analysis import (
     Candidates,
     RecommendationPolicy,
     candidates,
-    rank_weaknesses,
     recommend,
+    weakness_columns,
 )
 from skillcoach.ml.inference import Inference
 from skillcoach.ml.live_model import ServedModel
@@ -172,7 +172,7 @@ class LearnerAnswers:
         if evidence is None:
             return None
         with self.inference.timed("weaknesses"):
-            ranked = rank_weaknesses(
+            ranked = weakness_columns(
                 served.model, evidence, min_attempts=self.config.min_attempts, limit=limit
             )
         body = weaknesses_body(learner_id, served.version, served.catalog.skill_names, ranked)

@@ -4,6 +4,8 @@ Each is one statement (`single_statement`): run alone by `Database.run` it is on
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import numpy.typing as npt
 
@@ -34,15 +36,22 @@ def fetch_skill_evidence(conn: Reader, *, learner_id: int) -> SkillEvidence | No
     if not rows:
         return None
     version = int(rows[0].data_version)
-    rows = [r for r in rows if r.skill_id is not None]
+    if rows[0].skill_id is None:  # the LEFT JOIN's one row of a learner with no statistics
+        none = np.zeros(0, np.float64)
+        return dataclasses.replace(
+            SkillEvidence.empty(), data_version=version, sum_residual=none, sum_information=none
+        )
+    # Columns by transposing the rows once (SKILL_EVIDENCE_SQL's order): this runs on a
+    # worker thread that holds the GIL meanwhile.
+    _, _, skills, correct, incorrect, at, residual, information = zip(*rows, strict=True)
     return SkillEvidence(
-        skill_ids=np.array([r.skill_id for r in rows], dtype=np.int64),
-        n_correct=np.array([r.n_correct for r in rows], dtype=np.int64),
-        n_incorrect=np.array([r.n_incorrect for r in rows], dtype=np.int64),
-        last_answered_at=[r.last_answered_at for r in rows],
+        skill_ids=np.array(skills, dtype=np.int64),
+        n_correct=np.array(correct, dtype=np.int64),
+        n_incorrect=np.array(incorrect, dtype=np.int64),
+        last_answered_at=list(at),
         data_version=version,
-        sum_residual=np.array([r.sum_residual for r in rows], dtype=np.float64),
-        sum_information=np.array([r.sum_information for r in rows], dtype=np.float64),
+        sum_residual=np.array(residual, dtype=np.float64),
+        sum_information=np.array(information, dtype=np.float64),
     )
 
 

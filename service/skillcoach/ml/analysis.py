@@ -24,12 +24,14 @@ __all__ = [
     "Recommendation",
     "RecommendationPolicy",
     "SkillWeakness",
+    "Weaknesses",
     "ability_interval",
     "candidates",
     "mastery_interval",
     "rank_weaknesses",
     "recommend",
     "weakest_skills",
+    "weakness_columns",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -53,6 +55,34 @@ class SkillWeakness:
     correct: int
     insufficient_data: bool
     last_practised_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Weaknesses:
+    """A learner's practised skills, weakest first, as columns (entry i of each is one
+    skill): what an answer serializes without building an object per skill."""
+
+    skill_ids: IntArray
+    mastery: FloatArray
+    low: FloatArray
+    high: FloatArray
+    attempts: IntArray
+    correct: IntArray
+    insufficient_data: BoolArray
+    last_practised_at: list[datetime]
+
+    def __len__(self) -> int:
+        return len(self.skill_ids)
+
+    def rows(self) -> list[SkillWeakness]:
+        return [
+            SkillWeakness(*row)
+            for row in zip(
+                self.skill_ids.tolist(), self.mastery.tolist(), self.low.tolist(),
+                self.high.tolist(), self.attempts.tolist(), self.correct.tolist(),
+                self.insufficient_data.tolist(), self.last_practised_at, strict=True,
+            )
+        ]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,26 +125,31 @@ def _residual_kwargs(evidence: SkillEvidence, rows: IntArray | None = None) -> d
 
 
 def ability_interval(
-    model: BestLR, mastery: FloatArray, information: FloatArray, *, level: float = INTERVAL
+    model: BestLR,
+    mastery: FloatArray,
+    information: FloatArray,
+    *,
+    level: float = INTERVAL,
+    logit: FloatArray | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     """Central `level` interval from the ability estimate's own posterior sd, on the logit
-    scale: as wide as the difficulty-weighted evidence (its information) is thin."""
+    scale: as wide as the difficulty-weighted evidence (its information) is thin. `logit`:
+    the mastery's logit, when the caller has it (saves recovering it from the mastery)."""
     z = _Z_INTERVAL if level == INTERVAL else float(ndtri(0.5 + level / 2))
-    p = np.clip(mastery, 1e-9, 1 - 1e-9)
-    logit = np.log(p / (1.0 - p))
+    if logit is None:
+        p = np.clip(mastery, 1e-9, 1 - 1e-9)
+        logit = np.log(p / (1.0 - p))
     half = z / np.sqrt(information + model.ability_prior)
     return sigmoid(logit - half), sigmoid(logit + half)
 
 
-def rank_weaknesses(
+def weakness_columns(
     model: BestLR, evidence: SkillEvidence, *, min_attempts: int, limit: int | None = None
-) -> list[SkillWeakness]:
+) -> Weaknesses:
     """Every practised skill, weakest first, with an interval and an insufficient-data flag."""
-    if len(evidence) == 0:
-        return []
     total_c, total_i = evidence.totals
     residual = _residual_kwargs(evidence)
-    mastery = model.skill_mastery(
+    logit = model.skill_logit(
         evidence.skill_ids,
         evidence.n_correct,
         evidence.n_incorrect,
@@ -122,28 +157,34 @@ def rank_weaknesses(
         total_incorrect=total_i,
         **residual,
     )
-    attempts = (evidence.n_correct + evidence.n_incorrect).astype(np.float64)
+    mastery = sigmoid(logit)
+    attempts = evidence.n_correct + evidence.n_incorrect
     if residual and model.uses_ability:
-        low, high = ability_interval(model, mastery, residual["skill_information"])
+        low, high = ability_interval(model, mastery, residual["skill_information"], logit=logit)
     else:
-        low, high = mastery_interval(mastery, attempts)
+        low, high = mastery_interval(mastery, attempts.astype(np.float64))
     # Weakest first; among equals the better-evidenced skill first, then by id for stable output.
     order = np.lexsort((evidence.skill_ids, -attempts, mastery))
     if limit is not None:
         order = order[:limit]
-    return [
-        SkillWeakness(
-            skill_id=int(evidence.skill_ids[i]),
-            mastery=float(mastery[i]),
-            low=float(low[i]),
-            high=float(high[i]),
-            attempts=int(attempts[i]),
-            correct=int(evidence.n_correct[i]),
-            insufficient_data=bool(attempts[i] < min_attempts),
-            last_practised_at=evidence.last_answered_at[i],
-        )
-        for i in order
-    ]
+    when = evidence.last_answered_at
+    return Weaknesses(
+        skill_ids=evidence.skill_ids[order],
+        mastery=mastery[order],
+        low=low[order],
+        high=high[order],
+        attempts=attempts[order],
+        correct=evidence.n_correct[order],
+        insufficient_data=attempts[order] < min_attempts,
+        last_practised_at=[when[i] for i in order.tolist()],
+    )
+
+
+def rank_weaknesses(
+    model: BestLR, evidence: SkillEvidence, *, min_attempts: int, limit: int | None = None
+) -> list[SkillWeakness]:
+    """`weakness_columns` as one record per skill."""
+    return weakness_columns(model, evidence, min_attempts=min_attempts, limit=limit).rows()
 
 
 @dataclass(frozen=True, slots=True)

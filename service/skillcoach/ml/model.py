@@ -129,6 +129,10 @@ class BestLR:
     _skill_order: IntArray
     _exercise_sorted: IntArray
     _exercise_order: IntArray
+    # The weights with a 0.0 appended: indexed by a lookup's row, -1 (unknown) reads the 0.
+    _skill_weights_0: FloatArray
+    _mean_exercise_0: FloatArray
+    _exercise_weights_0: FloatArray
 
     @classmethod
     def from_coefficients(
@@ -195,6 +199,9 @@ class BestLR:
             _skill_order=s_order,
             _exercise_sorted=e_sorted,
             _exercise_order=e_order,
+            _skill_weights_0=np.append(s_w, 0.0),
+            _mean_exercise_0=np.append(means, 0.0),
+            _exercise_weights_0=np.append(e_w, 0.0),
         )
 
     # -- serialization ---------------------------------------------------------------------
@@ -269,7 +276,7 @@ class BestLR:
         """Row of each id, or -1 where the model does not know it."""
         if len(sorted_ids) == 0:
             return np.full(len(ids), -1, dtype=np.int64)
-        pos = np.minimum(np.searchsorted(sorted_ids, ids), len(sorted_ids) - 1)
+        pos = np.minimum(sorted_ids.searchsorted(ids), len(sorted_ids) - 1)
         return np.where(sorted_ids[pos] == ids, order[pos], -1)
 
     def skill_rows(self, skill_ids: npt.ArrayLike) -> IntArray:
@@ -332,15 +339,13 @@ class BestLR:
     ) -> FloatArray:
         """The logit of every row; every argument may be an array (one per row) or a scalar."""
         w = self.count_weights
-        s_term = np.where(skill_rows >= 0, self.skill_weights[np.maximum(skill_rows, 0)], 0.0)
-        out: FloatArray = (
-            self.intercept
-            + s_term
-            + exercise_term
-            + w[0] * np.log1p(np.asarray(skill_correct, dtype=np.float64))
-            + w[1] * np.log1p(np.asarray(skill_incorrect, dtype=np.float64))
-            + (w[2] * np.log1p(total_correct) + w[3] * np.log1p(total_incorrect))
-        )
+        # Summed in place, in the order the expression would add (the same floats), without
+        # a temporary array per term: this runs on every request.
+        out: FloatArray = self.intercept + self._skill_weights_0[skill_rows]
+        out += exercise_term
+        out += w[0] * np.log1p(np.asarray(skill_correct, dtype=np.float64))
+        out += w[1] * np.log1p(np.asarray(skill_incorrect, dtype=np.float64))
+        out += w[2] * np.log1p(total_correct) + w[3] * np.log1p(total_incorrect)
         terms = self._ability_terms
         if terms is not None and skill_residual is not None and skill_information is not None:
             # ability_features inlined: this runs on every request (serving budget).
@@ -351,6 +356,35 @@ class BestLR:
                 skill_information, lam
             ) + w_total * a_total
         return out
+
+    def skill_logit(
+        self,
+        skill_ids: npt.ArrayLike,
+        skill_correct: npt.ArrayLike,
+        skill_incorrect: npt.ArrayLike,
+        *,
+        total_correct: npt.ArrayLike,
+        total_incorrect: npt.ArrayLike,
+        skill_residual: npt.ArrayLike | None = None,
+        skill_information: npt.ArrayLike | None = None,
+        total_residual: npt.ArrayLike = 0.0,
+        total_information: npt.ArrayLike = 0.0,
+    ) -> FloatArray:
+        """The logit of `skill_mastery`."""
+        rows = self.skill_rows(skill_ids)
+        mean_ex = self._mean_exercise_0[rows]
+        return self.logit(
+            skill_rows=rows,
+            exercise_term=mean_ex,
+            skill_correct=skill_correct,
+            skill_incorrect=skill_incorrect,
+            total_correct=total_correct,
+            total_incorrect=total_incorrect,
+            skill_residual=skill_residual,
+            skill_information=skill_information,
+            total_residual=total_residual,
+            total_information=total_information,
+        )
 
     def skill_mastery(
         self,
@@ -366,14 +400,11 @@ class BestLR:
         total_information: npt.ArrayLike = 0.0,
     ) -> FloatArray:
         """P(success) on a typical exercise of each skill, given the learner's prior evidence."""
-        rows = self.skill_rows(skill_ids)
-        mean_ex = np.where(rows >= 0, self.skill_mean_exercise_weight[np.maximum(rows, 0)], 0.0)
         return sigmoid(
-            self.logit(
-                skill_rows=rows,
-                exercise_term=mean_ex,
-                skill_correct=skill_correct,
-                skill_incorrect=skill_incorrect,
+            self.skill_logit(
+                skill_ids,
+                skill_correct,
+                skill_incorrect,
                 total_correct=total_correct,
                 total_incorrect=total_incorrect,
                 skill_residual=skill_residual,
@@ -401,7 +432,7 @@ class BestLR:
         """P(success) on each given exercise; evidence is the learner's on that exercise's skill.
         `rows`: exercise_rows(exercise_ids), when the caller has them already."""
         e_rows = self.exercise_rows(exercise_ids) if rows is None else rows
-        e_term = np.where(e_rows >= 0, self.exercise_weights[np.maximum(e_rows, 0)], 0.0)
+        e_term = self._exercise_weights_0[e_rows]
         return sigmoid(
             self.logit(
                 skill_rows=self.skill_rows(exercise_skill_ids),
