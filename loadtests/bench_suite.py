@@ -62,6 +62,7 @@ from loadtests.harness import (
     stop,
     wait_quiet,
     wait_ready,
+    with_server_cpu,
 )
 from loadtests.local_stack import LocalStack, start_stack, stop_stack
 from loadtests.recording import budget, record, run_all
@@ -193,13 +194,16 @@ def _measure_all(
         for t in single if i % 2 == 0 else single[::-1]:
 
             def drive(t: Target = t, c: int = c) -> dict[str, Any]:
-                return run_h2load(
-                    t.url,
-                    connections=c,
-                    duration=args.duration,
-                    token=key,
-                    ids=uniform_ids(args.hot, seed=42 + c),
-                    timeout=args.timeout,
+                return with_server_cpu(
+                    t,
+                    lambda: run_h2load(
+                        t.url,
+                        connections=c,
+                        duration=args.duration,
+                        token=key,
+                        ids=uniform_ids(args.hot, seed=42 + c),
+                        timeout=args.timeout,
+                    ),
                 )
 
             runs[t.name][str(c)] = _one_run(t.name, c, drive, t.url, sampler)

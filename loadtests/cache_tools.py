@@ -22,7 +22,15 @@ import redis as redis_client
 
 from loadtests import wrk
 from loadtests.h2load import run_h2load, uniform_ids
-from loadtests.harness import Scrape, Target, scrape, spawn, wait_quiet, wait_ready
+from loadtests.harness import (
+    Scrape,
+    Target,
+    scrape,
+    spawn,
+    wait_quiet,
+    wait_ready,
+    with_server_cpu,
+)
 from skillcoach_devstack.processes import free_port
 from skillcoach_devstack.redis import RedisServer
 from skillcoach_devstack.redis_cluster import RedisClusterNodes, free_base_port
@@ -195,14 +203,18 @@ def hot_throughput(
         for t in targets if r % 2 == 0 else targets[::-1]:
             cached = t.name in (REDIS, CLUSTER)
             before = cache_counts(scrape(t)) if cached else None
-            res = run_h2load(
-                t.url,
-                connections=args.connections,
-                duration=args.duration,
-                token=key,
-                ids=uniform_ids(args.hot, seed=42 + r),
-                timeout=args.timeout,
-            )
+
+            def drive(t: Target = t, r: int = r) -> dict[str, Any]:
+                return run_h2load(
+                    t.url,
+                    connections=args.connections,
+                    duration=args.duration,
+                    token=key,
+                    ids=uniform_ids(args.hot, seed=42 + r),
+                    timeout=args.timeout,
+                )
+
+            res = with_server_cpu(t, drive)
             if before is not None:
                 res["cache"] = delta(before, cache_counts(scrape(t)))
             res["quiesce_s"] = wait_quiet(t.url)
@@ -211,7 +223,8 @@ def hot_throughput(
             print(
                 f"  round {r + 1} {t.name:>15} {res['ok_rps']:>8} 2xx/s p50 {lat['p50']} ms"
                 f" p99 {lat['p99']} ms statuses {res['statuses']}"
-                f" hits {res.get('cache', {}).get('hit_ratio', '-')}",
+                f" hits {res.get('cache', {}).get('hit_ratio', '-')}"
+                f" cpu {res['server_cpu']['ms_per_request']} ms/req",
                 flush=True,
             )
     return runs, body_bytes

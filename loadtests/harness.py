@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -279,6 +279,27 @@ def scrape(t: Target) -> Scrape:
     return samples
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU the process has used so far, all its threads (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def with_server_cpu(t: Target, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`run()`'s result plus the CPU the target's process spent during it: per request (ms,
+    every answer counted) and as a share of one core. On a shared 2-core host this is what
+    tells a server that costs more per request from one that waits on a busy machine."""
+    pid = t.proc.pid
+    cpu0, wall0 = cpu_seconds(pid), time.monotonic()
+    result = run()
+    cpu, wall = cpu_seconds(pid) - cpu0, time.monotonic() - wall0
+    result["server_cpu"] = {
+        "ms_per_request": round(1000 * cpu / max(1, int(result["requests"])), 3),
+        "utilization": round(cpu / wall, 2) if wall > 0 else 0.0,
+    }
+    return result
+
+
 def measure_run(
     t: Target,
     connections: int,
@@ -301,13 +322,16 @@ def measure_run(
         timer = threading.Timer(args.duration / 2, during)
         timer.start()
     try:
-        result = run_h2load(
-            t.url,
-            connections=connections,
-            duration=args.duration,
-            token=key,
-            ids=uniform_ids(args.learners, seed=42 + connections),
-            timeout=args.timeout,
+        result = with_server_cpu(
+            t,
+            lambda: run_h2load(
+                t.url,
+                connections=connections,
+                duration=args.duration,
+                token=key,
+                ids=uniform_ids(args.learners, seed=42 + connections),
+                timeout=args.timeout,
+            ),
         )
     finally:
         if timer is not None:
@@ -319,6 +343,8 @@ def measure_run(
         scrapes["settled"] = scrape(sc)  # checked_out must be back to 0 here
         result["metrics"] = scrapes
     p99, errors = result["latency_ms"]["p99"], result["socket_errors_total"]
+    cpu = result["server_cpu"]["ms_per_request"]
     line = f"{t.name:>18} c={connections:<5} {result['ok_rps']:>8} 2xx/s  p99 {p99} ms"
+    line += f"  cpu {cpu} ms/req"
     print(f"  {line}  statuses {result['statuses']}  socket errors {errors}", flush=True)
     return result

@@ -172,12 +172,22 @@ def _fmt(x: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return "-" if x is None else f"{x:{spec}}{suffix}"
 
 
+def _cpu(r: dict[str, Any]) -> str:
+    """The target process's CPU per answer and its share of one core (the stack: -, its
+    replicas are several processes; runs recorded before 2026-12-03 12:00: -)."""
+    cpu = r.get("server_cpu")
+    if not cpu:
+        return "-"
+    return f"{cpu['ms_per_request']:.2f} ({cpu['utilization']:.0%})"
+
+
 def markdown(result: dict[str, Any]) -> str:
     runs, levels = result["runs"], [str(c) for c in result["params"]["levels"]]
     lines = [
         "| target | connections | 2xx req/s | mean | p50 / p90 / p99 / max (ms) |"
-        " non-2xx (503; other 5xx) | socket errors | hit ratio |",
-        "|---|---|---|---|---|---|---|---|",
+        " non-2xx (503; other 5xx) | socket errors | hit ratio |"
+        " server CPU ms/req (share of a core) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name in TARGETS:
         for c in levels:
@@ -185,7 +195,7 @@ def markdown(result: dict[str, Any]) -> str:
             if not r:
                 continue
             if "failed" in r:
-                lines.append(f"| {name} | {c} | failed: {r['failed'][:80]} | | | | | |")
+                lines.append(f"| {name} | {c} | failed: {r['failed'][:80]} | | | | | | |")
                 continue
             lat = r["latency_ms"]
             hits = result["hit_ratio"].get(name, {}).get(c)
@@ -193,7 +203,7 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {name} | {c} | {r['ok_rps']:,.0f} | {lat['mean']:,} | {lat['p50']:,} /"
                 f" {lat['p90']:,} / {lat['p99']:,} / {lat['max']:,} | {r['non_2xx']:,}"
                 f" ({r['shed_503']:,}; {_other_5xx(r)}) | {r['socket_errors_total']:,} |"
-                f" {_fmt(hits, '.1%')} |"
+                f" {_fmt(hits, '.1%')} | {_cpu(r)} |"
             )
     lines += [
         "",

@@ -9,6 +9,9 @@ skillcoach process, and the markdown and both plots are produced.
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,7 @@ from loadtests.bench_suite import (
     run,
     verdicts,
 )
+from loadtests.harness import Target, with_server_cpu
 from loadtests.suite_report import RATIO_TARGETS, ratio_table, ratio_verdicts
 
 from loadtests import plots
@@ -117,10 +121,16 @@ def test_a_500_or_a_logged_traceback_fails_the_run() -> None:
 
 
 def test_markdown_has_every_target_ratios_and_the_seed_table() -> None:
-    text = full_markdown(_result())
+    result = _result()
+    result["runs"][OFF]["50"]["server_cpu"] = {"ms_per_request": 1.234, "utilization": 0.87}
+    text = full_markdown(result)
+    assert "| 1.23 (87%) |" in text
     for name in TARGETS:
         assert f"| {name} | 50 |" in text
-    assert "| stack | 50 | 900 | 110 | 110 / 310.0 / 620 / 1,240 | 90 (90; 0) | 0 | 70.0% |" in text
+    assert (
+        "| stack | 50 | 900 | 110 | 110 / 310.0 / 620 / 1,240 | 90 (90; 0) | 0 | 70.0% | - |"
+        in text
+    )
     assert "| 50 | 0.60 | 0.40 | 0.80x | 0.250 | 0.015 | 0.90x |" in text
     assert "| 100 users < 200 ms (phase 2) | 250 ms (**not met**)" in text
     assert "peak over every process 350.0 MB (**not met**)" in text
@@ -224,3 +234,35 @@ def test_the_overload_ratios_compare_one_target_at_1000_with_itself_at_100() -> 
     assert v["p99_stack_1000_over_100"] == {
         "value": 8.0, "bound": 5.0, "better": "lower", "met": False
     }  # fmt: skip
+
+
+def test_server_cpu_is_the_target_process_cpu_per_request() -> None:
+    # A child that, once told, burns 0.4 s of CPU while "serving" 200 requests: 2 ms each.
+    burn = (
+        "import sys, time\nprint('ready', flush=True)\nsys.stdin.readline()\n"
+        "end = time.process_time() + 0.4\nwhile time.process_time() < end: pass\n"
+        "print('done', flush=True)\ntime.sleep(30)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", burn], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        target = Target("burner", proc, 0, Path("/dev/null"))  # type: ignore[arg-type]
+
+        def run() -> dict[str, Any]:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "done"
+            time.sleep(0.1)  # /proc's tick counts settle
+            return {"requests": 200}
+
+        result = with_server_cpu(target, run)
+    finally:
+        proc.kill()
+        proc.wait()
+    cpu = result["server_cpu"]
+    assert 1.8 <= cpu["ms_per_request"] <= 2.6, cpu
+    assert 0.2 < cpu["utilization"] <= 1.05, cpu
