@@ -58,14 +58,31 @@ def _mget(keys: tuple[bytes, ...]) -> bytes:
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self) -> None:
+    def __init__(self, timeout: float | None = None) -> None:
         self.transport: asyncio.Transport | None = None
         self.pending: deque[asyncio.Future[list[bytes | None]]] = deque()
         self.buffer = bytearray()
         self.closed = False
         # Loop time of the last bytes from the server: replies still flowing means a live
-        # node whose answers are queued behind others (see _ReplyDeadline).
+        # node whose answers are queued behind others (see _ReplyWatch).
         self.last_data = -math.inf
+        # The requests that have a reply deadline, oldest first, with the loop time each was
+        # sent (a subsequence of `pending`: the handshake's replies have none).
+        self.sent: deque[tuple[asyncio.Future[list[bytes | None]], float]] = deque()
+        self.watch = None if timeout is None else _ReplyWatch(self, timeout)
+
+    def expect(self, fut: asyncio.Future[list[bytes | None]], sent_at: float) -> None:
+        """`fut` waits for the reply to a request just written, within the reply deadline."""
+        self.pending.append(fut)
+        self.sent.append((fut, sent_at))
+        if self.watch is not None:
+            self.watch.arm()
+
+    def _answered(self) -> asyncio.Future[list[bytes | None]]:
+        fut = self.pending.popleft()
+        if self.sent and self.sent[0][0] is fut:
+            self.sent.popleft()
+        return fut
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
@@ -76,6 +93,9 @@ class _Protocol(asyncio.Protocol):
         self._fail_all(RespError(f"connection lost: {exc!r}"))
 
     def _fail_all(self, exc: Exception) -> None:
+        self.sent.clear()
+        if self.watch is not None:
+            self.watch.disarm()
         while self.pending:
             fut = self.pending.popleft()
             if not fut.done():
@@ -88,7 +108,7 @@ class _Protocol(asyncio.Protocol):
             try:
                 parsed = _parse_reply(self.buffer)
             except _ErrorReply as exc:  # it answers the oldest request
-                fut = self.pending.popleft()
+                fut = self._answered()
                 if not fut.done():
                     fut.set_exception(exc)
                 continue
@@ -99,7 +119,7 @@ class _Protocol(asyncio.Protocol):
                 return  # incomplete: wait for more bytes
             value, used = parsed
             del self.buffer[:used]
-            fut = self.pending.popleft()
+            fut = self._answered()
             if not fut.done():
                 fut.set_result(value)
 
@@ -165,51 +185,67 @@ MAX_EXTENSIONS = 4
 MAX_FLOWING_WAIT = 20
 
 
-class _ReplyDeadline:
-    """The deadline of one reply, judged on Redis's time rather than the event loop's.
+class _ReplyWatch:
+    """The reply deadline of a connection's requests, judged on Redis's time rather than the
+    event loop's, with one timer per connection (not one per request: at thousands of hits a
+    second, arming and cancelling a timer for each reply cost the loop more than the reply).
 
-    A timer fires when the loop gets to it, and under load (1,000 connections on one
-    replica) the loop runs its timers 100 ms or more late, before it polls the sockets in
-    which the replies are already waiting: a plain timer then aborts healthy connections by
-    the hundred and sends every lookup the slow way. So a timer that fired more than half a
-    timeout late grants one more timeout (the reply is read on the same loop turn, if it is
-    there), at most MAX_EXTENSIONS times. On a connection that received replies within the
-    last timeout (a live node, this answer queued behind others': a burst of a thousand
-    lookups takes the loop several turns to read) the wait goes on for up to
-    MAX_FLOWING_WAIT timeouts in all. A timer that fired on time on a silent connection
-    aborts at once."""
+    Replies come in the order the requests were sent, so only the oldest request waiting
+    can be overdue; the timer is armed for its deadline, and when it fires a newer oldest
+    (its predecessor answered meanwhile) just moves the timer on. An overdue reply:
 
-    __slots__ = ("_extensions", "_fut", "_handle", "_loop", "_proto", "_start", "_timeout")
+    - on a connection that received replies within the last timeout (a live node, this
+      answer queued behind others': a burst of a thousand lookups takes the loop several
+      turns to read) is waited for, up to MAX_FLOWING_WAIT timeouts after its request;
+    - when the timer fired more than half a timeout late (under load the loop runs its
+      timers 100 ms or more late, before it polls the sockets in which the replies are
+      already waiting) gets one more timeout (the reply is read on the same loop turn, if it
+      is there), at most MAX_EXTENSIONS times;
+    - otherwise (a timer on time, a silent connection) aborts the connection at once, which
+      fails every lookup queued on it (they fall back to the full path)."""
 
-    def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        timeout: float,
-        proto: _Protocol,
-        fut: asyncio.Future[list[bytes | None]],
-    ) -> None:
-        self._loop, self._timeout, self._proto, self._fut = loop, timeout, proto, fut
+    __slots__ = ("_extensions", "_handle", "_judged", "_proto", "_timeout")
+
+    def __init__(self, proto: _Protocol, timeout: float) -> None:
+        self._proto, self._timeout = proto, timeout
+        self._handle: asyncio.TimerHandle | None = None
+        self._judged: asyncio.Future[list[bytes | None]] | None = None
         self._extensions = 0
-        self._start = loop.time()
-        self._handle = loop.call_at(self._start + timeout, self._fire, self._start + timeout)
+
+    def arm(self) -> None:
+        """After a request is sent: a timer for the oldest request's deadline, if none runs."""
+        if self._handle is None and self._proto.sent:
+            self._at(self._proto.sent[0][1] + self._timeout)
+
+    def disarm(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _at(self, due: float) -> None:
+        self._handle = asyncio.get_running_loop().call_at(due, self._fire, due)
 
     def _fire(self, due: float) -> None:
-        if self._fut.done():
+        self._handle = None
+        proto = self._proto
+        if proto.closed or not proto.sent:
             return
-        now = self._loop.time()
-        flowing = time.monotonic() - self._proto.last_data < self._timeout
-        if flowing and now - self._start < MAX_FLOWING_WAIT * self._timeout:
-            self._handle = self._loop.call_at(now + self._timeout, self._fire, now + self._timeout)
+        fut, sent_at = proto.sent[0]
+        if fut is not self._judged:  # a newer oldest request: its own count of extensions
+            self._judged, self._extensions = fut, 0
+        now = asyncio.get_running_loop().time()
+        if now - sent_at < self._timeout:  # not overdue yet
+            self._at(sent_at + self._timeout)
             return
-        late = now - due > self._timeout / 2
-        if late and self._extensions < MAX_EXTENSIONS:
+        flowing = time.monotonic() - proto.last_data < self._timeout
+        if flowing and now - sent_at < MAX_FLOWING_WAIT * self._timeout:
+            self._at(now + self._timeout)
+            return
+        if now - due > self._timeout / 2 and self._extensions < MAX_EXTENSIONS:
             self._extensions += 1
-            self._handle = self._loop.call_at(now + self._timeout, self._fire, now + self._timeout)
+            self._at(now + self._timeout)
             return
-        self._proto.abort("reply timed out", timed_out=True)
-
-    def cancel(self) -> None:
-        self._handle.cancel()
+        proto.abort("reply timed out", timed_out=True)
 
 
 class PipelinedRedis:
@@ -288,7 +324,11 @@ class PipelinedRedis:
     async def _open(self, host: str, port: int) -> _Protocol:
         loop = asyncio.get_running_loop()
         _, proto = await loop.create_connection(
-            _Protocol, host, port, ssl=self._tls, server_hostname=host if self._tls else None
+            lambda: _Protocol(self._timeout),
+            host,
+            port,
+            ssl=self._tls,
+            server_hostname=host if self._tls else None,
         )
         hello = [c for c in (self._auth, self._select) if c is not None]
         if not hello:
@@ -316,11 +356,8 @@ class PipelinedRedis:
         assert proto.transport is not None
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[bytes | None]] = loop.create_future()
-        proto.pending.append(fut)
+        proto.expect(fut, loop.time())
         proto.transport.write(_mget(keys))
-        # A reply that does not come in time means the connection is unusable: abort it,
-        # which fails every lookup queued on it (they fall back to the full path).
-        deadline = _ReplyDeadline(loop, self._timeout, proto, fut)
         try:
             return await fut
         except RespError as exc:
@@ -330,8 +367,6 @@ class PipelinedRedis:
             if self._on_failure is not None and not is_redirect(exc):
                 self._on_failure(exc)
             raise
-        finally:
-            deadline.cancel()
 
     def close(self) -> None:
         for proto in self._conns.values():
