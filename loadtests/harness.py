@@ -188,6 +188,8 @@ def serve_env(
         "SKILLCOACH_CACHE_ENABLED": "false" if redis_url is None else "true",
         "SKILLCOACH_ENVIRONMENT": "dev",
         "SKILLCOACH_LOG_LEVEL": "warning",
+        # Stopped after its runs, with no load balancer to drain from: no 5 s wait.
+        "SKILLCOACH_SHUTDOWN_DRAIN_SECONDS": "0",
     }
     if redis_url is not None:
         env["SKILLCOACH_REDIS_URL"] = redis_url

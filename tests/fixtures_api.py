@@ -156,6 +156,9 @@ def run_server(
     temporary one. The caller's own OTEL_* variables are not passed on. `procs`, if given,
     receives the process (to signal it and read its exit status)."""
     port, metrics_port = free_port(), free_port()
+    # No drain on the way down (5 s by default, for load balancers): a test that wants one
+    # asks for it; the others would each wait it out in teardown.
+    env.setdefault("shutdown_drain_seconds", "0")
     full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("SKILLCOACH_", "OTEL_"))},
         "SKILLCOACH_DATABASE_URL": database_url,

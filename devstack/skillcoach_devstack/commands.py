@@ -28,6 +28,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -692,8 +693,12 @@ def down(root: Path) -> int:
     # The load balancer first: it stops taking requests and finishes the ones it holds.
     stopped = make_haproxy(cfg).stop()
     _say("haproxy", "stopped" if stopped else "not running")
-    for replica in known_replicas(cfg.state_dir):
-        stopped = replica.stop()
+    # Together: each drains for its configured seconds (nothing routes to it any more), and
+    # one after another those waits would add up.
+    replicas = known_replicas(cfg.state_dir)
+    with ThreadPoolExecutor(max(1, len(replicas)), thread_name_prefix="stop-api") as pool:
+        outcomes = list(pool.map(lambda r: r.stop(), replicas))
+    for replica, stopped in zip(replicas, outcomes, strict=True):
         _say("api", f"{'stopped' if stopped else 'not running'} on port {replica.port}")
     stopped = make_prometheus(cfg).stop()
     _say("prometheus", "stopped (its data is kept)" if stopped else "not running")

@@ -200,6 +200,8 @@ def test_suite_smoke_every_target_measured_sampled_and_plotted(tmp_path: Path) -
             assert r["socket_errors_total"] == 0, (name, c, r["socket_errors"])
             assert r["ok"] > 0, (name, c, r["statuses"])
             assert r["non_2xx"] == 0, (name, c, r["statuses"])
+            if name != STACK:  # one process each: its CPU per answer was measured
+                assert r["server_cpu"]["ms_per_request"] > 0, (name, c, r["server_cpu"])
             if name == STACK:  # the writer beside the stack's readers: attempt batches only
                 assert set(r["writes"]["statuses"]) <= {"201"}, r["writes"]["statuses"]
     writes = sum(r["writes"]["statuses"].get("201", 0) for r in result["runs"][STACK].values())
