@@ -167,15 +167,15 @@ def weakness_columns(
     order = np.lexsort((evidence.skill_ids, -attempts, mastery))
     if limit is not None:
         order = order[:limit]
-    when = evidence.last_answered_at
+    when, ranked_attempts = evidence.last_answered_at, attempts[order]
     return Weaknesses(
         skill_ids=evidence.skill_ids[order],
         mastery=mastery[order],
         low=low[order],
         high=high[order],
-        attempts=attempts[order],
+        attempts=ranked_attempts,
         correct=evidence.n_correct[order],
-        insufficient_data=attempts[order] < min_attempts,
+        insufficient_data=ranked_attempts < min_attempts,
         last_practised_at=[when[i] for i in order.tolist()],
     )
 
