@@ -59,7 +59,8 @@ __all__ = [
 BARE, REDIS, CLUSTER, OFF = "bare", "cached-redis", "cached-cluster", "cache-off"
 
 ZIPF_LUA = Path(__file__).with_name("zipf.lua")
-PY_SPY = "/tmp/stv/bin/py-spy"
+# The venv's own (requirements/dev): beside the interpreter running the benchmark.
+PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 PERMUTATION_SEED = 20261127  # rank -> learner id: the same permutation in every run
 
 

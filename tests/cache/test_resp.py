@@ -92,6 +92,42 @@ def test_a_burst_of_lookups_arms_one_reply_timer_not_one_each(redis_url: str) ->
     assert armed <= 3, armed
 
 
+def test_the_lookups_of_one_loop_turn_go_out_in_one_write(redis_url: str) -> None:
+    """A burst started on one loop turn is one write on the connection, not one per lookup
+    (a system call each was the largest cost of a hit), and every lookup still gets its own
+    reply, in order."""
+    host, port = redis_url.removeprefix("redis://").split("/")[0].split(":")
+    r = redis.Redis(host=host, port=int(port))
+    for i in range(50):
+        r.set(f"resp:turn:{i}", str(i).encode())
+
+    async def main() -> tuple[int, list[list[bytes | None]]]:
+        client = PipelinedRedis(timeout=1.0)
+        try:
+            await client.mget(host, int(port), b"resp:turn:0")  # connected
+            proto = client._conns[(host, int(port))]
+            assert proto.transport is not None
+            writes = 0
+            write = proto.transport.write
+
+            def counting(data: bytes) -> None:
+                nonlocal writes
+                writes += 1
+                write(data)
+
+            proto.transport.write = counting  # type: ignore[method-assign]
+            got = await asyncio.gather(
+                *[client.mget(host, int(port), f"resp:turn:{i}".encode()) for i in range(50)]
+            )
+            return writes, list(got)
+        finally:
+            client.close()
+
+    writes, got = asyncio.run(main())
+    assert got == [[str(i).encode()] for i in range(50)]
+    assert writes == 1, writes
+
+
 def test_a_loop_busy_past_the_deadline_does_not_abort_a_reply_that_came(redis_url: str) -> None:
     """The reply is in the socket; the event loop only got to the timer late (a saturated
     replica): the lookup still gets its reply and the connection stays open."""

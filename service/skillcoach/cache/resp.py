@@ -2,10 +2,10 @@
 
 redis-py spends most of a hit in its own machinery (connection checkout, command packing,
 parser objects, per-call timeouts). Here one connection per Redis node carries every
-concurrent hit of a replica: requests are written back to back and replies matched in order
-by an asyncio Protocol. Anything unusual (an error reply such as MOVED, a timeout, a lost
-connection) fails that lookup only; the caller then takes the full redis-py path, which
-handles redirects, failover and the circuit breaker.
+concurrent hit of a replica: the requests of a loop turn go out in one write and replies
+are matched in order by an asyncio Protocol. Anything unusual (an error reply such as MOVED,
+a timeout, a lost connection) fails that lookup only; the caller then takes the full
+redis-py path, which handles redirects, failover and the circuit breaker.
 
 Security costs nothing per hit: a connection is wrapped in TLS and authenticated (AUTH, then
 SELECT for a database other than 0) once, when it opens, before it carries its first MGET.
@@ -70,13 +70,31 @@ class _Protocol(asyncio.Protocol):
         # sent (a subsequence of `pending`: the handshake's replies have none).
         self.sent: deque[tuple[asyncio.Future[list[bytes | None]], float]] = deque()
         self.watch = None if timeout is None else _ReplyWatch(self, timeout)
+        # Requests queued on this loop turn, written together on the next (see send).
+        self.outgoing: list[bytes] = []
 
-    def expect(self, fut: asyncio.Future[list[bytes | None]], sent_at: float) -> None:
-        """`fut` waits for the reply to a request just written, within the reply deadline."""
+    def send(
+        self,
+        request: bytes,
+        fut: asyncio.Future[list[bytes | None]],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """Queue a request; `fut` waits for its reply, within the reply deadline (counted from
+        now). The requests of one loop turn go out in one write on the next turn: under load
+        a turn starts dozens of hits, and a write per request (a system call each) cost the
+        event loop more than anything else a hit does."""
         self.pending.append(fut)
-        self.sent.append((fut, sent_at))
+        self.sent.append((fut, loop.time()))
         if self.watch is not None:
             self.watch.arm()
+        if not self.outgoing:
+            loop.call_soon(self._flush)
+        self.outgoing.append(request)
+
+    def _flush(self) -> None:
+        out, self.outgoing = self.outgoing, []
+        if out and not self.closed and self.transport is not None:
+            self.transport.write(b"".join(out))
 
     def _answered(self) -> asyncio.Future[list[bytes | None]]:
         fut = self.pending.popleft()
@@ -93,6 +111,7 @@ class _Protocol(asyncio.Protocol):
         self._fail_all(RespError(f"connection lost: {exc!r}"))
 
     def _fail_all(self, exc: Exception) -> None:
+        self.outgoing.clear()
         self.sent.clear()
         if self.watch is not None:
             self.watch.disarm()
@@ -352,12 +371,12 @@ class PipelinedRedis:
         return proto
 
     async def mget(self, host: str, port: int, *keys: bytes) -> list[bytes | None]:
-        proto = await self._connection(host, port)
-        assert proto.transport is not None
+        proto = self._conns.get((host, port))
+        if proto is None or proto.closed:
+            proto = await self._connection(host, port)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[bytes | None]] = loop.create_future()
-        proto.expect(fut, loop.time())
-        proto.transport.write(_mget(keys))
+        proto.send(_mget(keys), fut, loop)
         try:
             return await fut
         except RespError as exc:
