@@ -259,8 +259,9 @@ def test_failed_work_is_rolled_back_and_the_connection_reused(db: Database) -> N
 
 
 # -- single-statement reads -----------------------------------------------------------------
-# Two ways, both tested: untraced on a raw pooled connection, traced (an engine hook set, as
-# the tracing's SQL instrumentation is) through SQLAlchemy's Connection.
+# Two ways, both tested: untraced on the event loop (an asynchronous psycopg2 connection),
+# traced (an engine hook set, as the tracing's SQL instrumentation is) through SQLAlchemy's
+# Connection on a worker thread.
 WAYS = {"raw": None, "traced": lambda engine: None}
 
 
@@ -294,6 +295,8 @@ def recording(db: Database) -> list[str]:
     def _record(dbapi_conn: Any, _: Any) -> None:
         dbapi_conn.cursor_factory = Recorded
 
+    if db.loop_connections is not None:
+        db.loop_connections.on_open.append(lambda c: setattr(c, "cursor_factory", Recorded))
     return Recorded.sent
 
 

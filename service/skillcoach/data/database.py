@@ -6,6 +6,10 @@ pool bounded to the pool's capacity, and returns the connection on every path. C
 cannot leak a connection: the worker thread is never abandoned, it finishes its transaction
 and checks the connection back in, whatever happened to the awaiting request.
 
+A `single_statement` read skips the thread: untraced, it runs on the event loop over a
+psycopg2 connection in asynchronous mode (data/loop_reads.py), within the same connection
+budget, whenever that budget has room for one (otherwise it takes the pool like any work).
+
 Everything that waits has the request's deadline: the wait for a slot (cancelled at the
 deadline), the query (`SET LOCAL statement_timeout` capped by the time left) and the retries
 of idempotent reads. Everything is PgBouncer-safe (transaction pooling): no session state, no
@@ -26,14 +30,23 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import anyio
 import psycopg2
 from prometheus_client import CollectorRegistry
-from sqlalchemy import Connection, CursorResult, Engine, PoolProxiedConnection, create_engine, exc
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Engine,
+    PoolProxiedConnection,
+    create_engine,
+    event,
+    exc,
+)
 
 from skillcoach.data.deadline import current_work, remaining
+from skillcoach.data.loop_reads import LoopConnections, run_statement
 from skillcoach.data.pool_metrics import DbMetrics, PoolStats
 from skillcoach.data.slot_gate import FIFO_ONLY, GateConfig, SlotGate
 from skillcoach.errors import (
@@ -68,6 +81,10 @@ QUERY_CANCELED = "57014"  # statement_timeout
 RETRY_CAP = 1.0
 RETRY_ATTEMPTS = 50  # the deadline ends retries long before this; it only bounds the loop
 _SINGLE = "_skillcoach_single_statement"
+# How long past its statement_timeout a loop read waits for a reply before it gives the
+# connection up as silent (a network partition sends no reset).
+SILENT_MARGIN = 1.0
+_NO_ROOM = object()  # _loop_read: no connection in the budget; the read takes the pool
 
 
 class Rows(Protocol):
@@ -94,7 +111,11 @@ def single_statement(fn: F) -> F:
     it as one implicit transaction (the SET LOCAL holds for the statement; PgBouncer's
     transaction pooling sees one transaction), so the read costs one round trip instead of
     three (BEGIN+SET, the statement, COMMIT). A second statement raises. Called directly with
-    a Connection (inside another transaction) the mark changes nothing."""
+    a Connection (inside another transaction) the mark changes nothing.
+
+    Untraced, the read runs on the event loop (data/loop_reads.py) in two calls: the first
+    stops at its statement (so a read must do nothing before it but build its parameters),
+    the statement runs without blocking the loop, and the second call gets its rows."""
     setattr(fn, _SINGLE, True)
     return fn
 
@@ -153,9 +174,13 @@ def create_sync_engine(
         hide_parameters=True,
         # Through PgBouncer a reset must not rely on session state; rollback is enough.
         pool_reset_on_return="rollback",
-        connect_args={"connect_timeout": 3, "application_name": name},
+        connect_args=_connect_args(name),
         **kwargs,
     )
+
+
+def _connect_args(name: str) -> dict[str, object]:
+    return {"connect_timeout": 3, "application_name": name}
 
 
 @dataclass(slots=True)
@@ -187,6 +212,7 @@ class Database:
         # (raw pool checkout and cursor: half the CPU per read, which holds the GIL against
         # the event loop); traced, it keeps them, as the SQL spans hook into them.
         self._raw_reads = on_engine is None
+        self._loop: LoopConnections | None = None
         self.engine = self._new_engine(pool)
         self.generation = 0
         self._retiring: list[Engine] = []
@@ -212,7 +238,38 @@ class Database:
         engine = create_sync_engine(self._url, pool, explicit_transactions=True)
         if self._on_engine is not None:
             self._on_engine(engine)
+        if self._raw_reads:
+            old, self._loop = self._loop, self._loop_connections(engine, pool)
+            if old is not None:
+                old.close()  # the previous generation's: idle ones now, the rest on release
         return engine
+
+    @staticmethod
+    def _loop_connections(engine: Engine, pool: PoolConfig) -> LoopConnections:
+        args, kwargs = engine.dialect.create_connect_args(engine.url)
+        conns = LoopConnections(
+            tuple(args),
+            {**kwargs, **_connect_args("skillcoach")},
+            capacity=pool.capacity,
+            recycle=pool.pool_recycle if pool.pool_recycle > 0 else float("inf"),
+        )
+
+        def connect(
+            dialect: Any, _: object, cargs: Sequence[Any], cparams: Mapping[str, Any]
+        ) -> Any:
+            # The pool's connections count in the budget from before they open (two opening
+            # at once each see the other) until they close.
+            conns.pool_connecting()
+            try:
+                return dialect.connect(*cargs, **cparams)
+            except BaseException:
+                conns.pool_closed()
+                raise
+
+        event.listen(engine, "do_connect", connect)
+        event.listen(engine, "close", lambda *_: conns.pool_closed())
+        event.listen(engine, "close_detached", lambda *_: conns.pool_closed())
+        return conns
 
     # -- the transaction, on a worker thread ------------------------------------------------
     def _transaction(
@@ -222,6 +279,7 @@ class Database:
         kwargs: dict[str, object],
         asked_at: float,
         deadline: float,
+        hand_over: bool = False,
     ) -> T:
         left_ms = int((deadline - time.monotonic()) * 1000)
         if left_ms <= 0:
@@ -234,7 +292,9 @@ class Database:
         try:
             if single and self._raw_reads:
                 prefix = f"SET LOCAL statement_timeout = {timeout}; "
-                return self._raw_read(engine, fn, args, kwargs, prefix, token, asked_at)
+                return self._raw_read(
+                    engine, fn, args, kwargs, prefix, token, asked_at, hand_over=hand_over
+                )
             for attempt in range(2):
                 with engine.connect() as conn:
                     if attempt == 0:
@@ -273,16 +333,10 @@ class Database:
                 f"no database connection free within {self.pool_config.pool_timeout:g}s"
             ) from e
         except (exc.DBAPIError, psycopg2.Error) as e:
-            orig = getattr(e, "orig", e)
-            if getattr(orig, "pgcode", None) == QUERY_CANCELED:
-                self.metrics.query_timeouts.inc()
-                raise QueryTimeout(f"query cancelled after {timeout} ms") from e
-            if isinstance(orig, psycopg2.OperationalError | psycopg2.InterfaceError) or (
-                isinstance(e, exc.DBAPIError) and e.connection_invalidated
-            ):
-                self.metrics.connection_errors.inc()
-                raise ConnectionLost(_first_line(e)) from e
-            raise
+            failure = self._failure(e, timeout)
+            if failure is e:
+                raise
+            raise failure from e
         finally:
             with self._held_lock:
                 held = self._held.pop(token, None)
@@ -303,9 +357,14 @@ class Database:
         prefix: str,
         token: int,
         asked_at: float,
+        *,
+        hand_over: bool = False,
     ) -> T:
         """A single-statement read on a raw pooled connection (autocommit, see
-        create_sync_engine): one round trip, the statement doubling as the liveness ping."""
+        create_sync_engine): one round trip, the statement doubling as the liveness ping.
+        hand_over: a read that found no room for a loop connection closes its pooled one
+        afterwards, so the next read has room (reads move to the loop after a write burst
+        filled the pool)."""
         for attempt in range(2):
             pooled = engine.raw_connection()
             try:
@@ -322,6 +381,8 @@ class Database:
                             continue
                     raise
             finally:
+                if hand_over and pooled.is_valid:
+                    pooled.invalidate()
                 pooled.close()  # back to the pool (or, invalidated, discarded)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -362,6 +423,18 @@ class Database:
                 raise DeadlineExceeded(
                     "no database connection free before the request deadline"
                 ) from None
+        loop_conns = self._loop
+        hand_over = False
+        if loop_conns is not None and getattr(fn, _SINGLE, False):
+            try:
+                read = await self._loop_read(loop_conns, fn, args, kwargs, asked_at, deadline)
+            except BaseException:
+                self.gate.release()
+                raise
+            if read is not _NO_ROOM:
+                self.gate.release()
+                return cast(T, read)
+            hand_over = True
         # The slot is held until the thread is done: once it runs, it finishes (bounded by
         # statement_timeout) and returns its connection, whatever happens to this request.
         # The request's context goes with it (asyncio.to_thread's habit): the current span
@@ -375,6 +448,7 @@ class Database:
             kwargs,
             asked_at,
             deadline,
+            hand_over,
         )
         try:
             result = await asyncio.wrap_future(work)
@@ -393,6 +467,70 @@ class Database:
             return
         loop = asyncio.get_running_loop()
         work.add_done_callback(lambda _: loop.call_soon_threadsafe(self.gate.release))
+
+    async def _loop_read(
+        self,
+        conns: LoopConnections,
+        fn: Callable[..., T],
+        args: tuple[object, ...],
+        kwargs: dict[str, object],
+        asked_at: float,
+        deadline: float,
+    ) -> T | object:
+        """A single_statement read on a loop connection: one round trip, the statement
+        doubling as the liveness ping. _NO_ROOM when the budget has no connection for it."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            self.metrics.checkout_timeouts.inc()
+            raise DeadlineExceeded("request deadline passed while waiting for a connection")
+        timeout = max(1, min(self._statement_timeout_ms, int(left * 1000)))
+        statement, parameters = _statement_of(fn, args, kwargs)
+        sql = f"SET LOCAL statement_timeout = {timeout}; {statement}"
+        token = next(self._tokens)
+        try:
+            for attempt in range(2):
+                conn = await conns.acquire()
+                if conn is None:
+                    return _NO_ROOM
+                if attempt == 0:
+                    self._checked_out(token, asked_at)
+                reuse = False
+                try:
+                    # statement_timeout bounds the query; this bounds a connection gone silent.
+                    async with asyncio.timeout(timeout / 1000 + SILENT_MARGIN):
+                        names, rows = await run_statement(conn, sql, parameters)
+                    reuse = True
+                except psycopg2.Error as e:
+                    reuse = not _broken(e)  # a cancelled statement leaves it in step
+                    if attempt == 0 and _broken(e):
+                        continue  # nothing ran: once more, on a fresh connection
+                    raise
+                except TimeoutError as e:
+                    raise psycopg2.OperationalError("no reply from the database") from e
+                finally:
+                    conns.release(conn, reuse=reuse)
+                return fn(_Replay(statement, names, rows), *args, **kwargs)
+            raise AssertionError("unreachable")  # pragma: no cover
+        except psycopg2.Error as e:
+            raise self._failure(e, timeout) from e
+        finally:
+            with self._held_lock:
+                held = self._held.pop(token, None)
+            if held is not None:
+                self._report_if_long(held, time.monotonic() - held.started)
+
+    def _failure(self, e: BaseException, timeout: int) -> BaseException:
+        """What a driver error means to the caller (counted), or the error itself."""
+        orig = getattr(e, "orig", e)
+        if getattr(orig, "pgcode", None) == QUERY_CANCELED:
+            self.metrics.query_timeouts.inc()
+            return QueryTimeout(f"query cancelled after {timeout} ms")
+        if isinstance(orig, psycopg2.OperationalError | psycopg2.InterfaceError) or (
+            isinstance(e, exc.DBAPIError) and e.connection_invalidated
+        ):
+            self.metrics.connection_errors.inc()
+            return ConnectionLost(_first_line(e))
+        return e
 
     def run_sync(self, fn: Callable[..., T], /, *args: object, **kwargs: object) -> T:
         now = time.monotonic()
@@ -447,11 +585,18 @@ class Database:
     def stats(self) -> PoolStats:
         pool = self.engine.pool
         retiring_out = sum(e.pool.checkedout() for e in self._retiring)  # type: ignore[attr-defined]
+        loop_open = loop_idle = 0
+        if self._loop is not None:
+            loop_open, loop_idle = self._loop.opened, self._loop.idle
+        size = int(pool.size())  # type: ignore[attr-defined]
+        pool_out = int(pool.checkedout())  # type: ignore[attr-defined]
+        # The pool's own idle count includes entries whose connection was closed.
+        pool_idle = max(0, self._engine_open() - pool_out)
         return PoolStats(
-            size=int(pool.size()),  # type: ignore[attr-defined]
-            checked_out=int(pool.checkedout()) + int(retiring_out),  # type: ignore[attr-defined]
-            idle=int(pool.checkedin()),  # type: ignore[attr-defined]
-            overflow=max(0, int(pool.overflow())),  # type: ignore[attr-defined]
+            size=size,
+            checked_out=pool_out + int(retiring_out) + loop_open - loop_idle,
+            idle=pool_idle + loop_idle,
+            overflow=max(0, pool_out + pool_idle + loop_open - size),
             capacity=self.pool_config.capacity,
             client_budget=self.pool_config.client_budget,
             waiters=self.gate.waiting,
@@ -460,12 +605,27 @@ class Database:
             retiring_pools=len(self._retiring),
         )
 
+    def _engine_open(self) -> int:
+        """The pool's open connections (its own counts are of entries, which outlive a
+        closed connection until the entry reconnects)."""
+        if self._loop is not None:
+            return self._loop.pool_open
+        pool = self.engine.pool
+        return int(pool.checkedin()) + int(pool.checkedout())  # type: ignore[attr-defined]
+
+    @property
+    def loop_connections(self) -> LoopConnections | None:
+        """The current generation's event-loop connections (None: traced, or none)."""
+        return self._loop
+
     @property
     def threads(self) -> int:
         """The worker threads DB work may use at once."""
         return self._thread_count
 
     def dispose(self) -> None:
+        if self._loop is not None:
+            self._loop.close()
         self._threads.shutdown(wait=True)
         for engine in [*self._retiring, self.engine]:
             engine.dispose()
@@ -529,10 +689,22 @@ class _RawStatement(_Once):
                 return _Rows([])
             make = _MAKERS.get(statement)
             if make is None:  # psycopg2 decodes every column name on each access: once only
-                make = _row_maker(tuple(d.name for d in cur.description))
-                if len(_MAKERS) < 256:  # reads are code constants; bounded all the same
-                    _MAKERS[statement] = make
+                make = _maker(statement, tuple(d.name for d in cur.description))
             return _Rows([make(r) for r in cur.fetchall()])
+
+
+def _rows(statement: str, names: tuple[str, ...] | None, rows: list[tuple[Any, ...]]) -> _Rows:
+    if names is None:
+        return _Rows([])
+    make = _MAKERS.get(statement) or _maker(statement, names)
+    return _Rows([make(r) for r in rows])
+
+
+def _maker(statement: str, names: tuple[str, ...]) -> Callable[[Iterable[Any]], tuple[Any, ...]]:
+    make = _row_maker(names)
+    if len(_MAKERS) < 256:  # reads are code constants; bounded all the same
+        _MAKERS[statement] = make
+    return make
 
 
 _MAKERS: dict[str, Callable[[Iterable[Any]], tuple[Any, ...]]] = {}
@@ -570,6 +742,55 @@ class _Rows:
 
     def scalar_one(self) -> Any:
         return self.one()[0]
+
+
+class _Captured(Exception):
+    def __init__(self, statement: str, parameters: Mapping[str, Any] | None) -> None:
+        super().__init__(statement)
+        self.statement, self.parameters = statement, parameters
+
+
+class _Capture:
+    """What a single_statement read gets first: it learns the statement and stops the read."""
+
+    __slots__ = ()
+
+    def exec_driver_sql(
+        self, statement: str, parameters: Mapping[str, Any] | None = None, /
+    ) -> Rows:
+        raise _Captured(statement, parameters)
+
+
+def _statement_of(
+    fn: Callable[..., Any], args: tuple[object, ...], kwargs: dict[str, object]
+) -> tuple[str, Mapping[str, Any] | None]:
+    """The one statement of a single_statement read: the read runs up to it (building its
+    parameters is all it does before), then `_Replay` runs it again with the rows."""
+    try:
+        fn(_Capture(), *args, **kwargs)
+    except _Captured as captured:
+        return captured.statement, captured.parameters
+    raise RuntimeError("a single_statement read ran no statement")
+
+
+class _Replay:
+    """What a single_statement read gets second: the rows of its statement, already read."""
+
+    __slots__ = ("_names", "_rows", "_statement")
+
+    def __init__(
+        self, statement: str, names: tuple[str, ...] | None, rows: list[tuple[Any, ...]]
+    ) -> None:
+        self._statement: str | None = statement
+        self._names, self._rows = names, rows
+
+    def exec_driver_sql(
+        self, statement: str, parameters: Mapping[str, Any] | None = None, /
+    ) -> _Rows:
+        if statement != self._statement:
+            raise RuntimeError("a single_statement read ran a second statement (or another one)")
+        self._statement = None
+        return _rows(statement, self._names, self._rows)
 
 
 def _broken(e: psycopg2.Error) -> bool:
