@@ -4,8 +4,11 @@ SQLAlchemy pool. Real PostgreSQL; pg_stat_activity counts what is really open.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from datetime import datetime
 
 import anyio
@@ -13,7 +16,13 @@ import psycopg2
 import pytest
 from sqlalchemy import Connection, make_url
 
-from skillcoach.data.database import Database, PoolConfig, Reader, single_statement
+from skillcoach.data.database import (
+    ConnectionLost,
+    Database,
+    PoolConfig,
+    Reader,
+    single_statement,
+)
 from skillcoach.data.loop_reads import LoopConnections, run_statement
 from tests.data.test_database import make_db, read_pid, read_sleep
 
@@ -249,3 +258,66 @@ def test_no_room_means_no_new_connection(pg_url: str) -> None:
     assert second is None and conns.opened == 1 and conns.idle == 1
     conns.close()
     assert conns.opened == 0 and first.closed  # type: ignore[attr-defined]
+
+
+class Partition:
+    """A TCP forwarder on loopback to `port`; `frozen`, it drops every byte both ways and
+    keeps the sockets open, as a network partition does (no reset, no reply)."""
+
+    def __init__(self, port: int) -> None:
+        self.frozen = False
+        self._target = port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._socks: list[socket.socket] = [self._listener]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                client, _ = self._listener.accept()
+                server = socket.create_connection(("127.0.0.1", self._target))
+                self._socks += [client, server]
+                for a, b in ((client, server), (server, client)):
+                    threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                if not self.frozen:
+                    sink.sendall(data)
+
+    def close(self) -> None:
+        for sock in self._socks:
+            sock.close()
+
+
+@pytest.fixture
+def partition(pgbouncer_url: str) -> Iterator[tuple[Partition, str]]:
+    url = make_url(pgbouncer_url)
+    assert url.port is not None
+    proxy = Partition(url.port)
+    yield proxy, url.set(port=proxy.port).render_as_string(hide_password=False)
+    proxy.close()
+
+
+def test_a_partitioned_loop_read_gives_up_by_its_deadline(
+    partition: tuple[Partition, str],
+) -> None:
+    """The connection goes silent mid-read: the read waits for its statement timeout and a
+    short margin, tries a fresh connection (whose opening is silent too) until the request's
+    deadline, and fails as a lost connection (a 503), leaving nothing open."""
+    proxy, url = partition
+    db = make_db(url, statement_ms=500, deadline=2.0)
+    try:
+        assert anyio.run(db.run, read_pid) > 0
+        proxy.frozen = True
+        started = time.monotonic()
+        with pytest.raises(ConnectionLost):
+            anyio.run(db.run, read_pid)
+        elapsed = time.monotonic() - started
+        assert 0.5 <= elapsed < 3.0, elapsed  # the deadline (2 s), not a hang
+        assert loop_conns(db).opened == 0
+        assert db.stats().checked_out == 0
+    finally:
+        db.dispose()

@@ -81,9 +81,10 @@ QUERY_CANCELED = "57014"  # statement_timeout
 RETRY_CAP = 1.0
 RETRY_ATTEMPTS = 50  # the deadline ends retries long before this; it only bounds the loop
 _SINGLE = "_skillcoach_single_statement"
-# How long past its statement_timeout a loop read waits for a reply before it gives the
-# connection up as silent (a network partition sends no reset).
-SILENT_MARGIN = 1.0
+# How long past its statement_timeout (capped by the request's deadline) a loop read waits
+# for a reply before it gives the connection up as silent (a network partition sends no
+# reset): the server's own cancellation needs a moment to arrive.
+SILENT_MARGIN = 0.25
 _NO_ROOM = object()  # _loop_read: no connection in the budget; the read takes the pool
 
 
@@ -489,7 +490,7 @@ class Database:
         token = next(self._tokens)
         try:
             for attempt in range(2):
-                conn = await conns.acquire()
+                conn = await conns.acquire(deadline)
                 if conn is None:
                     return _NO_ROOM
                 if attempt == 0:

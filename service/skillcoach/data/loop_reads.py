@@ -133,9 +133,10 @@ class LoopConnections:
         with self._lock:
             self._pool_open -= 1
 
-    async def acquire(self) -> Conn | None:
+    async def acquire(self, deadline: float | None = None) -> Conn | None:
         """An open connection, or None when the budget has no room for another (the read
-        then takes the SQLAlchemy pool). Raises if opening one fails."""
+        then takes the SQLAlchemy pool). Raises if opening one fails, or takes longer than
+        the open timeout or past the monotonic `deadline`."""
         now = time.monotonic()
         with self._lock:
             while self._idle:
@@ -150,7 +151,10 @@ class LoopConnections:
         try:
             conn = psycopg2.connect(*self._args, connection_factory=Conn, async_=1, **self._kwargs)
             try:
-                async with asyncio.timeout(self._open_timeout):
+                limit = self._open_timeout
+                if deadline is not None:
+                    limit = min(limit, deadline - time.monotonic())
+                async with asyncio.timeout(max(0.0, limit)):
                     await _ready(conn)
             except TimeoutError as e:  # what the pool's connect_timeout would raise
                 conn.close()
