@@ -23,7 +23,7 @@ from skillcoach.data.database import (
     Reader,
     single_statement,
 )
-from skillcoach.data.loop_reads import LoopConnections, run_statement
+from skillcoach.data.loop_reads import Conn, LoopConnections, run_statement
 from tests.data.test_database import make_db, read_pid, read_sleep
 
 
@@ -220,7 +220,7 @@ def test_connections_older_than_the_recycle_age_are_closed_not_reused(pg_url: st
     dsn = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
     conns = LoopConnections((dsn,), {}, capacity=5, recycle=0.2)
 
-    async def pid(conn: psycopg2.extensions.connection) -> int:
+    async def pid(conn: Conn) -> int:
         _, rows = await run_statement(conn, "SELECT pg_backend_pid()", None)
         return int(rows[0][0])
 

@@ -23,7 +23,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-__all__ = ["LoopConnections", "run_statement"]
+__all__ = ["Conn", "LoopConnections", "run_statement"]
 
 
 class Conn(psycopg2.extensions.connection):
