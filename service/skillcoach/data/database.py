@@ -499,7 +499,7 @@ class Database:
                 try:
                     # statement_timeout bounds the query; this bounds a connection gone silent.
                     async with asyncio.timeout(timeout / 1000 + SILENT_MARGIN):
-                        names, rows = await run_statement(conn, sql, parameters)
+                        columns, rows = await run_statement(conn, sql, parameters)
                     reuse = True
                 except psycopg2.Error as e:
                     reuse = not _broken(e)  # a cancelled statement leaves it in step
@@ -510,7 +510,7 @@ class Database:
                     raise psycopg2.OperationalError("no reply from the database") from e
                 finally:
                     conns.release(conn, reuse=reuse)
-                return fn(_Replay(statement, names, rows), *args, **kwargs)
+                return fn(_Replay(statement, columns, rows), *args, **kwargs)
             raise AssertionError("unreachable")  # pragma: no cover
         except psycopg2.Error as e:
             raise self._failure(e, timeout) from e
@@ -688,16 +688,15 @@ class _RawStatement(_Once):
             cur.execute(sql, parameters)
             if cur.description is None:
                 return _Rows([])
-            make = _MAKERS.get(statement)
-            if make is None:  # psycopg2 decodes every column name on each access: once only
-                make = _maker(statement, tuple(d.name for d in cur.description))
-            return _Rows([make(r) for r in cur.fetchall()])
+            return _rows(statement, cur.description, cur.fetchall())
 
 
-def _rows(statement: str, names: tuple[str, ...] | None, rows: list[tuple[Any, ...]]) -> _Rows:
-    if names is None:
+def _rows(statement: str, columns: Sequence[Any] | None, rows: list[tuple[Any, ...]]) -> _Rows:
+    """Rows of `statement` from its cursor description and fetched tuples. The row class is
+    made once per statement: psycopg2 decodes every column name on each access."""
+    if columns is None:
         return _Rows([])
-    make = _MAKERS.get(statement) or _maker(statement, names)
+    make = _MAKERS.get(statement) or _maker(statement, tuple(d.name for d in columns))
     return _Rows([make(r) for r in rows])
 
 
@@ -777,13 +776,13 @@ def _statement_of(
 class _Replay:
     """What a single_statement read gets second: the rows of its statement, already read."""
 
-    __slots__ = ("_names", "_rows", "_statement")
+    __slots__ = ("_columns", "_rows", "_statement")
 
     def __init__(
-        self, statement: str, names: tuple[str, ...] | None, rows: list[tuple[Any, ...]]
+        self, statement: str, columns: Sequence[Any] | None, rows: list[tuple[Any, ...]]
     ) -> None:
         self._statement: str | None = statement
-        self._names, self._rows = names, rows
+        self._columns, self._rows = columns, rows
 
     def exec_driver_sql(
         self, statement: str, parameters: Mapping[str, Any] | None = None, /
@@ -791,7 +790,7 @@ class _Replay:
         if statement != self._statement:
             raise RuntimeError("a single_statement read ran a second statement (or another one)")
         self._statement = None
-        return _rows(statement, self._names, self._rows)
+        return _rows(statement, self._columns, self._rows)
 
 
 def _broken(e: psycopg2.Error) -> bool:

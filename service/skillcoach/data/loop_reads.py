@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import psycopg2
@@ -62,16 +62,18 @@ def _wake(waiter: asyncio.Future[None]) -> None:
 
 async def run_statement(
     conn: Conn, sql: str, parameters: Mapping[str, Any] | None
-) -> tuple[tuple[str, ...] | None, list[tuple[Any, ...]]]:
-    """Send one simple-query string and wait for its result: (column names, rows) of its last
-    statement, or (None, []) when that returns no rows."""
+) -> tuple[Sequence[Any] | None, list[tuple[Any, ...]]]:
+    """Send one simple-query string and wait for its result: (cursor description, rows) of
+    its last statement, or (None, []) when that returns no rows. (The description, not the
+    names: psycopg2 decodes every column name on each access, which a caller that knows the
+    statement's columns already can skip.)"""
     cur = conn.cursor()
     try:
         cur.execute(sql, parameters)
         await _ready(conn)
         if cur.description is None:
             return None, []
-        return tuple(d.name for d in cur.description), cur.fetchall()
+        return cur.description, cur.fetchall()
     finally:
         cur.close()
 
