@@ -64,7 +64,8 @@ class Budget:
     # PgBouncer's reserve_pool_size comes on top of default_pool_size when clients wait.
     pgbouncer_reserve_pool: int = 0
     min_per_pod: int = 4
-    # Each connection is a worker thread of one Python process: about 8 per core of the pod.
+    # Reads run on a pod's event loop and each transaction on a worker thread of one Python
+    # process: about 8 connections per core of the pod.
     max_per_pod: int = 16
     pool_timeout: float = 2.0
     pool_recycle: int = 3600
