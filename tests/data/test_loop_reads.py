@@ -134,26 +134,48 @@ def test_loop_and_pool_connections_stay_within_the_capacity_together(pg_url: str
         db.dispose()
 
 
-def test_a_read_with_no_room_takes_the_pool_and_hands_its_connection_over(
-    pgbouncer_url: str,
-) -> None:
-    """Two transactions leave the pool holding the whole capacity (2, kept idle): the next
-    read finds no room on the loop, runs on a pooled connection and closes it after, so the
-    read after that runs on the loop."""
+def test_a_burst_of_transactions_leaves_the_reads_their_budget(pgbouncer_url: str) -> None:
+    """Eight transactions at once open eight pool connections; the pool keeps two of them
+    idle (a quarter of the capacity) and closes the rest as they come back, so six reads at
+    once then all run on the loop."""
+    db = make_db(pgbouncer_url, size=8, overflow=0)
+    try:
+
+        async def transactions() -> None:
+            await asyncio.gather(*[db.run(in_transaction, 0.05) for _ in range(8)])
+
+        async def reads() -> list[tuple[int, str]]:
+            return list(await asyncio.gather(*[db.run(read_on_thread) for _ in range(6)]))
+
+        anyio.run(transactions)
+        assert db.stats().idle == 2 and loop_conns(db).opened == 0
+        loop_thread = threading.current_thread().name  # anyio.run runs its loop here
+        assert anyio.run(reads) == [(7, loop_thread)] * 6
+        assert loop_conns(db).opened == 6
+        assert db.stats().idle == 8  # two of the pool's, six of the loop's: the capacity
+    finally:
+        db.dispose()
+
+
+def test_a_read_with_no_room_on_the_loop_takes_the_pool(pgbouncer_url: str) -> None:
+    """Capacity 2: a transaction holds a pool connection and a read a loop one. A second read
+    waits for a slot; the transaction ends first, leaving its connection idle in the pool and
+    no room for another loop connection, so that read runs on the pool's, on a worker."""
     db = make_db(pgbouncer_url, size=2, overflow=0)
     try:
 
-        async def fill_the_pool() -> None:
-            await asyncio.gather(*[db.run(in_transaction, 0.05) for _ in range(2)])
+        async def main() -> str:
+            transaction = asyncio.create_task(db.run(in_transaction, 0.1))
+            await asyncio.sleep(0.03)
+            first = asyncio.create_task(db.run(read_sleep, 1.5))
+            await asyncio.sleep(0.03)
+            _, thread = await db.run(read_on_thread)
+            await asyncio.gather(transaction, first)
+            return thread
 
-        anyio.run(fill_the_pool)
-        assert db.stats().idle == 2 and loop_conns(db).opened == 0
-        value, thread = anyio.run(db.run, read_on_thread)
-        assert value == 7 and thread.startswith("skillcoach-db")  # on the pool, no room
-        loop_thread = threading.current_thread().name  # anyio.run runs its loop here
-        assert anyio.run(db.run, read_on_thread) == (7, loop_thread)
+        assert anyio.run(main).startswith("skillcoach-db")
         assert loop_conns(db).opened == 1
-        assert db.stats().idle == 2  # one of each: still the capacity
+        assert db.stats().checked_out == 0 and db.stats().idle == 2
     finally:
         db.dispose()
 

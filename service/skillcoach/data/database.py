@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import dataclasses
 import functools
 import itertools
 import logging
@@ -85,7 +86,11 @@ _SINGLE = "_skillcoach_single_statement"
 # for a reply before it gives the connection up as silent (a network partition sends no
 # reset): the server's own cancellation needs a moment to arrive.
 SILENT_MARGIN = 0.25
-_NO_ROOM = object()  # _loop_read: no connection in the budget; the read takes the pool
+_NO_ROOM = object()
+# Idle connections the SQLAlchemy pool keeps for transactions while reads run on the loop
+# (at most a quarter of the capacity): a burst of transactions beyond them opens connections
+# that close as they come back, so their budget returns to the reads.
+POOL_KEEPS_IDLE = 4
 
 
 class Rows(Protocol):
@@ -236,7 +241,15 @@ class Database:
         self._tokens = itertools.count()
 
     def _new_engine(self, pool: PoolConfig) -> Engine:
-        engine = create_sync_engine(self._url, pool, explicit_transactions=True)
+        engine_pool = pool
+        if self._raw_reads:
+            # Reads keep their own connections on the loop: the pool keeps a few idle ones for
+            # transactions and closes the rest as they come back (QueuePool's overflow rule).
+            keep = max(1, min(pool.pool_size, POOL_KEEPS_IDLE, pool.capacity // 4))
+            engine_pool = dataclasses.replace(
+                pool, pool_size=keep, max_overflow=pool.capacity - keep
+            )
+        engine = create_sync_engine(self._url, engine_pool, explicit_transactions=True)
         if self._on_engine is not None:
             self._on_engine(engine)
         if self._raw_reads:
@@ -280,7 +293,6 @@ class Database:
         kwargs: dict[str, object],
         asked_at: float,
         deadline: float,
-        hand_over: bool = False,
     ) -> T:
         left_ms = int((deadline - time.monotonic()) * 1000)
         if left_ms <= 0:
@@ -293,9 +305,7 @@ class Database:
         try:
             if single and self._raw_reads:
                 prefix = f"SET LOCAL statement_timeout = {timeout}; "
-                return self._raw_read(
-                    engine, fn, args, kwargs, prefix, token, asked_at, hand_over=hand_over
-                )
+                return self._raw_read(engine, fn, args, kwargs, prefix, token, asked_at)
             for attempt in range(2):
                 with engine.connect() as conn:
                     if attempt == 0:
@@ -358,14 +368,10 @@ class Database:
         prefix: str,
         token: int,
         asked_at: float,
-        *,
-        hand_over: bool = False,
     ) -> T:
         """A single-statement read on a raw pooled connection (autocommit, see
         create_sync_engine): one round trip, the statement doubling as the liveness ping.
-        hand_over: a read that found no room for a loop connection closes its pooled one
-        afterwards, so the next read has room (reads move to the loop after a write burst
-        filled the pool)."""
+        """
         for attempt in range(2):
             pooled = engine.raw_connection()
             try:
@@ -382,8 +388,6 @@ class Database:
                             continue
                     raise
             finally:
-                if hand_over and pooled.is_valid:
-                    pooled.invalidate()
                 pooled.close()  # back to the pool (or, invalidated, discarded)
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -425,7 +429,6 @@ class Database:
                     "no database connection free before the request deadline"
                 ) from None
         loop_conns = self._loop
-        hand_over = False
         if loop_conns is not None and getattr(fn, _SINGLE, False):
             try:
                 read = await self._loop_read(loop_conns, fn, args, kwargs, asked_at, deadline)
@@ -435,7 +438,6 @@ class Database:
             if read is not _NO_ROOM:
                 self.gate.release()
                 return cast(T, read)
-            hand_over = True
         # The slot is held until the thread is done: once it runs, it finishes (bounded by
         # statement_timeout) and returns its connection, whatever happens to this request.
         # The request's context goes with it (asyncio.to_thread's habit): the current span
@@ -449,7 +451,6 @@ class Database:
             kwargs,
             asked_at,
             deadline,
-            hand_over,
         )
         try:
             result = await asyncio.wrap_future(work)
@@ -589,7 +590,7 @@ class Database:
         loop_open = loop_idle = 0
         if self._loop is not None:
             loop_open, loop_idle = self._loop.opened, self._loop.idle
-        size = int(pool.size())  # type: ignore[attr-defined]
+        size = self.pool_config.pool_size
         pool_out = int(pool.checkedout())  # type: ignore[attr-defined]
         # The pool's own idle count includes entries whose connection was closed.
         pool_idle = max(0, self._engine_open() - pool_out)
