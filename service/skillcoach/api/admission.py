@@ -11,8 +11,9 @@ spending its CPU on refusals deep in the stack. A hard cap stays: beyond (pool c
 queue allowance) requests in flight, running or waiting, the answer is 503 at once.
 
 Probes and metrics are never shed and get no deadline. Every admitted request gets a deadline
-that the DB layer honours (skillcoach.data.deadline), named by its route template; the wait at
-the gate counts against it.
+that the DB layer honours (skillcoach.data.deadline), named by its route template. It runs
+from the request's arrival: the wait at the gate counts against it, and so does a fast-path
+lookup that fell through to here.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from skillcoach.data.slot_gate import GateConfig, GateShed, SlotGate
 
 __all__ = [
     "SHED_SCOPE_KEY",
+    "START_KEY",
     "UNSHED_PATHS",
     "AdmissionMiddleware",
     "Gatekeeper",
@@ -40,6 +42,9 @@ __all__ = [
 UNSHED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 # Set in the ASGI scope of a request this middleware refused.
 SHED_SCOPE_KEY = "skillcoach.shed"
+# In the ASGI scope: time.perf_counter() when the request arrived (set by the fast path or
+# the HTTP metrics), so every later clock (latency, deadline) starts there.
+START_KEY = "skillcoach.started"
 
 
 def route_label(scope: Scope) -> str:
@@ -98,14 +103,20 @@ class Gatekeeper:
             registry=registry,
         ).set_function(lambda: self._limit())
 
-    async def enter(self) -> float:
-        """Admit the request (it then runs, and must `leave`): returns its deadline. Raises
-        Refused at the in-flight cap, when shed by the gate, or out of time waiting."""
+    async def enter(self, started: float | None = None) -> float:
+        """Admit the request (it then runs, and must `leave`): returns its deadline, counted
+        from `started` (time.perf_counter() at its arrival; None: now). Raises Refused at the
+        in-flight cap, when shed by the gate, or out of time."""
         if self._in_flight >= self._limit():
             self.shed.inc()
             raise Refused("this replica is at its concurrency limit")
+        now = time.monotonic()
+        deadline = now + self._timeout
+        if started is not None:
+            deadline -= max(0.0, time.perf_counter() - started)
+            if deadline <= now:  # its whole time went before admission (a stalled loop)
+                raise Refused("the request's deadline passed before it was admitted")
         self._in_flight += 1
-        deadline = time.monotonic() + self._timeout
         running = self._running()
         if running != self.gate.capacity:  # a live pool resize
             self.gate.set_capacity(running)
@@ -142,7 +153,7 @@ class AdmissionMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            deadline = await self.keeper.enter()
+            deadline = await self.keeper.enter(scope.get(START_KEY))
         except Refused as refused:
             await refuse(scope, receive, send, str(refused))
             return

@@ -181,7 +181,7 @@ class CacheHitPath:
         status = 500
         try:
             try:
-                deadline = await self._keeper.enter()
+                deadline = await self._keeper.enter(start)
             except Refused as refused:
                 status = 503
                 route = "shed"

@@ -20,7 +20,7 @@ from opentelemetry import trace
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from skillcoach.api.admission import UNSHED_PATHS, route_label
+from skillcoach.api.admission import START_KEY, UNSHED_PATHS, route_label
 from skillcoach.telemetry.logs import ACCESS_LOGGER, FIELDS, REQUEST, RequestLog
 
 __all__ = [
@@ -37,9 +37,8 @@ __all__ = [
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 REQUEST_ID_HEADER = b"x-request-id"
-# Set in the scope by the fast path when its lookup missed: when the request started, and
-# its request id (so the full path neither restarts the clock nor reads the headers again).
-START_KEY = "skillcoach.started"
+# Set in the scope by the fast path when its lookup missed: its request id (so the full path
+# does not read the headers again); START_KEY (api/admission.py) likewise keeps its clock.
 REQUEST_ID_KEY = "skillcoach.request_id"
 # A client's X-Request-ID is echoed and logged only if it is short and plain; anything else
 # is replaced, so a log line never carries what a client chose to inject.
@@ -145,7 +144,8 @@ class HttpMetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        start = scope.pop(START_KEY, None) or time.perf_counter()
+        # Kept in the scope: admission counts the request's deadline from it.
+        start = scope[START_KEY] = scope.get(START_KEY) or time.perf_counter()
         rid: bytes = scope.pop(REQUEST_ID_KEY, None) or request_id(scope["headers"])
         method = scope["method"]
         traced = self._traced
