@@ -372,7 +372,7 @@ class PipelinedRedis:
 
     async def mget(self, host: str, port: int, *keys: bytes) -> list[bytes | None]:
         proto = self._conns.get((host, port))
-        if proto is None or proto.closed:
+        if proto is None or proto.closed:  # _connection's own first check, without a coroutine
             proto = await self._connection(host, port)
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[bytes | None]] = loop.create_future()

@@ -294,13 +294,9 @@ class Database:
         asked_at: float,
         deadline: float,
     ) -> T:
-        left_ms = int((deadline - time.monotonic()) * 1000)
-        if left_ms <= 0:
-            self.metrics.checkout_timeouts.inc()
-            raise DeadlineExceeded("request deadline passed while waiting for a connection")
+        timeout = self._timeout_ms(deadline)
         token = next(self._tokens)
         engine = self.engine  # a resize swaps the attribute; this transaction keeps its pool
-        timeout = max(1, min(self._statement_timeout_ms, left_ms))
         single = getattr(fn, _SINGLE, False)
         try:
             if single and self._raw_reads:
@@ -349,15 +345,27 @@ class Database:
                 raise
             raise failure from e
         finally:
-            with self._held_lock:
-                held = self._held.pop(token, None)
-            if held is not None:
-                self._report_if_long(held, time.monotonic() - held.started)
+            self._checked_in(token)
+
+    def _timeout_ms(self, deadline: float) -> int:
+        """The statement timeout for work starting now: the setting, capped by the time left
+        (DeadlineExceeded, counted, when none is)."""
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            self.metrics.checkout_timeouts.inc()
+            raise DeadlineExceeded("request deadline passed while waiting for a connection")
+        return max(1, min(self._statement_timeout_ms, left_ms))
 
     def _checked_out(self, token: int, asked_at: float) -> None:
         self.metrics.checkout_wait.observe(time.monotonic() - asked_at)
         with self._held_lock:
             self._held[token] = _Checkout(time.monotonic(), current_work())
+
+    def _checked_in(self, token: int) -> None:
+        with self._held_lock:
+            held = self._held.pop(token, None)
+        if held is not None:
+            self._report_if_long(held, time.monotonic() - held.started)
 
     def _raw_read(
         self,
@@ -370,8 +378,7 @@ class Database:
         asked_at: float,
     ) -> T:
         """A single-statement read on a raw pooled connection (autocommit, see
-        create_sync_engine): one round trip, the statement doubling as the liveness ping.
-        """
+        create_sync_engine): one round trip, the statement doubling as the liveness ping."""
         for attempt in range(2):
             pooled = engine.raw_connection()
             try:
@@ -481,11 +488,7 @@ class Database:
     ) -> T | object:
         """A single_statement read on a loop connection: one round trip, the statement
         doubling as the liveness ping. _NO_ROOM when the budget has no connection for it."""
-        left = deadline - time.monotonic()
-        if left <= 0:
-            self.metrics.checkout_timeouts.inc()
-            raise DeadlineExceeded("request deadline passed while waiting for a connection")
-        timeout = max(1, min(self._statement_timeout_ms, int(left * 1000)))
+        timeout = self._timeout_ms(deadline)
         statement, parameters = _statement_of(fn, args, kwargs)
         sql = f"SET LOCAL statement_timeout = {timeout}; {statement}"
         token = next(self._tokens)
@@ -516,10 +519,7 @@ class Database:
         except psycopg2.Error as e:
             raise self._failure(e, timeout) from e
         finally:
-            with self._held_lock:
-                held = self._held.pop(token, None)
-            if held is not None:
-                self._report_if_long(held, time.monotonic() - held.started)
+            self._checked_in(token)
 
     def _failure(self, e: BaseException, timeout: int) -> BaseException:
         """What a driver error means to the caller (counted), or the error itself."""

@@ -97,7 +97,7 @@ class LoopConnections:
         self.capacity = capacity
         self._recycle = recycle
         self._open_timeout = open_timeout
-        self._idle: list[tuple[Conn, float]] = []
+        self._idle: list[Conn] = []
         self._lock = threading.Lock()
         self._opened = 0  # open connections of this generation, idle or in use
         self._pool_open = 0  # the SQLAlchemy pool's, opening ones included
@@ -139,8 +139,8 @@ class LoopConnections:
         now = time.monotonic()
         with self._lock:
             while self._idle:
-                conn, opened_at = self._idle.pop()
-                if now - opened_at < self._recycle and not conn.closed:
+                conn = self._idle.pop()
+                if now - conn.opened_at < self._recycle and not conn.closed:
                     return conn
                 self._opened -= 1
                 conn.close()
@@ -148,22 +148,25 @@ class LoopConnections:
                 return None
             self._opened += 1  # counted while it opens: the budget includes it
         try:
-            conn = psycopg2.connect(*self._args, connection_factory=Conn, async_=1, **self._kwargs)
-            try:
-                limit = self._open_timeout
-                if deadline is not None:
-                    limit = min(limit, deadline - time.monotonic())
-                async with asyncio.timeout(max(0.0, limit)):
-                    await _ready(conn)
-            except TimeoutError as e:  # what the pool's connect_timeout would raise
-                conn.close()
-                raise psycopg2.OperationalError("timeout expired opening a connection") from e
-            except BaseException:
-                conn.close()
-                raise
+            return await self._open(now, deadline)
         except BaseException:
             with self._lock:
                 self._opened -= 1
+            raise
+
+    async def _open(self, now: float, deadline: float | None) -> Conn:
+        conn = psycopg2.connect(*self._args, connection_factory=Conn, async_=1, **self._kwargs)
+        limit = self._open_timeout
+        if deadline is not None:
+            limit = min(limit, deadline - time.monotonic())
+        try:
+            async with asyncio.timeout(max(0.0, limit)):
+                await _ready(conn)
+        except TimeoutError as e:  # what the pool's connect_timeout would raise
+            conn.close()
+            raise psycopg2.OperationalError("timeout expired opening a connection") from e
+        except BaseException:
+            conn.close()
             raise
         conn.opened_at = now
         for hook in self.on_open:
@@ -174,7 +177,7 @@ class LoopConnections:
         """Back to the idle list, or closed (`reuse=False`: a broken or interrupted one)."""
         with self._lock:
             if reuse and not self._closed and not conn.closed and not _busy(conn):
-                self._idle.append((conn, conn.opened_at))
+                self._idle.append(conn)
                 return
             self._opened -= 1
         conn.close()
@@ -186,7 +189,7 @@ class LoopConnections:
             return []
         taken, self._idle = self._idle[:count], self._idle[count:]
         self._opened -= len(taken)
-        return [conn for conn, _ in taken]
+        return taken
 
     def close(self) -> None:
         """No more connections: the idle ones close now, those in use when released."""
