@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
+import socket
 import sys
 import time
 from types import FrameType
@@ -12,6 +14,7 @@ import uvicorn
 from prometheus_client import start_http_server
 from starlette.types import ASGIApp
 
+from skillcoach.api.accepting import AcceptPump
 from skillcoach.api.app import create_app
 from skillcoach.api.background import Drain
 from skillcoach.settings import Settings
@@ -35,13 +38,45 @@ class DrainingServer(uvicorn.Server):
     """uvicorn, but SIGTERM first drains: the app's Drain flag flips at once (/readyz 503,
     skillcoach_ready 0) while requests, old and new, keep being served for `drain_seconds`
     so load balancers notice; then uvicorn's graceful shutdown runs as usual. A second
-    SIGTERM, or SIGINT (a developer's Ctrl-C), skips the drain."""
+    SIGTERM, or SIGINT (a developer's Ctrl-C), skips the drain.
+
+    Each listening socket also gets an AcceptPump (api/accepting.py): new connections are
+    accepted in batches, not one per loop iteration, so a busy replica does not leave them
+    waiting in the kernel's queue."""
 
     def __init__(self, config: uvicorn.Config, *, drain: Drain, drain_seconds: float) -> None:
         super().__init__(config)
         self._drain = drain
         self._drain_seconds = drain_seconds
         self._exit_at: float | None = None
+        self.pumps: list[AcceptPump] = []
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if not self.started:  # pragma: no cover - uvicorn exits on a failed start-up
+            return
+        loop = asyncio.get_running_loop()
+        config = self.config
+
+        def protocol() -> asyncio.Protocol:  # what uvicorn's own server creates
+            made: asyncio.Protocol = config.http_protocol_class(  # type: ignore[call-arg]
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=loop,
+            )
+            return made
+
+        self.pumps = [
+            AcceptPump(loop, listener, protocol)
+            for server in self.servers
+            for listener in server.sockets
+        ]
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for pump in self.pumps:  # first: the servers' sockets close next
+            pump.close()
+        await super().shutdown(sockets)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig == signal.SIGTERM and self._exit_at is None and self._drain_seconds > 0:
