@@ -1,10 +1,11 @@
 """`python -m loadtests {suite,locust,model,inference,concurrency,cache,scale,check,reads,
-evaluate}`: benchmarks."""
+evaluate,accept}`: benchmarks."""
 
 from __future__ import annotations
 
 import sys
 
+from loadtests.bench_accept import main as accept_main
 from loadtests.bench_cache import main as cache_main
 from loadtests.bench_check import main as check_main
 from loadtests.bench_concurrency import main as concurrency_main
@@ -27,6 +28,7 @@ COMMANDS = {
     "suite": suite_main,
     "reads": reads_main,
     "evaluate": evaluate_main,
+    "accept": accept_main,
 }
 
 

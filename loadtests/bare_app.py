@@ -70,9 +70,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--skills", type=int, default=16, help="entries in the fixed body")
     p.add_argument("--log-level", default="warning")
+    p.add_argument(
+        "--no-accept-pump",
+        action="store_true",
+        help="uvloop's own accept only (one connection per loop iteration)",
+    )
     args = p.parse_args(argv)
     # skillcoach's own server settings: one process, no access log.
-    run_app(create_app(args.skills), host=args.host, port=args.port, log_level=args.log_level)
+    run_app(
+        create_app(args.skills),
+        host=args.host,
+        port=args.port,
+        log_level=args.log_level,
+        accept_pump=not args.no_accept_pump,
+    )
     return 0
 
 

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["H2loadError", "figures", "parse_log", "run_h2load", "uniform_ids"]
+__all__ = ["H2loadError", "figures", "parse_log", "parse_timings", "run_h2load", "uniform_ids"]
 
 PERCENTILES = (50, 90, 99, 99.9)
 # Request paths per run: h2load walks the list in order on each connection, then again.
@@ -41,6 +41,9 @@ _SUMMARY = re.compile(
     r" (\d+) errored, (\d+) timeout"
 )
 _FINISHED = re.compile(r"finished in ([0-9.]+)(ms|s)")
+# "time to 1st byte:    31.53ms       7.96s    1.24s ..." (min, max, mean, sd): per connection.
+_TIMING = re.compile(r"^time (for connect|to 1st byte):\s+(\S+)\s+(\S+)\s+(\S+)", re.M)
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
 class H2loadError(RuntimeError):
@@ -61,6 +64,25 @@ def parse_log(text: str) -> list[tuple[int, float]]:
         if len(parts) >= 3:
             out.append((int(parts[1]), int(parts[2]) / 1000))
     return out
+
+
+def _ms(value: str) -> float:
+    number = re.fullmatch(r"([0-9.]+)(us|ms|s)", value)
+    if number is None:
+        raise H2loadError(f"unreadable h2load time {value!r}")
+    return round(float(number.group(1)) * _UNIT_MS[number.group(2)], 3)
+
+
+def parse_timings(stdout: str) -> dict[str, dict[str, float]]:
+    """Per-connection times from h2load's summary: `connect_ms` (TCP connect) and
+    `first_byte_ms` (from the connection's start to its first response byte), min/max/mean.
+    A connection the server is slow to accept shows here, not in any request's time on the
+    server."""
+    names = {"for connect": "connect_ms", "to 1st byte": "first_byte_ms"}
+    return {
+        names[m.group(1)]: {"min": _ms(m.group(2)), "max": _ms(m.group(3)), "mean": _ms(m.group(4))}
+        for m in _TIMING.finditer(stdout)
+    }
 
 
 def _pct(sorted_ms: list[float], p: float) -> float:
@@ -172,4 +194,4 @@ def run_h2load(
         seconds=seconds,
         timeouts=len(late) + int(summary.group(7)),
         errored=int(summary.group(6)),
-    )
+    ) | parse_timings(proc.stdout)

@@ -218,6 +218,44 @@ def test_a_long_queue_of_replies_is_read_to_the_end_while_they_keep_coming() -> 
     assert all(isinstance(g, RespError) for g in got[6:])
 
 
+def test_the_reply_deadline_counts_from_the_write_not_the_queueing() -> None:
+    """Lookups queued on a loop turn that then stays busy are written late: a node that
+    answers within the deadline of the write is not aborted (counted from the queueing, the
+    deadline had passed before the reply could come)."""
+    timeout, busy, delay = 0.2, 0.14, 0.1
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):
+            await asyncio.sleep(delay)  # a slow node: every reply `delay` after the request
+            writer.write(b"*1\r\n$1\r\nv\r\n" * data.count(b"MGET"))
+        writer.close()
+
+    async def main() -> tuple[list[Any], bool]:
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = PipelinedRedis(timeout=timeout)
+        try:
+            assert await client.mget("127.0.0.1", port, b"k") == [b"v"]  # connection open
+            await asyncio.sleep(2 * timeout)  # its last reply long past: nothing "flowing"
+            lookups = [asyncio.create_task(client.mget("127.0.0.1", port, b"k")) for _ in range(20)]
+
+            async def block() -> None:  # on the turn the lookups queue, before their write
+                time.sleep(busy)  # noqa: ASYNC251 - the point: a turn that holds the loop
+
+            await asyncio.gather(block(), *lookups, return_exceptions=True)
+            return [t.result() if not t.exception() else t.exception() for t in lookups], next(
+                iter(client._conns.values())
+            ).closed
+        finally:
+            client.close()
+            server.close()
+
+    assert busy + delay > timeout > delay  # from the queueing the reply is late; not from the write
+    got, closed = asyncio.run(main())
+    assert got == [[b"v"]] * 20
+    assert closed is False
+
+
 def test_a_node_that_never_answers_is_aborted_on_time() -> None:
     """A server that accepts and never replies: the timer fires on time and aborts."""
 

@@ -10,13 +10,28 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from loadtests.h2load import figures, parse_log, run_h2load
+from loadtests.h2load import H2loadError, figures, parse_log, parse_timings, run_h2load
 from loadtests.harness import raise_nofile
 
 
 def test_parse_log_reads_status_and_milliseconds() -> None:
     log = "1700000000000000\t200\t1500\n1700000000000100\t503\t250\n\n"
     assert parse_log(log) == [(200, 1.5), (503, 0.25)]
+
+
+def test_parse_timings_reads_connect_and_first_byte_in_milliseconds() -> None:
+    stdout = (
+        "                     min         max         mean         sd        +/- sd\n"
+        "time for request:    28.34ms       7.95s    106.72ms    285.14ms    99.60%\n"
+        "time for connect:       34us     14.83ms      4.53ms      3.49ms    70.70%\n"
+        "time to 1st byte:    31.53ms       7.96s       1.24s       2.16s    82.46%\n"
+    )
+    assert parse_timings(stdout) == {
+        "connect_ms": {"min": 0.034, "max": 14.83, "mean": 4.53},
+        "first_byte_ms": {"min": 31.53, "max": 7960.0, "mean": 1240.0},
+    }
+    with pytest.raises(H2loadError, match="unreadable"):
+        parse_timings("time to 1st byte:    1.5min  2s  1s  0s  0%\n")
 
 
 def test_figures_count_statuses_and_take_nearest_rank_percentiles() -> None:
@@ -105,3 +120,6 @@ def test_a_real_run_counts_answers_and_responses_later_than_the_deadline(server:
     assert r["latency_ms"]["max"] <= 1000
     assert r["latency_consistent"] is True
     assert r["meter"] == "h2load"
+    # Each connection's first byte came after the slow first answer.
+    assert r["first_byte_ms"]["min"] >= SLOW_SECONDS * 1000 * 0.9
+    assert 0 <= r["connect_ms"]["max"] < 5000

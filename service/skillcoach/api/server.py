@@ -44,16 +44,24 @@ class DrainingServer(uvicorn.Server):
     accepted in batches, not one per loop iteration, so a busy replica does not leave them
     waiting in the kernel's queue."""
 
-    def __init__(self, config: uvicorn.Config, *, drain: Drain, drain_seconds: float) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        *,
+        drain: Drain,
+        drain_seconds: float,
+        accept_pump: bool = True,
+    ) -> None:
         super().__init__(config)
         self._drain = drain
         self._drain_seconds = drain_seconds
         self._exit_at: float | None = None
+        self._accept_pump = accept_pump
         self.pumps: list[AcceptPump] = []
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if not self.started:  # pragma: no cover - uvicorn exits on a failed start-up
+        if not self.started or not self._accept_pump:
             return
         loop = asyncio.get_running_loop()
         config = self.config
@@ -108,16 +116,20 @@ def run_app(
     own_logging: bool = False,
     drain: Drain | None = None,
     drain_seconds: float = 0.0,
+    accept_pump: bool = True,
 ) -> None:
     """uvicorn with SERVER_OPTIONS: every replica, and the benchmarks' reference apps.
     `own_logging`: the process has configured logging itself (uvicorn's loggers then write
     through the root handler, in its format). `drain`: flipped on SIGTERM, `drain_seconds`
-    before the graceful shutdown starts (see DrainingServer)."""
+    before the graceful shutdown starts (see DrainingServer). `accept_pump=False`: uvloop's
+    own accept only (`python -m loadtests accept` compares the two)."""
     options: dict[str, Any] = dict(SERVER_OPTIONS)
     if own_logging:
         options["log_config"] = None
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, **options)
-    server = DrainingServer(config, drain=drain or Drain(), drain_seconds=drain_seconds)
+    server = DrainingServer(
+        config, drain=drain or Drain(), drain_seconds=drain_seconds, accept_pump=accept_pump
+    )
     server.run()
     if not server.started:
         # As uvicorn.run: a failed start-up (port taken, lifespan error) is exit status 3.

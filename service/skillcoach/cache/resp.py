@@ -63,15 +63,18 @@ class _Protocol(asyncio.Protocol):
         self.pending: deque[asyncio.Future[list[bytes | None]]] = deque()
         self.buffer = bytearray()
         self.closed = False
-        # Loop time of the last bytes from the server: replies still flowing means a live
-        # node whose answers are queued behind others (see _ReplyWatch).
+        # time.monotonic() of the last bytes from the server: replies still flowing means a
+        # live node whose answers are queued behind others (see _ReplyWatch).
         self.last_data = -math.inf
-        # The requests that have a reply deadline, oldest first, with the loop time each was
-        # sent (a subsequence of `pending`: the handshake's replies have none).
+        # The requests that have a reply deadline, oldest first, with the time.monotonic() at
+        # which each was written (a subsequence of `pending`: the handshake's replies have
+        # none).
         self.sent: deque[tuple[asyncio.Future[list[bytes | None]], float]] = deque()
         self.watch = None if timeout is None else _ReplyWatch(self, timeout)
-        # Requests queued on this loop turn, written together on the next (see send).
+        # Requests queued on this loop turn, and their futures, written together on the next
+        # (see send).
         self.outgoing: list[bytes] = []
+        self.unsent: list[asyncio.Future[list[bytes | None]]] = []
 
     def send(
         self,
@@ -80,21 +83,26 @@ class _Protocol(asyncio.Protocol):
         loop: asyncio.AbstractEventLoop,
     ) -> None:
         """Queue a request; `fut` waits for its reply, within the reply deadline (counted from
-        now). The requests of one loop turn go out in one write on the next turn: under load
-        a turn starts dozens of hits, and a write per request (a system call each) cost the
-        event loop more than anything else a hit does."""
+        the write). The requests of one loop turn go out in one write on the next turn: under
+        load a turn starts dozens of hits, and a write per request (a system call each) cost
+        the event loop more than anything else a hit does."""
         self.pending.append(fut)
-        self.sent.append((fut, loop.time()))
-        if self.watch is not None:
-            self.watch.arm()
         if not self.outgoing:
             loop.call_soon(self._flush)
         self.outgoing.append(request)
+        self.unsent.append(fut)
 
     def _flush(self) -> None:
         out, self.outgoing = self.outgoing, []
+        written, self.unsent = self.unsent, []
         if out and not self.closed and self.transport is not None:
             self.transport.write(b"".join(out))
+            # The clock, not loop.time(): uvloop's is the time its current turn began, and a
+            # turn that starts a thousand hits lasts longer than the reply deadline.
+            at = time.monotonic()
+            self.sent.extend([(fut, at) for fut in written])
+            if self.watch is not None:
+                self.watch.arm()
 
     def _answered(self) -> asyncio.Future[list[bytes | None]]:
         fut = self.pending.popleft()
@@ -112,6 +120,7 @@ class _Protocol(asyncio.Protocol):
 
     def _fail_all(self, exc: Exception) -> None:
         self.outgoing.clear()
+        self.unsent.clear()
         self.sent.clear()
         if self.watch is not None:
             self.watch.disarm()
@@ -242,7 +251,9 @@ class _ReplyWatch:
             self._handle = None
 
     def _at(self, due: float) -> None:
-        self._handle = asyncio.get_running_loop().call_at(due, self._fire, due)
+        """Fire at time.monotonic() `due`."""
+        delay = max(0.0, due - time.monotonic())
+        self._handle = asyncio.get_running_loop().call_later(delay, self._fire, due)
 
     def _fire(self, due: float) -> None:
         self._handle = None
@@ -252,11 +263,11 @@ class _ReplyWatch:
         fut, sent_at = proto.sent[0]
         if fut is not self._judged:  # a newer oldest request: its own count of extensions
             self._judged, self._extensions = fut, 0
-        now = asyncio.get_running_loop().time()
+        now = time.monotonic()
         if now - sent_at < self._timeout:  # not overdue yet
             self._at(sent_at + self._timeout)
             return
-        flowing = time.monotonic() - proto.last_data < self._timeout
+        flowing = now - proto.last_data < self._timeout
         if flowing and now - sent_at < MAX_FLOWING_WAIT * self._timeout:
             self._at(now + self._timeout)
             return
