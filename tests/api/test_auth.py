@@ -255,6 +255,67 @@ def test_requests_for_a_key_being_looked_up_wait_for_it_on_the_fast_path(
     assert _fallthrough(app_client, "key") - before[2] == 1
 
 
+def test_a_burst_for_a_key_whose_entry_lapsed_shares_one_lookup_started_on_the_fast_path(
+    app_client: TestClient,
+    engine: Engine,
+    lookups: dict[str, int],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its refresh failed (the database was busy), so the entry of a key in use ended: the
+    requests that come back with it start one lookup from the fast path, wait for it there,
+    and are all answered by the fast path; none takes the full path and its request gate."""
+    state = _state(app_client)
+    saved = state.keys
+    now = [0.0]
+    # A key cache the replica's refresh task does not know: nothing renews its entries.
+    state.keys = KeyCache(TTL, clock=lambda: now[0])
+    try:
+        key = _new_key(engine, {Scope.READ})
+        weak = f"/v1/learners/{LEARNER}/weaknesses"
+        assert app_client.get(weak, headers=_bearer(key)).status_code == 200  # cached
+        now[0] = 10 * TTL  # the entry ended
+        counted = skillcoach.api.state.lookup_key
+
+        def slow(*args: Any, **kwargs: Any) -> ApiKey | None:
+            time.sleep(0.5)  # in the worker thread: the lookup is under way for half a second
+            return counted(*args, **kwargs)
+
+        monkeypatch.setattr(skillcoach.api.state, "lookup_key", slow)
+        before = lookups["lookup"], _fast_hits(app_client), _fallthrough(app_client, "key")
+        with ThreadPoolExecutor(max_workers=10) as pool:
+            statuses = list(
+                pool.map(
+                    lambda _: app_client.get(weak, headers=_bearer(key)).status_code, range(10)
+                )
+            )
+        assert statuses == [200] * 10
+        assert lookups["lookup"] - before[0] == 1
+        assert _fast_hits(app_client) - before[1] == 10
+        assert _fallthrough(app_client, "key") - before[2] == 0
+        assert not state.keys.lapsed(hash_key(key))
+    finally:
+        state.keys = saved
+
+
+def test_only_a_valid_key_whose_entry_ended_is_lapsed() -> None:
+    now = [0.0]
+    cache = KeyCache(10, clock=lambda: now[0])
+    good = ApiKey(1, "good", frozenset({Scope.READ}))
+    cache.put("good", good)
+    cache.put("unknown", None)
+    now[0] = 11.0
+    assert cache.get("good") == (False, None) and cache.lapsed("good")
+    assert cache.get("unknown") == (False, None) and not cache.lapsed("unknown")
+    assert not cache.lapsed("never-seen")
+    cache.put("good", None)  # looked up again: revoked meanwhile
+    assert not cache.lapsed("good")
+    cache.put("again", good)
+    now[0] = 30.0
+    assert cache.get("again") == (False, None) and cache.lapsed("again")
+    cache.put("again", good)  # looked up again: valid
+    assert not cache.lapsed("again") and cache.get("again") == (True, good)
+
+
 def test_the_refresh_renews_keys_in_use_and_refuses_revoked_ones() -> None:
     now = [0.0]
     cache = KeyCache(10, clock=lambda: now[0], keep_fresh=30)

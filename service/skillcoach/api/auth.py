@@ -69,6 +69,11 @@ class KeyCache:
     client comes back after a pause), and a busy replica would send hundreds of lookups
     through its request gate together. An entry is only ever renewed by a fresh lookup, so
     the revocation bound holds.
+
+    A valid key whose entry ended anyway (a refresh that failed: the database was busy or
+    down) is remembered as `lapsed` until it is looked up again: the fast path may start that
+    lookup itself, and the burst of requests that finds the entry gone shares it instead of
+    queueing at the request gate. Unknown tokens never lapse, so they cannot start one.
     """
 
     def __init__(
@@ -93,6 +98,8 @@ class KeyCache:
         self._unknown: OrderedDict[str, float] = OrderedDict()
         # Valid key hash -> when it was last served (clock).
         self._used: dict[str, float] = {}
+        # Hashes of valid keys whose entry ended, not looked up since, oldest first.
+        self._lapsed: OrderedDict[str, None] = OrderedDict()
 
     def get(self, key_hash: str) -> tuple[bool, ApiKey | None]:
         """(cached, key): (True, None) for a cached unknown or expired key, (False, None)
@@ -102,6 +109,9 @@ class KeyCache:
             now = self._clock()
             if entry[0] < now:
                 del self._valid[key_hash]
+                self._lapsed[key_hash] = None
+                if len(self._lapsed) > self._valid_max:
+                    self._lapsed.popitem(last=False)
                 return False, None
             key = entry[1]
             if key.expired(self._wall()):
@@ -117,8 +127,13 @@ class KeyCache:
             return False, None
         return True, None
 
+    def lapsed(self, key_hash: str) -> bool:
+        """A valid key whose entry ended and that has not been looked up since."""
+        return key_hash in self._lapsed
+
     def put(self, key_hash: str, key: ApiKey | None) -> None:
         until = self._clock() + self._ttl
+        self._lapsed.pop(key_hash, None)
         if key is None:
             self._valid.pop(key_hash, None)
             self._unknown[key_hash] = until

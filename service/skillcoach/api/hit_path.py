@@ -289,14 +289,19 @@ class CacheHitPath:
             state.cache.metrics.fallthrough["key"].inc()
 
     def _key_lookup(self, scope: Scope) -> asyncio.Task[ApiKey | None] | None:
-        """The lookup under way of this request's uncached key, if one is. Only joined,
-        never started here: a lookup starts on the full path, behind admission, so a flood of
-        unknown tokens cannot reach the database past the request gate."""
+        """The lookup under way of this request's uncached key, if one is; started here only
+        for a key this replica held as valid until its entry lapsed (KeyCache.lapsed): a
+        client back after its key's refresh failed sends a burst that would otherwise all
+        take the request gate. Any other lookup starts on the full path, behind admission, so
+        a flood of unknown tokens cannot reach the database past the request gate."""
         key_hash = scope.get(_KEY_HASH)
         state = self._state()
         if key_hash is None or state is None:
             return None
-        return state.key_lookups.get(key_hash)
+        lookup = state.key_lookups.get(key_hash)
+        if lookup is None and state.keys.lapsed(key_hash):
+            lookup = state.key_lookup(key_hash)
+        return lookup
 
 
 def _with_request_id(send: Send, rid: bytes) -> Send:

@@ -97,12 +97,16 @@ class AppState:
         (a replica starting under load, or after an outage) share it instead of each taking a
         connection through the request gate. It runs as its own task, so a request that goes
         away does not cancel it for the others."""
+        return await asyncio.shield(self.key_lookup(key_hash))
+
+    def key_lookup(self, key_hash: str) -> asyncio.Task[ApiKey | None]:
+        """The lookup of `key_hash` under way, started now if none is."""
         task = self.key_lookups.get(key_hash)
         if task is None:
             task = asyncio.ensure_future(self.db.run(lookup_key, key_hash=key_hash, retry=True))
             self.key_lookups[key_hash] = task
             task.add_done_callback(functools.partial(self._looked_up, key_hash))
-        return await asyncio.shield(task)
+        return task
 
     def _looked_up(self, key_hash: str, task: asyncio.Task[ApiKey | None]) -> None:
         if self.key_lookups.get(key_hash) is task:
