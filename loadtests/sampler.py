@@ -47,19 +47,26 @@ WANTED = (
     "skillcoach_cache_breaker_state",
     "skillcoach_http_requests_in_flight",
     "skillcoach_http_shed_total",
+    "skillcoach_http_gate_shed_total",
 )
+# Also kept per value of this label: why a fast-path read fell through is the question.
+BY_LABEL = {"skillcoach_cache_fallthrough_total": "reason"}
 HITS, MISSES = "skillcoach_cache_hits_total", "skillcoach_cache_misses_total"
 
 
 def parse_metrics(text: str, wanted: tuple[str, ...] = WANTED) -> dict[str, float]:
-    """Sum each wanted metric over its label sets (Prometheus text format). Names are sample
-    names: a counter's `_total` series, not its `_created` one; a histogram's `_bucket`,
-    `_count` and `_sum` are separate names. Raises ValueError on text that does not parse."""
+    """Sum each wanted metric over its label sets (Prometheus text format), and keep those of
+    BY_LABEL per label value too (`name{label="value"}`). Names are sample names: a counter's
+    `_total` series, not its `_created` one; a histogram's `_bucket`, `_count` and `_sum` are
+    separate names. Raises ValueError on text that does not parse."""
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             if sample.name in wanted:
                 out[sample.name] = out.get(sample.name, 0.0) + sample.value
+                label = BY_LABEL.get(sample.name)
+                if label is not None and label in sample.labels:
+                    out[f'{sample.name}{{{label}="{sample.labels[label]}"}}'] = sample.value
     return out
 
 

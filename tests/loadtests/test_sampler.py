@@ -39,6 +39,19 @@ def test_parse_metrics_sums_label_sets_and_keeps_only_wanted_names() -> None:
     assert not any(k.endswith("_bucket") for k in m)
 
 
+def test_parse_metrics_keeps_fallthrough_reasons_apart_as_well() -> None:
+    text = (
+        "# TYPE skillcoach_cache_fallthrough_total counter\n"
+        'skillcoach_cache_fallthrough_total{reason="key"} 1000.0\n'
+        'skillcoach_cache_fallthrough_total{reason="absent"} 6.0\n'
+    )
+    assert parse_metrics(text) == {
+        "skillcoach_cache_fallthrough_total": 1006.0,
+        'skillcoach_cache_fallthrough_total{reason="key"}': 1000.0,
+        'skillcoach_cache_fallthrough_total{reason="absent"}': 6.0,
+    }
+
+
 # Route labels carry the route template, braces included: every series of such a metric must
 # count (a regex that stops a label set at the first `}` dropped them all).
 ROUTES = """\
