@@ -223,6 +223,24 @@ def test_requests_that_miss_on_one_key_together_share_one_lookup(
     assert state.keys.get(key_hash) == (True, found[0]) and state.key_lookups == {}
 
 
+def _burst_while_lookups_are_slow(
+    client: TestClient, key: str, monkeypatch: pytest.MonkeyPatch
+) -> list[int]:
+    """Ten concurrent reads with `key` while each key lookup takes half a second: statuses."""
+    counted = skillcoach.api.state.lookup_key
+
+    def slow(*args: Any, **kwargs: Any) -> ApiKey | None:
+        time.sleep(0.5)  # in the worker thread: the lookup is under way for half a second
+        return counted(*args, **kwargs)
+
+    monkeypatch.setattr(skillcoach.api.state, "lookup_key", slow)
+    weak = f"/v1/learners/{LEARNER}/weaknesses"
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        return list(
+            pool.map(lambda _: client.get(weak, headers=_bearer(key)).status_code, range(10))
+        )
+
+
 def test_requests_for_a_key_being_looked_up_wait_for_it_on_the_fast_path(
     app_client: TestClient,
     engine: Engine,
@@ -236,19 +254,8 @@ def test_requests_for_a_key_being_looked_up_wait_for_it_on_the_fast_path(
     weak = f"/v1/learners/{LEARNER}/weaknesses"
     assert app_client.get(weak, headers=_bearer(keys.read)).status_code == 200  # entry cached
     key = _new_key(engine, {Scope.READ})
-    counted = skillcoach.api.state.lookup_key
-
-    def slow(*args: Any, **kwargs: Any) -> ApiKey | None:
-        time.sleep(0.5)  # in the worker thread: the lookup is under way for half a second
-        return counted(*args, **kwargs)
-
-    monkeypatch.setattr(skillcoach.api.state, "lookup_key", slow)
     before = lookups["lookup"], _fast_hits(app_client), _fallthrough(app_client, "key")
-    with ThreadPoolExecutor(max_workers=10) as pool:
-        statuses = list(
-            pool.map(lambda _: app_client.get(weak, headers=_bearer(key)).status_code, range(10))
-        )
-    assert statuses == [200] * 10
+    assert _burst_while_lookups_are_slow(app_client, key, monkeypatch) == [200] * 10
     assert lookups["lookup"] - before[0] == 1
     assert _fast_hits(app_client) - before[1] == 9  # all but the one that looked it up
     # ... which is the one counted as taking the full path for its key.
@@ -274,21 +281,8 @@ def test_a_burst_for_a_key_whose_entry_lapsed_shares_one_lookup_started_on_the_f
         weak = f"/v1/learners/{LEARNER}/weaknesses"
         assert app_client.get(weak, headers=_bearer(key)).status_code == 200  # cached
         now[0] = 10 * TTL  # the entry ended
-        counted = skillcoach.api.state.lookup_key
-
-        def slow(*args: Any, **kwargs: Any) -> ApiKey | None:
-            time.sleep(0.5)  # in the worker thread: the lookup is under way for half a second
-            return counted(*args, **kwargs)
-
-        monkeypatch.setattr(skillcoach.api.state, "lookup_key", slow)
         before = lookups["lookup"], _fast_hits(app_client), _fallthrough(app_client, "key")
-        with ThreadPoolExecutor(max_workers=10) as pool:
-            statuses = list(
-                pool.map(
-                    lambda _: app_client.get(weak, headers=_bearer(key)).status_code, range(10)
-                )
-            )
-        assert statuses == [200] * 10
+        assert _burst_while_lookups_are_slow(app_client, key, monkeypatch) == [200] * 10
         assert lookups["lookup"] - before[0] == 1
         assert _fast_hits(app_client) - before[1] == 10
         assert _fallthrough(app_client, "key") - before[2] == 0
