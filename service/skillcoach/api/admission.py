@@ -103,6 +103,10 @@ class Gatekeeper:
             registry=registry,
         ).set_function(lambda: self._limit())
 
+    @property
+    def request_timeout(self) -> float:
+        return self._timeout
+
     async def enter(self, started: float | None = None) -> float:
         """Admit the request (it then runs, and must `leave`): returns its deadline, counted
         from `started` (time.perf_counter() at its arrival; None: now). Raises Refused at the

@@ -9,6 +9,11 @@ handlers; only with tracing on does a miss take the full path (whose spans it ne
 Anything else (an unknown key, an odd query, a rate-limit refusal) falls through to the full
 application, which then does everything as usual.
 
+A miss whose answer another request is already computing (the same learner, answer and
+version seen in Redis) waits for that answer here instead of at the request gate: when a hot
+learner's entry ends, the hundreds of requests that find it gone together would otherwise all
+queue at the gate for the one computation the first of them does (a cache stampede).
+
 Every request answered here is still a request like any other for the HTTP metrics (recorded
 here, through label children bound once), the X-Request-ID header, the access log, the
 request's log context and the server span's name.
@@ -43,6 +48,7 @@ from skillcoach.api.problems import NotFound
 from skillcoach.api.rate_limit import RATE_DECISION, client_address
 from skillcoach.api.responses import json_bytes_response
 from skillcoach.api.state import AppState
+from skillcoach.cache.store import Seen
 from skillcoach.data.api_keys import ApiKey, hash_key, well_formed
 from skillcoach.data.api_keys import Scope as KeyScope
 from skillcoach.data.deadline import work_scope
@@ -63,6 +69,9 @@ ROUTES = {kind: f"/v1/learners/{{learner_id}}/{kind}" for kind in LIMITS}
 Handler = Callable[[Request, Exception], Awaitable[Response]]
 # Set in the scope by _authorized: the hash of a key this replica has not cached.
 _KEY_HASH = "skillcoach.key_hash"
+# A computation under way: (learner, kind, variant, version seen) -> its body, or None when
+# it ended without a 200 (its followers then take the usual way).
+_Flight = tuple[int, str, str, bytes | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +103,7 @@ class CacheHitPath:
         self.app = app
         self._state = state
         self._keeper = keeper
+        self._flights: dict[_Flight, asyncio.Future[bytes | None]] = {}
         self._handlers = handlers
         self._metrics = metrics
         self._traced = traced
@@ -130,16 +140,20 @@ class CacheHitPath:
                     self._uncached_key()
                 if read is not None:
                     cache = read.state.cache
-                    body = None
+                    body: bytes | None = None
+                    seen: Seen = None
                     if cache is not None:
-                        body = await cache.lookup(
+                        body, seen = await cache.lookup_seen(
                             learner_id=read.learner_id, kind=read.kind, variant=read.variant
                         )
                     if body is not None:
                         await self._hit(read, body, start, send)
                         return
                     if not self._traced:
-                        await self._miss(read, start, scope, receive, send)
+                        flight = None if seen is None else self._flight_of(read, seen)
+                        if flight is not None and await self._followed(read, flight, start, send):
+                            return
+                        await self._miss(read, start, scope, receive, send, flight)
                         return
                 scope[START_KEY] = start
         await self.app(scope, receive, send)
@@ -171,11 +185,62 @@ class CacheHitPath:
                 seconds=seconds,
             )  # fmt: skip
 
+    def _flight_of(self, read: _Read, seen: tuple[bytes | None]) -> _Flight:
+        return (read.learner_id, read.kind, read.variant, seen[0])
+
+    async def _followed(self, read: _Read, flight: _Flight, start: float, send: Send) -> bool:
+        """Answered with the body of the same computation under way, if there is one and it
+        ends with a 200 within this request's deadline; False: take the usual way."""
+        leader = self._flights.get(flight)
+        if leader is None:
+            return False
+        left = self._keeper.request_timeout - (time.perf_counter() - start)
+        try:
+            async with asyncio.timeout(max(0.0, left)):
+                body = await asyncio.shield(leader)
+        except TimeoutError:
+            return False  # admission then refuses it: its deadline has passed
+        if body is None:
+            return False
+        cache = read.state.cache
+        if cache is not None:
+            cache.metrics.lock_waits.labels(read.kind).inc()
+        await self._hit(read, body, start, send)
+        return True
+
     async def _miss(
-        self, read: _Read, start: float, scope: Scope, receive: Receive, send: Send
+        self,
+        read: _Read,
+        start: float,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        flight: _Flight | None = None,
     ) -> None:
         """Computed here, as the full route would (api/routes/learners.py), admitted as the
-        full application admits (api/admission.py)."""
+        full application admits (api/admission.py). With `flight` (the lookup reached Redis),
+        requests that miss the same way meanwhile wait for this one's answer (_followed)."""
+        lead: asyncio.Future[bytes | None] | None = None
+        if flight is not None and flight not in self._flights:
+            lead = self._flights[flight] = asyncio.get_running_loop().create_future()
+        try:
+            await self._computed(read, start, scope, receive, send, lead)
+        finally:
+            if lead is not None:
+                if not lead.done():
+                    lead.set_result(None)
+                if flight is not None and self._flights.get(flight) is lead:
+                    del self._flights[flight]
+
+    async def _computed(
+        self,
+        read: _Read,
+        start: float,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        lead: asyncio.Future[bytes | None] | None,
+    ) -> None:
         route = ROUTES[read.kind]
         token = REQUEST.set(RequestLog(read.rid.decode(), "GET", lambda: route))
         status = 500
@@ -194,6 +259,8 @@ class CacheHitPath:
                 self._keeper.leave()
             response.raw_headers.append((REQUEST_ID_HEADER, read.rid))
             status = response.status_code
+            if lead is not None and status == 200:
+                lead.set_result(bytes(response.body))  # its followers answer at once
             await response(scope, receive, send)
         finally:
             seconds = time.perf_counter() - start

@@ -313,6 +313,10 @@ class _Flight:
     body: bytes | None = None
 
 
+# What a fast-path lookup saw of the learner's version: (version,), or None if not asked.
+Seen = tuple[bytes | None] | None
+
+
 def _keys(learner_id: int, kind: str, variant: str) -> tuple[str, str, str]:
     tag = f"{{l{learner_id}}}"
     return f"{tag}:v", f"{tag}:{kind}:{variant}", f"{tag}:{kind}:{variant}:lock"
@@ -456,7 +460,15 @@ class Cache:
             )  # fmt: skip
 
     async def lookup(self, *, learner_id: int, kind: str, variant: str) -> bytes | None:
-        """The stored body if it is current, else None (the caller takes the full path).
+        """The stored body if it is current, else None (the caller takes the full path)."""
+        return (await self.lookup_seen(learner_id=learner_id, kind=kind, variant=variant))[0]
+
+    async def lookup_seen(
+        self, *, learner_id: int, kind: str, variant: str
+    ) -> tuple[bytes | None, Seen]:
+        """(the stored body if it is current, else None; the learner's version Redis answered
+        with, as a 1-tuple, or None when Redis was not asked). Requests that missed on the
+        same version may share one computation (api/hit_path.py).
 
         One pipelined MGET on the lean connection (see resp.py). Counts only hits: a miss is
         counted by the get_or_compute that follows it."""
@@ -464,42 +476,43 @@ class Cache:
         if self._traced and trace.get_current_span().is_recording():
             attributes = {**_span_attributes("lookup"), "skillcoach.cache.kind": kind}
             with self._spans.child("cache.lookup", attributes, kind=SpanKind.CLIENT):
-                body = await self._lookup(learner_id, kind, variant)
-                trace.get_current_span().set_attribute("skillcoach.cache.hit", body is not None)
-                return body
+                found = await self._lookup(learner_id, kind, variant)
+                hit = found[0] is not None
+                trace.get_current_span().set_attribute("skillcoach.cache.hit", hit)
+                return found
         return await self._lookup(learner_id, kind, variant)
 
-    async def _lookup(self, learner_id: int, kind: str, variant: str) -> bytes | None:
+    async def _lookup(self, learner_id: int, kind: str, variant: str) -> tuple[bytes | None, Seen]:
         fallthrough = self.metrics.fallthrough
         if self._bypassed(learner_id):
             fallthrough["bypassed"].inc()
-            return None
+            return None, None
         # Only while the breaker is closed: the half-open probe belongs to the full path,
         # which reports its outcome to the breaker.
         if self.breaker.state != Breaker.CLOSED:
             fallthrough["breaker"].inc()
-            return None
+            return None, None
         vkey, ekey, _ = _keys(learner_id, kind, variant)
         node = self._node(vkey)
         if node is None:
             fallthrough["no_node"].inc()
-            return None
+            return None, None
         try:
             version, entry = await self._fast.mget(node[0], node[1], vkey.encode(), ekey.encode())
         except Exception:  # the full path then handles it (PipelinedRedis counted it)
             fallthrough["error"].inc()
-            return None
+            return None, None
         if entry is None or version is None:
             fallthrough["absent"].inc()
-            return None
+            return None, (version,)
         tag, _, body = entry.partition(b"\n")
         if tag != version:
             fallthrough["stale"].inc()
-            return None
+            return None, (version,)
         self.lookup_count += 1
         self.hit_count += 1
         self.metrics.hits.labels(kind).inc()
-        return body
+        return body, (version,)
 
     def _node(self, key: str) -> tuple[str, int] | None:
         """Where the key lives: the standalone server, or the cluster client's slot map."""
