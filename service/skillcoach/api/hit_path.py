@@ -215,7 +215,7 @@ class CacheHitPath:
         scope: Scope,
         receive: Receive,
         send: Send,
-        flight: _Flight | None = None,
+        flight: _Flight | None,
     ) -> None:
         """Computed here, as the full route would (api/routes/learners.py), admitted as the
         full application admits (api/admission.py). With `flight` (the lookup reached Redis),
@@ -226,10 +226,10 @@ class CacheHitPath:
         try:
             await self._computed(read, start, scope, receive, send, lead)
         finally:
-            if lead is not None:
+            if flight is not None and lead is not None:
                 if not lead.done():
                     lead.set_result(None)
-                if flight is not None and self._flights.get(flight) is lead:
+                if self._flights.get(flight) is lead:
                     del self._flights[flight]
 
     async def _computed(
