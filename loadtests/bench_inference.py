@@ -77,6 +77,7 @@ class Workload:
     evidence: list[SkillEvidence]
     histories: dict[str, list[ExerciseHistory]]  # name: each learner's, for its candidates
     share_widened: float
+    share_new_skills: float  # learners whose candidates reached a skill new to them
 
 
 def workload(url: str, learners: int) -> Workload:
@@ -151,12 +152,10 @@ def workload(url: str, learners: int) -> Workload:
                     fetch_exercise_history(conn, learner_id=i, exercise_ids=cands)
                 )
     engine.dispose()
-    widened = [
-        len(np.unique(analysis.candidates(model, e, catalog.exercises_of, policy).skill_ids))
-        > policy.skills
-        for e in evidence
-    ]
-    return Workload(codes, evidence, histories, float(np.mean(widened)))
+    pools = [analysis.candidates(model, e, catalog.exercises_of, policy) for e in evidence]
+    widened = [len(np.unique(p.skill_ids)) > policy.skills for p in pools]
+    new_skills = [bool(p.is_new().any()) for p in pools]
+    return Workload(codes, evidence, histories, float(np.mean(widened)), float(np.mean(new_skills)))
 
 
 def time_paired(work: Workload, rounds: int) -> dict[str, dict[str, Any]]:
@@ -217,6 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "params": vars(args),
         "samples_per_code": args.rounds * len(work.evidence),
         "share_widened": round(work.share_widened, 3),
+        "share_new_skills": round(work.share_new_skills, 3),
         "timings": timings,
     }
 

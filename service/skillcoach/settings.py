@@ -281,6 +281,14 @@ class Settings(BaseSettings):
         description="skills recommendations widen to (next weakest first) while fewer exercises"
         " than asked for are predicted on target",
     )
+    recommendation_new_skills: int = Field(
+        default=3,
+        ge=0,
+        le=200,
+        description="skills the learner has not practised yet that recommendations may reach"
+        " (nearest the target first) when even the widened practised skills hold too few"
+        " exercises on target (0: never)",
+    )
     recommendation_tolerance: float = Field(
         default=0.05,
         ge=0.0,

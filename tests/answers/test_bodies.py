@@ -27,6 +27,8 @@ def test_each_recommendation_says_why_it_was_chosen() -> None:
         rec(2, seen_count=2, last_seen_at=T0),
         rec(3, predicted_success=0.9, on_target=False),
         rec(4, on_target=False, trusted=False),
+        rec(5, new_skill=True),
+        rec(6, new_skill=True, on_target=False),
     ]
     body = orjson.loads(recommendations_body(7, 3, 0.7, {1: "fractions"}, recs))
     assert [e["reason"]["why"] for e in body["exercises"]] == [
@@ -34,6 +36,8 @@ def test_each_recommendation_says_why_it_was_chosen() -> None:
         "weak skill; least recently seen exercise",
         "weak skill; no exercise predicted nearer the target",
         "weak skill; too few answers to this exercise yet to predict it closely",
+        "new skill; predicted success closest to target",
+        "new skill; no exercise predicted nearer the target",
     ]
     assert body["exercises"][1]["last_seen_at"].startswith("2026-01-01T00:00:00")
     assert {e["skill_name"] for e in body["exercises"]} == {"fractions"}

@@ -41,6 +41,7 @@ def test_every_metric_is_computed_and_in_range(result: dict[str, Any]) -> None:
             assert rec["n"] == 80 * evaluate.RECOMMENDATIONS
             assert _unit(rec["share_in_band"]) and _unit(rec["mean_true"])
             assert 0.0 <= rec["mean_distance"] <= 1.0
+            assert _unit(rec["share_new_skill"])
             assert sum(b["n"] for b in m["reliability"]) > 0
         assert set(v["targets"]) == {
             "precision_vs_baseline_+0.05", "spearman_vs_baseline_+0.05",
@@ -61,6 +62,15 @@ def test_metrics_order_as_the_truth_demands(result: dict[str, Any]) -> None:
         assert m["spearman"] > b["spearman"]
         # Recommendations aim at the 0.7 target: their mean prediction is near it.
         assert abs(m["recommendations"]["mean_predicted"] - evaluate.TARGET) < 0.1
+
+
+def test_few_exercises_reaches_new_skills_and_scores_them_by_the_truth() -> None:
+    # Three exercises per skill: learners outgrow their own skills, so picks come from skills
+    # they never practised, scored by the simulator's ability on those skills.
+    args = argparse.Namespace(variants="few_exercises", plot=False, **SMALL)
+    rec = evaluate.run(args)["variants"][0]["model"]["recommendations"]
+    assert rec["share_new_skill"] > 0.1, rec
+    assert _unit(rec["new_skill_share_in_band"]) and rec["new_skill_share_in_band"] > 0.2, rec
 
 
 def test_variants_are_seeded_and_distinct() -> None:

@@ -335,3 +335,98 @@ def test_columns_and_records_agree_and_the_limit_keeps_the_weakest() -> None:
     assert columns.rows() == everything[:2]
     assert [w.mastery for w in everything] == sorted(w.mastery for w in everything)
     assert isinstance(columns.rows()[0].skill_id, int)  # Python values, not numpy scalars
+
+
+def _new_skill_policy(target: float, **kw: float) -> RecommendationPolicy:
+    base = RecommendationPolicy(target=target, tolerance=0.01, skills=1, max_skills=3, limit=1,
+                                new_skills=2)  # fmt: skip
+    return dataclasses.replace(base, **kw)
+
+
+def _everything(ev: SkillEvidence) -> Candidates:
+    """Every candidate a learner with this evidence may get, new skills included."""
+    policy = RecommendationPolicy(target=2.0, tolerance=0.0, skills=3, max_skills=3, limit=99,
+                                  new_skills=3)  # fmt: skip
+    return candidates(hand_model(), ev, CatalogCalls(), policy)
+
+
+def test_candidates_reach_a_new_skill_when_the_practised_ones_fall_short() -> None:
+    ev = evidence({1: (1, 1)})  # skills 2 and 3 never practised
+    every = _everything(ev)
+    assert set(every.skill_ids[every.is_new()].tolist()) == {2, 3}
+    assert not every.is_new()[every.skill_ids == 1].any()
+    target = _success_of(every, exercise_id(2, 1))
+    near = np.abs(every.success - target) <= 0.01
+    # The setup: skill 1 (practised) holds nothing near the target, skill 2 (new) does.
+    assert not near[every.skill_ids == 1].any() and near[every.skill_ids == 2].any()
+    calls = CatalogCalls()
+    pool = candidates(hand_model(), ev, calls, _new_skill_policy(target))
+    assert calls.asked[0] == [1]  # the practised skills first, then the new ones
+    assert set(pool.skill_ids[pool.is_new()].tolist()) <= {2, 3}
+    recs = recommend(pool, NO_HISTORY, _new_skill_policy(target, limit=len(pool)))
+    assert near[every.exercise_ids.tolist().index(recs[0].exercise_id)]
+    assert recs[0].new_skill and recs[0].on_target and recs[0].skill_id == 2
+    # The practised skill's exercises are still offered, after the on-target new ones.
+    rest = [r for r in recs if not r.on_target]
+    assert any(r.skill_id == 1 and not r.new_skill for r in rest)
+    # A new skill's exercise is predicted from no evidence on it: as the full pool did.
+    assert recs[0].predicted_success == pytest.approx(_success_of(every, recs[0].exercise_id))
+
+
+def test_new_skills_are_not_reached_while_the_practised_ones_hold_enough() -> None:
+    ev = evidence({1: (1, 1)})
+    target = _success_of(_everything(ev), exercise_id(1, 2))
+    calls = CatalogCalls()
+    pool = candidates(hand_model(), ev, calls, _new_skill_policy(target))
+    assert set(pool.skill_ids.tolist()) == {1} and not pool.is_new().any()
+    assert calls.asked == [[1]]
+
+
+def test_new_skills_zero_never_reaches_an_unpractised_skill() -> None:
+    ev = evidence({1: (1, 1)})
+    target = _success_of(_everything(ev), exercise_id(2, 1))
+    pool = candidates(hand_model(), ev, CatalogCalls(), _new_skill_policy(target, new_skills=0))
+    assert set(pool.skill_ids.tolist()) == {1}
+    recs = recommend(pool, NO_HISTORY, _new_skill_policy(target, new_skills=0))
+    assert not any(r.new_skill or r.on_target for r in recs)
+
+
+def test_new_skills_nearest_the_target_are_reached_first() -> None:
+    ev = evidence({1: (1, 1)})
+    every = _everything(ev)
+    # Skill 3's exercises sit far above skill 2's (skill weights -1.5, 0, +1.5): a target
+    # at one of skill 3's mastery reaches it alone when one new skill is allowed.
+    mastery_3 = float(every.skill_mastery[every.skill_ids == 3][0])
+    mastery_2 = float(every.skill_mastery[every.skill_ids == 2][0])
+    assert mastery_3 > mastery_2
+    pool = candidates(hand_model(), ev, CatalogCalls(),
+                      _new_skill_policy(mastery_3, tolerance=0.0, new_skills=1))  # fmt: skip
+    assert set(pool.skill_ids[pool.is_new()].tolist()) == {3}
+
+
+def test_a_practised_skill_comes_before_a_new_one_when_both_are_on_target() -> None:
+    ev = evidence({1: (1, 1)})
+    policy = RecommendationPolicy(target=0.5, tolerance=0.5, skills=1, max_skills=1, limit=99,
+                                  new_skills=2)  # fmt: skip
+    # Everything is on target and the practised skill holds only 4: the new ones join.
+    pool = candidates(hand_model(), ev, CatalogCalls(), policy)
+    recs = recommend(pool, NO_HISTORY, policy)
+    assert len(recs) == 12 and all(r.on_target for r in recs)
+    assert [r.new_skill for r in recs] == [False] * 4 + [True] * 8
+    assert {r.skill_id for r in recs[:4]} == {1}
+
+
+def test_a_new_skills_prediction_follows_the_learners_overall_record() -> None:
+    model = _ability_model()
+    policy = RecommendationPolicy(target=2.0, tolerance=0.0, skills=1, max_skills=1, limit=99,
+                                  new_skills=2)  # fmt: skip
+
+    def new_success(residual: float) -> np.ndarray:
+        ev = _with_residuals(evidence({1: (5, 5)}), [residual], [2.5])
+        pool = candidates(model, ev, CatalogCalls(), policy)
+        assert set(pool.skill_ids[pool.is_new()].tolist()) == {2, 3}
+        return pool.success[pool.is_new()]
+
+    # Answers on skill 1 better than its exercises' difficulty predict: a stronger learner,
+    # so every exercise of the skills they have not met looks easier for them.
+    assert np.all(new_success(2.0) > new_success(-2.0))

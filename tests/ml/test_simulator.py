@@ -293,3 +293,43 @@ def test_invalid_variant_params_are_rejected(field: str, value: object, message:
         kwargs["slip"] = 0.5
     with pytest.raises(ValueError, match=message):
         SimulationParams(**kwargs)  # type: ignore[arg-type]
+
+
+def test_ability_is_the_final_theta_where_practised_and_a_start_elsewhere(
+    chunks: list[LearnerChunk],
+) -> None:
+    ability = np.concatenate([c.ability for c in chunks])
+    assert ability.shape == (PARAMS.learners, PARAMS.skills)
+    learners, skills = _cat(chunks, "mastery_learner_ids"), _cat(chunks, "mastery_skill_ids")
+    np.testing.assert_array_equal(ability[learners - 1, skills - 1], _cat(chunks, "theta_final"))
+    # A skill never practised keeps a starting ability: general ability plus a deviation,
+    # so it follows the learner's starting ability on their own skills.
+    unpractised = np.ones_like(ability, dtype=bool)
+    unpractised[learners - 1, skills - 1] = False
+    start = np.bincount(learners - 1, _cat(chunks, "theta_initial")) / np.bincount(learners - 1)
+    elsewhere = np.where(unpractised, ability, 0.0).sum(axis=1) / unpractised.sum(axis=1)
+    assert np.corrcoef(start, elsewhere)[0, 1] > 0.8
+    spread = np.std((ability - elsewhere[:, None])[unpractised])
+    assert 0.3 < spread < 0.5  # the skill deviation's sd, 0.4
+
+
+def _unpractised_pair_correlation(params: SimulationParams, a: int, b: int) -> float:
+    """Across learners who practised neither skill index a nor b: correlation of the two
+    abilities, each against the learner's mean ability."""
+    chunks = _run(params)
+    ability = np.concatenate([c.ability for c in chunks])
+    practised = np.zeros_like(ability, dtype=bool)
+    practised[_cat(chunks, "mastery_learner_ids") - 1, _cat(chunks, "mastery_skill_ids") - 1] = 1
+    rows = ~practised[:, a] & ~practised[:, b]
+    assert rows.sum() > 200
+    centred = ability[rows] - ability[rows].mean(axis=1, keepdims=True)
+    return float(np.corrcoef(centred[:, a], centred[:, b])[0, 1])
+
+
+def test_ability_on_unpractised_skills_shares_the_cluster_shift() -> None:
+    params = dataclasses.replace(VARIANT_BASE, skills=40, skill_clusters=3, cluster_sd=1.0)
+    # Skills 0 and 3 share a cluster (index % 3), skills 0 and 1 do not.
+    same = _unpractised_pair_correlation(params, 0, 3)
+    apart = _unpractised_pair_correlation(params, 0, 1)
+    plain = _unpractised_pair_correlation(dataclasses.replace(params, skill_clusters=0), 0, 3)
+    assert same > 0.6 and max(apart, plain) < 0.2

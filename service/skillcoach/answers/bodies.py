@@ -109,10 +109,13 @@ def recommendations_body(
 
 
 def _why(r: Recommendation) -> str:
+    # A new skill is one the learner has not practised: offered only when their own skills
+    # hold too few exercises near the target.
+    kind = "new skill" if r.new_skill else "weak skill"
     if not r.trusted:
-        return "weak skill; too few answers to this exercise yet to predict it closely"
+        return f"{kind}; too few answers to this exercise yet to predict it closely"
     if not r.on_target:
-        return "weak skill; no exercise predicted nearer the target"
+        return f"{kind}; no exercise predicted nearer the target"
     if r.seen_count == 0:
-        return "weak skill; predicted success closest to target"
-    return "weak skill; least recently seen exercise"
+        return f"{kind}; predicted success closest to target"
+    return f"{kind}; least recently seen exercise"

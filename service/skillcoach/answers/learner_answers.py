@@ -44,6 +44,8 @@ class AnswerConfig:
     # widen while too few exercises are on target.
     recommendation_skills: int = 3
     recommendation_max_skills: int = 10
+    # Unpractised skills it may reach after those, when they still fall short (0: never).
+    recommendation_new_skills: int = 3
     # Predicted success the recommended exercises aim at, when the client names none, and
     # how near it an exercise must be predicted to count as on target.
     recommendation_target: float = 0.7
@@ -57,6 +59,7 @@ class AnswerConfig:
             min_attempts=settings.insufficient_data_attempts,
             recommendation_skills=settings.recommendation_skills,
             recommendation_max_skills=settings.recommendation_max_skills,
+            recommendation_new_skills=settings.recommendation_new_skills,
             recommendation_target=settings.recommendation_target,
             recommendation_tolerance=settings.recommendation_tolerance,
             recommendation_min_exercise_attempts=settings.recommendation_min_exercise_attempts,
@@ -68,6 +71,7 @@ class AnswerConfig:
             tolerance=self.recommendation_tolerance,
             skills=self.recommendation_skills,
             max_skills=self.recommendation_max_skills,
+            new_skills=self.recommendation_new_skills,
             limit=limit,
             min_exercise_attempts=self.recommendation_min_exercise_attempts,
         )

@@ -96,6 +96,8 @@ class Recommendation:
     on_target: bool = True
     # False: too few training answers to this exercise to trust its predicted success.
     trusted: bool = True
+    # True: a skill the learner has not practised yet (offered when their own fall short).
+    new_skill: bool = False
 
 
 def mastery_interval(
@@ -201,6 +203,9 @@ class RecommendationPolicy:
     max_skills: int = 10
     limit: int = 5
     min_exercise_attempts: int = 20
+    # Skills the learner has not practised yet that the widening may reach, when even
+    # `max_skills` practised ones hold fewer than `limit` exercises on target (0: never).
+    new_skills: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,9 +219,16 @@ class Candidates:
     success: FloatArray
     skill_mastery: FloatArray
     trusted: BoolArray
+    # True: the exercise's skill is one the learner has not practised yet (None: none is).
+    new_skill: BoolArray | None = None
 
     def __len__(self) -> int:
         return len(self.exercise_ids)
+
+    def is_new(self) -> BoolArray:
+        if self.new_skill is None:
+            return np.zeros(len(self.exercise_ids), dtype=np.bool_)
+        return self.new_skill
 
 
 ExercisesOf = Callable[[IntArray], tuple[IntArray, IntArray]]
@@ -263,12 +275,7 @@ def candidates(
         return Candidates(ids, skill_ids, np.zeros(0), np.zeros(0), np.zeros(0, dtype=np.bool_))
     rank = _positions(skills, skill_ids)  # the candidate's skill's place, weakest first
     e_rows = model.exercise_rows(ids)
-    attempts = model.exercise_attempts_of(ids, rows=e_rows)
-    trusted = (
-        np.ones(len(ids), dtype=np.bool_)
-        if attempts is None
-        else attempts >= policy.min_exercise_attempts
-    )
+    trusted = _trusted(model, ids, e_rows, policy)
     # One call over every skill it may widen to: the call's fixed cost dominates, so this is
     # cheaper than predicting the weakest skills first and the rest only when they fall short.
     if new_learner:
@@ -293,7 +300,67 @@ def candidates(
     enough[: policy.skills - 1] = False
     take = int(np.argmax(enough)) + 1 if enough.any() else len(skills)
     keep = rank < take
-    return Candidates(ids[keep], skill_ids[keep], success[keep], mastery[rank[keep]], trusted[keep])
+    pool = Candidates(ids[keep], skill_ids[keep], success[keep], mastery[rank[keep]], trusted[keep])
+    short = policy.limit - int(np.count_nonzero(on_target[keep]))
+    if short <= 0 or policy.new_skills <= 0:
+        return pool
+    return _with_new_skills(model, evidence, exercises_of, policy, pool)
+
+
+def _trusted(
+    model: BestLR, ids: IntArray, e_rows: IntArray, policy: RecommendationPolicy
+) -> BoolArray:
+    """Whether each exercise had enough training answers for its prediction to count."""
+    attempts = model.exercise_attempts_of(ids, rows=e_rows)
+    if attempts is None:  # a model stored before training counts were kept trusts them all
+        return np.ones(len(ids), dtype=np.bool_)
+    out: BoolArray = attempts >= policy.min_exercise_attempts
+    return out
+
+
+def _with_new_skills(
+    model: BestLR,
+    evidence: SkillEvidence,
+    exercises_of: ExercisesOf,
+    policy: RecommendationPolicy,
+    pool: Candidates,
+) -> Candidates:
+    """`pool` (every practised skill it may widen to, still short of on-target exercises)
+    plus the exercises of the `policy.new_skills` skills the learner has not practised whose
+    predicted mastery is nearest the target: a learner who has outgrown every exercise of
+    their own skills is offered the next skill at the right level, not exercises far too
+    easy. Their evidence is none on the skill and the learner's overall record, which is
+    what the model saw on every first answer to a skill in training."""
+    fresh = np.setdiff1d(model.skill_ids, evidence.skill_ids)
+    if len(fresh) == 0:
+        return pool
+    total_c, total_i = evidence.totals
+    residual = _residual_kwargs(evidence)
+    if residual:
+        residual["skill_residual"] = residual["skill_information"] = 0.0
+    mastery = model.skill_mastery(
+        fresh, 0.0, 0.0, total_correct=total_c, total_incorrect=total_i, **residual
+    )
+    nearest = np.lexsort((fresh, np.abs(mastery - policy.target)))[: policy.new_skills]
+    skills, mastery = fresh[nearest], mastery[nearest]
+    ids, skill_ids = exercises_of(skills)
+    if len(ids) == 0:
+        return pool
+    e_rows = model.exercise_rows(ids)
+    trusted = _trusted(model, ids, e_rows, policy)
+    success = model.exercise_success(
+        ids, skill_ids, 0.0, 0.0, total_correct=total_c, total_incorrect=total_i,
+        rows=e_rows, **residual,
+    )  # fmt: skip
+    new = np.concatenate([np.zeros(len(pool), dtype=np.bool_), np.ones(len(ids), dtype=np.bool_)])
+    return Candidates(
+        np.concatenate([pool.exercise_ids, ids]),
+        np.concatenate([pool.skill_ids, skill_ids]),
+        np.concatenate([pool.success, success]),
+        np.concatenate([pool.skill_mastery, mastery[_positions(skills, skill_ids)]]),
+        np.concatenate([pool.trusted, trusted]),
+        new,
+    )
 
 
 def recommend(
@@ -309,12 +376,14 @@ def recommend(
     seen_count = np.append(history.n_attempts, 0)[seen_idx]
     distance = np.abs(pool.success - policy.target)
     off = (distance > policy.tolerance) | ~pool.trusted
+    new = pool.is_new()
     # Last-seen time (older = lower; unseen below all) orders only the on-target exercises:
     # converting just those keeps a per-row Python call off the rest of the history.
     stamps = np.full(len(pool), -np.inf)
     dated = np.flatnonzero(~off & (seen_idx >= 0))
     stamps[dated] = [history.last_answered_at[j].timestamp() for j in seen_idx[dated]]
-    top = np.lexsort((pool.exercise_ids, distance, np.where(off, distance, stamps), off))
+    # A skill the learner practises comes before a new one, on target or not alike.
+    top = np.lexsort((pool.exercise_ids, distance, np.where(off, distance, stamps), new, off))
     top = top[: policy.limit]
     seen_at = history.last_answered_at
     # Whole columns to Python values at once: per-element numpy scalars cost more than the
@@ -323,12 +392,13 @@ def recommend(
         Recommendation(
             exercise_id=e, skill_id=s, predicted_success=p, skill_mastery=m, seen_count=n,
             last_seen_at=seen_at[j] if j >= 0 else None, on_target=not o, trusted=t,
+            new_skill=f,
         )
-        for e, s, p, m, n, j, o, t in zip(
+        for e, s, p, m, n, j, o, t, f in zip(
             pool.exercise_ids[top].tolist(), pool.skill_ids[top].tolist(),
             pool.success[top].tolist(), pool.skill_mastery[top].tolist(),
             seen_count[top].tolist(), seen_idx[top].tolist(), off[top].tolist(),
-            pool.trusted[top].tolist(), strict=True,
+            pool.trusted[top].tolist(), new[top].tolist(), strict=True,
         )
     ]  # fmt: skip
 

@@ -15,6 +15,9 @@ The world:
   after another like a curriculum and practised in sessions of a few attempts on one skill,
   sessions days apart, so a history spans weeks. A skill opened late may get little or no
   practice; exercises within a skill are picked at random.
+- Every learner also has an ability on the skills they never took up (general ability plus a
+  deviation, as at the start of their own): the truth a recommendation of a skill new to
+  them is scored against.
 
 Variants (the `SimulationParams` fields after `seed`) change one assumption at a time so a
 model can be checked on learners it was not designed around: guess/slip levels, learning that
@@ -188,6 +191,10 @@ class LearnerChunk:
     theta_initial: FloatArray
     theta_final: FloatArray
     mastery_final: FloatArray  # true P(correct) at the end, averaged over the skill's exercises
+    # (n, S): every learner's true ability at the end on every catalog skill, in catalog
+    # order: theta_final where practised, the untouched starting ability on a skill never
+    # practised (what a recommendation of a new skill is scored against).
+    ability: FloatArray
 
     @property
     def n_attempts(self) -> int:
@@ -333,6 +340,7 @@ def _simulate_chunk(
     draws = rng.random((n, steps))
     # Variant randomness from separate streams: the default world's draws above stay as they are.
     variant_rng = np.random.default_rng([params.seed, 2, first])
+    shift = None
     if params.skill_clusters > 0:
         shift = variant_rng.normal(0.0, params.cluster_sd, (n, params.skill_clusters))
         theta0 = theta0 + shift[np.arange(n)[:, None], skill_idx % params.skill_clusters]
@@ -365,6 +373,7 @@ def _simulate_chunk(
         practice[rows, slot] += 1
 
     learner_ids = np.arange(first, first + n, dtype=np.int64)
+    ability = _ability(params, general, shift, theta, skill_idx, first)
     practised = practice > 0
     m_rows, m_slots = np.nonzero(practised)
     m_skill_idx = skill_idx[m_rows, m_slots]
@@ -384,4 +393,25 @@ def _simulate_chunk(
         theta_initial=theta0[m_rows, m_slots],
         theta_final=theta_final,
         mastery_final=mastery,
+        ability=ability,
     )
+
+
+def _ability(
+    params: SimulationParams,
+    general: FloatArray,
+    shift: FloatArray | None,
+    theta: FloatArray,
+    skill_idx: IntArray,
+    first: int,
+) -> FloatArray:
+    """(n, S) true ability on every skill: the learner's skills from theta (its final state),
+    the skills they never took up drawn like a starting ability (general plus a deviation,
+    plus the cluster's shift), from a stream of their own so every other draw is unchanged."""
+    n, n_skills = len(general), params.skills
+    rng = np.random.default_rng([params.seed, 3, first])
+    out: FloatArray = general[:, None] + rng.normal(0.0, SKILL_DEVIATION_SD, (n, n_skills))
+    if shift is not None:  # the same per-cluster shifts the learner's own skills got
+        out += shift[:, np.arange(n_skills) % shift.shape[1]]
+    out[np.arange(n)[:, None], skill_idx] = theta
+    return out

@@ -147,6 +147,24 @@ def test_recommendations_focus_on_weakest_skills(client: TestClient, keys: Keys)
     )
 
 
+def test_recommendations_reach_new_skills_when_the_practised_one_falls_short(
+    client: TestClient,
+) -> None:
+    learner = new_learner()
+    post(client, learner, batch(*[(exercise_id(1, k), True) for k in range(4)]))
+    # Skill 1 holds 4 exercises, fewer than the 20 asked for: skills 2 and 3, never
+    # practised, are drawn in and say so; the weaknesses answer still lists skill 1 alone.
+    r = client.get(f"/v1/learners/{learner}/recommendations", params={"limit": 20})
+    assert r.status_code == 200, r.text
+    exercises = r.json()["exercises"]
+    assert {e["skill_id"] for e in exercises} == {1, 2, 3}
+    for e in exercises:
+        kind = "weak skill; " if e["skill_id"] == 1 else "new skill; "
+        assert e["reason"]["why"].startswith(kind), e
+        assert e["skill_id"] == 1 or e["seen_count"] == 0
+    assert [s.skill_id for s in weaknesses(client, learner).skills] == [1]
+
+
 def test_idempotent_retry_is_not_counted_twice(client: TestClient) -> None:
     learner = new_learner()
     body = batch((exercise_id(2, 1), True), (exercise_id(2, 2), False))
