@@ -19,7 +19,7 @@ SMALL = {"learners": 400, "skills": 12, "exercises_per_skill": 8, "attempts_per_
 
 @pytest.fixture(scope="module")
 def result() -> dict[str, Any]:
-    args = argparse.Namespace(variants="default,mixed", plot=False, **SMALL)
+    args = argparse.Namespace(variants="default,mixed", plot=False, seeds=0, **SMALL)
     return evaluate.run(args)
 
 
@@ -67,10 +67,18 @@ def test_metrics_order_as_the_truth_demands(result: dict[str, Any]) -> None:
 def test_few_exercises_reaches_new_skills_and_scores_them_by_the_truth() -> None:
     # Three exercises per skill: learners outgrow their own skills, so picks come from skills
     # they never practised, scored by the simulator's ability on those skills.
-    args = argparse.Namespace(variants="few_exercises", plot=False, **SMALL)
-    rec = evaluate.run(args)["variants"][0]["model"]["recommendations"]
+    args = argparse.Namespace(variants="few_exercises", plot=False, seeds=2, **SMALL)
+    result = evaluate.run(args)
+    rec = result["variants"][0]["model"]["recommendations"]
     assert rec["share_new_skill"] > 0.1, rec
     assert _unit(rec["new_skill_share_in_band"]) and rec["new_skill_share_in_band"] > 0.2, rec
+    # --seeds re-draws the variant: other worlds, each scored, summarised as ranges.
+    others = result["variants"][0]["other_seeds"]
+    assert [o["seed"] for o in others] == [113 + 1000, 113 + 2000]
+    assert len({o["share_in_band"] for o in others} | {rec["share_in_band"]}) == 3
+    assert all(_unit(o["share_in_band"]) and 0 <= o["targets_met"] <= 4 for o in others)
+    table = evaluate.markdown(result)
+    assert "re-drawn 2 more times" in table and "| few_exercises |" in table.split("Other")[1]
 
 
 def test_variants_are_seeded_and_distinct() -> None:
