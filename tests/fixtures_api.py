@@ -25,11 +25,12 @@ from sqlalchemy.engine import make_url
 from starlette.testclient import TestClient
 
 from skillcoach.api.app import create_app
+from skillcoach.api.state import AppState
 from skillcoach.data.api_keys import Scope, create_api_key
 from skillcoach.data.database import create_sync_engine
 from skillcoach.data.model_registry import promote, store_model
 from skillcoach.ml.model import BestLR
-from skillcoach.settings import load_settings
+from skillcoach.settings import Settings, load_settings
 from skillcoach_devstack.pgbouncer import PgBouncer
 from skillcoach_devstack.processes import free_port
 from tests.conftest import drop_database, fresh_database
@@ -59,6 +60,35 @@ def hand_model() -> BestLR:
         exercise_weights=ex_w,
         count_weights=[0.4, -0.4, 0.05, -0.05],
     )
+
+
+def cached_settings(database_url: str, redis_url: str, **overrides: object) -> Settings:
+    """A test app's settings with the Redis cache on (so the fast path runs), nothing warmed
+    at start-up, a pool of 4 and no metrics port; overrides win."""
+    fields: dict[str, object] = {"database_url": database_url, "environment": "test",
+                                 "pool_size": 4, "metrics_port": 0, "cache_enabled": True,
+                                 "redis_url": redis_url, "cache_warm_learners": 0}  # fmt: skip
+    return load_settings(**{**fields, **overrides})
+
+
+def give_two_answers(client: TestClient, learner: int, write_key: str) -> None:
+    """Two answers (a miss on skill 1, a success on skill 2) so the learner has answers."""
+    at = "2026-03-01T00:00:00+00:00"
+    attempts = [
+        {"exercise_id": exercise_id(1, 0), "correct": False, "answered_at": at},
+        {"exercise_id": exercise_id(2, 1), "correct": True, "answered_at": at},
+    ]
+    r = client.post(
+        f"/v1/learners/{learner}/attempts",
+        json={"attempts": attempts},
+        headers={"Authorization": f"Bearer {write_key}"},
+    )
+    assert r.status_code == 201, r.text
+
+
+def app_state(client: TestClient) -> AppState:
+    state: AppState = client.app.state.skillcoach  # type: ignore[attr-defined]
+    return state
 
 
 @dataclass(frozen=True)

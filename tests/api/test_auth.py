@@ -23,7 +23,6 @@ import skillcoach.api.hit_path
 import skillcoach.api.state
 from skillcoach.api.app import create_app
 from skillcoach.api.auth import KeyCache, KeyUsage, flush_usage
-from skillcoach.api.state import AppState
 from skillcoach.data.api_keys import (
     ApiKey,
     Scope,
@@ -32,8 +31,7 @@ from skillcoach.data.api_keys import (
     revoke_api_keys,
 )
 from skillcoach.data.database import create_sync_engine
-from skillcoach.settings import load_settings
-from tests.fixtures_api import Keys, exercise_id
+from tests.fixtures_api import Keys, app_state, cached_settings, exercise_id, give_two_answers
 
 TTL = 1.0  # the app's api_key_cache_seconds here
 LEARNER = 4242
@@ -50,38 +48,14 @@ def engine(api_db_url: str) -> Iterator[Engine]:
 @pytest.fixture(scope="module")
 def app_client(api_bouncer_url: str, redis_url: str, keys: Keys) -> Iterator[TestClient]:
     """An app with the cache (so the fast path runs) and a 1 s key cache; no default key."""
-    settings = load_settings(
-        database_url=api_bouncer_url,
-        environment="test",
-        pool_size=4,
-        metrics_port=0,
-        cache_enabled=True,
-        redis_url=redis_url,
-        cache_warm_learners=0,
-        api_key_cache_seconds=TTL,
-    )
+    settings = cached_settings(api_bouncer_url, redis_url, api_key_cache_seconds=TTL)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
-        r = c.post(
-            f"/v1/learners/{LEARNER}/attempts",
-            json={
-                "attempts": [
-                    {"exercise_id": exercise_id(1, 0), "correct": False, "answered_at": T0},
-                    {"exercise_id": exercise_id(2, 1), "correct": True, "answered_at": T0},
-                ]
-            },
-            headers=_bearer(keys.write),
-        )
-        assert r.status_code == 201, r.text
+        give_two_answers(c, LEARNER, keys.write)
         yield c
 
 
 def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def _state(client: TestClient) -> AppState:
-    state: AppState = client.app.state.skillcoach  # type: ignore[attr-defined]
-    return state
 
 
 def _new_key(engine: Engine, scopes: set[Scope], **kw: Any) -> str:
@@ -209,7 +183,7 @@ def test_a_key_in_steady_use_never_misses_the_cache(
 def test_requests_that_miss_on_one_key_together_share_one_lookup(
     app_client: TestClient, engine: Engine, lookups: dict[str, int]
 ) -> None:
-    state = _state(app_client)
+    state = app_state(app_client)
     key_hash = hash_key(_new_key(engine, {Scope.READ}))
 
     async def burst() -> list[ApiKey | None]:
@@ -271,7 +245,7 @@ def test_a_burst_for_a_key_whose_entry_lapsed_shares_one_lookup_started_on_the_f
     """Its refresh failed (the database was busy), so the entry of a key in use ended: the
     requests that come back with it start one lookup from the fast path, wait for it there,
     and are all answered by the fast path; none takes the full path and its request gate."""
-    state = _state(app_client)
+    state = app_state(app_client)
     saved = state.keys
     now = [0.0]
     # A key cache the replica's refresh task does not know: nothing renews its entries.
@@ -341,7 +315,7 @@ def test_the_refresh_renews_keys_in_use_and_refuses_revoked_ones() -> None:
 def test_an_expired_key_is_refused_at_once_from_the_cache(
     app_client: TestClient, engine: Engine
 ) -> None:
-    state = _state(app_client)
+    state = app_state(app_client)
     saved = state.keys
     # A key cache that would keep the key for an hour: only its expiry can refuse it.
     state.keys = KeyCache(3600)
@@ -449,7 +423,7 @@ def test_an_expired_key_is_refused_by_the_cache_before_its_ttl() -> None:
 def test_unknown_tokens_in_the_app_do_not_evict_a_valid_key(
     app_client: TestClient, keys: Keys, lookups: dict[str, int]
 ) -> None:
-    state = _state(app_client)
+    state = app_state(app_client)
     saved = state.keys
     state.keys = KeyCache(3600)  # the flood, not a TTL, is what could drop the key here
     try:
@@ -473,7 +447,7 @@ def test_unknown_tokens_in_the_app_do_not_evict_a_valid_key(
 def test_last_use_is_noted_on_both_paths_and_flushed_in_one_batch(
     app_client: TestClient, engine: Engine
 ) -> None:
-    state = _state(app_client)
+    state = app_state(app_client)
     key = _new_key(engine, {Scope.READ})
     with engine.begin() as conn:
         key_id = int(_key_id(conn, key))

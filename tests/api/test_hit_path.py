@@ -15,46 +15,21 @@ from starlette.testclient import TestClient
 from skillcoach.answers.bodies import weaknesses_variant
 from skillcoach.answers.learner_answers import LearnerAnswers
 from skillcoach.api.app import create_app
-from skillcoach.api.state import AppState
 from skillcoach.cache.store import _keys
 from skillcoach.limits import WEAKNESSES_LIMIT
-from skillcoach.settings import load_settings
-from tests.fixtures_api import Keys, exercise_id
+from tests.fixtures_api import Keys, app_state, cached_settings, give_two_answers
 
 LEARNER = 4343
-T0 = "2026-03-01T00:00:00+00:00"
 WEAK = f"/v1/learners/{LEARNER}/weaknesses"
 
 
 @pytest.fixture(scope="module")
 def client(api_bouncer_url: str, redis_url: str, keys: Keys) -> Iterator[TestClient]:
-    settings = load_settings(
-        database_url=api_bouncer_url,
-        environment="test",
-        pool_size=4,
-        metrics_port=0,
-        cache_enabled=True,
-        redis_url=redis_url,
-        cache_warm_learners=0,
-    )
+    settings = cached_settings(api_bouncer_url, redis_url)
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
         c.headers["Authorization"] = f"Bearer {keys.read}"
-        attempts = [
-            {"exercise_id": exercise_id(1, 0), "correct": False, "answered_at": T0},
-            {"exercise_id": exercise_id(2, 1), "correct": True, "answered_at": T0},
-        ]
-        r = c.post(
-            f"/v1/learners/{LEARNER}/attempts",
-            json={"attempts": attempts},
-            headers={"Authorization": f"Bearer {keys.write}"},
-        )
-        assert r.status_code == 201, r.text
+        give_two_answers(c, LEARNER, keys.write)
         yield c
-
-
-def _state(client: TestClient) -> AppState:
-    state: AppState = client.app.state.skillcoach  # type: ignore[attr-defined]
-    return state
 
 
 def _sample(client: TestClient, name: str, labels: dict[str, str]) -> float:
@@ -64,7 +39,7 @@ def _sample(client: TestClient, name: str, labels: dict[str, str]) -> float:
 
 def _drop_entry(client: TestClient, redis_url: str) -> None:
     """The learner's cached weaknesses end (as at the end of their TTL); its version stays."""
-    served = _state(client).live_model.current
+    served = app_state(client).live_model.current
     assert served is not None
     variant = weaknesses_variant(served.version, WEAKNESSES_LIMIT.default)
     _, entry_key, _ = _keys(LEARNER, "weaknesses", variant)

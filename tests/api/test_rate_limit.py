@@ -20,11 +20,10 @@ from starlette.testclient import TestClient
 
 from skillcoach.api.app import create_app
 from skillcoach.api.rate_limit import RateLimiter, Refusal, limit_per_window
-from skillcoach.api.state import AppState
 from skillcoach.data.api_keys import Scope, create_api_key
 from skillcoach.data.database import create_sync_engine
-from skillcoach.settings import load_settings
-from tests.fixtures_api import Keys, exercise_id
+from skillcoach.settings import Settings, load_settings
+from tests.fixtures_api import Keys, app_state, cached_settings, exercise_id
 from tests.fixtures_services import running_redis
 
 LEARNER = 5151
@@ -176,24 +175,9 @@ def _new_key(engine: Engine) -> tuple[str, int]:
     return key, int(key_id)
 
 
-def _settings(database_url: str, redis_url: str, **overrides: Any) -> Any:
-    return load_settings(
-        database_url=database_url,
-        environment="test",
-        pool_size=4,
-        metrics_port=0,
-        cache_enabled=True,
-        redis_url=redis_url,
-        cache_warm_learners=0,
-        rate_limit_per_key=LIMIT / WINDOW,
-        rate_limit_window_seconds=WINDOW,
-        **overrides,
-    )
-
-
-def _state(client: TestClient) -> AppState:
-    state: AppState = client.app.state.skillcoach  # type: ignore[attr-defined]
-    return state
+def _settings(database_url: str, redis_url: str, **overrides: Any) -> Settings:
+    limits = {"rate_limit_per_key": LIMIT / WINDOW, "rate_limit_window_seconds": WINDOW}
+    return cached_settings(database_url, redis_url, **{**limits, **overrides})
 
 
 def _refused(client: TestClient, subject: str) -> float:
@@ -243,13 +227,13 @@ def test_two_app_instances_share_a_key_limit_through_redis(
     key, key_id = _new_key(engine)
     auth = {"Authorization": f"Bearer {key}"}
     weak = f"/v1/learners/{LEARNER}/weaknesses"
-    fast = _state(a).registry.get_sample_value(
+    fast = app_state(a).registry.get_sample_value(
         "skillcoach_http_cache_fast_path_total", {"kind": "weaknesses"}
     )
     for path in ("/v1/skills", weak, weak, weak, weak):
         assert a.get(path, headers=auth).status_code == 200
     # The fast path served (and counted) some of them.
-    after = _state(a).registry.get_sample_value(
+    after = app_state(a).registry.get_sample_value(
         "skillcoach_http_cache_fast_path_total", {"kind": "weaknesses"}
     )
     assert (after or 0) > (fast or 0)
@@ -259,14 +243,14 @@ def test_two_app_instances_share_a_key_limit_through_redis(
     try:
         _until(lambda: int(store.get(rkey) or 0) == 5, 10)  # A reported its 5
         assert b.get(weak, headers=auth).status_code == 200
-        _until(lambda: _state(b).limiter.count("key", key_id) == 6, 10)
+        _until(lambda: app_state(b).limiter.count("key", key_id) == 6, 10)
         assert b.get("/v1/skills", headers=auth).status_code == 200
         assert b.get(weak, headers=auth).status_code == 200
         # 8 across both instances: the next is refused, on the fast path's route and the other.
         _assert_429(b.get(weak, headers=auth))
         _assert_429(b.get("/v1/skills", headers=auth))
         _until(lambda: int(store.get(rkey) or 0) == LIMIT, 10)
-        _until(lambda: _state(a).limiter.count("key", key_id) == LIMIT, 10)
+        _until(lambda: app_state(a).limiter.count("key", key_id) == LIMIT, 10)
         _assert_429(a.get(weak, headers=auth))
         assert int(store.get(rkey) or 0) == LIMIT  # refusals are not counted
     finally:
@@ -283,7 +267,7 @@ def test_the_limit_holds_per_replica_when_redis_is_stopped(
     with running_redis(tmp_path) as server:
         settings = _settings(api_bouncer_url, server.url)
         with TestClient(create_app(settings), raise_server_exceptions=False) as c:
-            state = _state(c)
+            state = app_state(c)
             for _ in range(3):
                 assert c.get("/v1/skills", headers=auth).status_code == 200
             _until(lambda: state.limiter.shared, 10)
@@ -307,7 +291,7 @@ def test_a_client_address_limit_without_redis(api_bouncer_url: str, keys: Keys) 
         rate_limit_window_seconds=WINDOW,
     )
     with TestClient(create_app(settings), raise_server_exceptions=False) as c:
-        assert _state(c).cache is None
+        assert app_state(c).cache is None
         auth = {"Authorization": f"Bearer {keys.read}"}
         assert [c.get("/v1/skills", headers=auth).status_code for _ in range(3)] == [200] * 3
         r = c.get("/v1/skills", headers=auth)
