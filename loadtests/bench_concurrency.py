@@ -45,7 +45,7 @@ from loadtests.sampler import peak_rss_mb
 from loadtests.wrk import run_wrk, shed_probe
 from skillcoach.ml.simulator import SimulationParams
 from skillcoach_devstack.pgbouncer import PgBouncer
-from skillcoach_devstack.processes import free_port, log_tail
+from skillcoach_devstack.processes import free_port, free_ports, log_tail
 
 LEVELS = (20, 50, 100)
 SHED_CONNECTIONS = 1000
@@ -117,10 +117,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             sc = spawn("skillcoach", serve_cmd(), sc_env, sc_port, logdir)
             targets.append(sc)
             if args.compare_env:  # a second replica, other settings, measured interleaved
-                b_port = free_port()
+                b_port, b_metrics = free_ports(2)
                 b_env = sc_env | {
                     "SKILLCOACH_PORT": str(b_port),
-                    "SKILLCOACH_METRICS_PORT": str(free_port()),
+                    "SKILLCOACH_METRICS_PORT": str(b_metrics),
                 }
                 b_env |= dict(kv.split("=", 1) for kv in args.compare_env)
                 targets.append(spawn(COMPARED, serve_cmd(), b_env, b_port, logdir))

@@ -83,7 +83,7 @@ from loadtests.suite_report import (
 from loadtests.wrk import WrkError, run_wrk
 from loadtests.zipf_sampler import ZipfLearners
 from skillcoach_devstack.pgbouncer import PgBouncer
-from skillcoach_devstack.processes import free_port
+from skillcoach_devstack.processes import free_ports
 
 __all__ = [
     "BARE",
@@ -114,10 +114,10 @@ def zipf_ids(n: int, exponent: float, *, seed: int) -> list[int]:
 
 
 def _serve(name: str, env: dict[str, str], tmp: Path) -> Target:
-    port = free_port()
+    port, metrics_port = free_ports(2)
     sc_env = env | {
         "SKILLCOACH_PORT": str(port),
-        "SKILLCOACH_METRICS_PORT": str(free_port()),
+        "SKILLCOACH_METRICS_PORT": str(metrics_port),
         "SKILLCOACH_ENVIRONMENT": "dev",
         "SKILLCOACH_LOG_LEVEL": "warning",
     }

@@ -37,7 +37,7 @@ from skillcoach.data.model_registry import promote
 from skillcoach.ml.seeding import seed_database
 from skillcoach.ml.simulator import SimulationParams
 from skillcoach.ml.training import train_and_store
-from skillcoach_devstack.processes import free_port, log_tail, terminate, wait_until
+from skillcoach_devstack.processes import free_port, free_ports, log_tail, terminate, wait_until
 
 __all__ = [
     "ADMIN_DSN",
@@ -184,7 +184,8 @@ def serve_env(
     env = base | {
         "SKILLCOACH_DATABASE_URL": database_url,
         "SKILLCOACH_PORT": str(port),
-        "SKILLCOACH_METRICS_PORT": str(free_port()),
+        # Distinct from `port`, which the caller chose a moment ago (the kernel may reuse it).
+        "SKILLCOACH_METRICS_PORT": str(next(p for p in free_ports(2) if p != port)),
         "SKILLCOACH_CACHE_ENABLED": "false" if redis_url is None else "true",
         "SKILLCOACH_ENVIRONMENT": "dev",
         "SKILLCOACH_LOG_LEVEL": "warning",

@@ -20,7 +20,7 @@ from pathlib import Path
 from loadtests.harness import admin_sql, clean_env
 from skillcoach_devstack import envfile
 from skillcoach_devstack.config import METRICS_PORT_OFFSET
-from skillcoach_devstack.processes import ApiReplica, free_port, free_port_block, log_tail
+from skillcoach_devstack.processes import ApiReplica, free_port_block, free_ports, log_tail
 from skillcoach_devstack.redis_cluster import free_base_port
 
 __all__ = ["LocalStack", "start_stack", "stop_stack"]
@@ -82,18 +82,21 @@ def stack_env(replicas: int, learners: int, *, scrape_interval: int = 5) -> dict
     # Blocks below the ephemeral range: see free_port_block. The replicas' metrics ports sit
     # METRICS_PORT_OFFSET above their API ports.
     api = free_port_block(replicas + 1, low=23000, high=25000, offsets=(0, METRICS_PORT_OFFSET))
+    # Distinct: one port handed to two services failed a stack start (PgBouncer and HAProxy's
+    # stats page both given 34237).
+    prometheus, grpc, http, bouncer, redis, stats, exporter = free_ports(7)
     return {
         "SKILLCOACH_STACK_API_PORT": str(api),
         "SKILLCOACH_STACK_METRICS_PORT_OFFSET": str(METRICS_PORT_OFFSET),
-        "SKILLCOACH_STACK_PROMETHEUS_PORT": str(free_port()),
+        "SKILLCOACH_STACK_PROMETHEUS_PORT": str(prometheus),
         "SKILLCOACH_STACK_SCRAPE_INTERVAL": str(scrape_interval),
-        "SKILLCOACH_STACK_OTLP_GRPC_PORT": str(free_port()),
-        "SKILLCOACH_STACK_OTLP_HTTP_PORT": str(free_port()),
+        "SKILLCOACH_STACK_OTLP_GRPC_PORT": str(grpc),
+        "SKILLCOACH_STACK_OTLP_HTTP_PORT": str(http),
         "SKILLCOACH_STACK_REDIS_CLUSTER_PORT": str(free_base_port()),
-        "SKILLCOACH_STACK_PGBOUNCER_PORT": str(free_port()),
-        "SKILLCOACH_STACK_REDIS_PORT": str(free_port()),
-        "SKILLCOACH_STACK_HAPROXY_STATS_PORT": str(free_port()),
-        "SKILLCOACH_STACK_EXPORTER_PORT": str(free_port()),
+        "SKILLCOACH_STACK_PGBOUNCER_PORT": str(bouncer),
+        "SKILLCOACH_STACK_REDIS_PORT": str(redis),
+        "SKILLCOACH_STACK_HAPROXY_STATS_PORT": str(stats),
+        "SKILLCOACH_STACK_EXPORTER_PORT": str(exporter),
         "SKILLCOACH_STACK_APP_USER": f"bench_{tag}",
         "SKILLCOACH_STACK_DATABASE": f"skillcoach_bench_{tag}",
         "SKILLCOACH_DEMO_LEARNERS": str(learners),

@@ -33,7 +33,7 @@ from skillcoach_devstack.pgbouncer import (
     start_ephemeral,
     stop_ephemeral,
 )
-from skillcoach_devstack.processes import free_port, log_tail
+from skillcoach_devstack.processes import free_ports, log_tail
 
 __all__ = [
     "haproxy_in_front",
@@ -68,9 +68,10 @@ def start_haproxy(backend_port: int, *, maxconn: int, timeout_queue: str | None)
     timeout_queue None keeps the stack's default."""
     last: StackError | None = None
     for _ in range(3):
+        listen_port, stats_port = free_ports(2)
         config = HAProxyConfig(
-            listen_port=free_port(),
-            stats_port=free_port(),
+            listen_port=listen_port,
+            stats_port=stats_port,
             servers=(Server("api", backend_port),),
             server_maxconn=maxconn,
             hard_stop_after="5s",

@@ -152,6 +152,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """`count` distinct ports nothing listens on right now. Each is held until all are
+    chosen: consecutive `free_port` calls may return the same port, since the kernel may hand
+    out a port again as soon as it is released."""
+    with contextlib.ExitStack() as held:
+        ports: list[int] = []
+        for _ in range(count):
+            s = held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind((host, 0))
+            ports.append(s.getsockname()[1])
+        return ports
+
+
 # -- daemons with pid files: what redis, pgbouncer, haproxy, the exporter and the replicas share
 
 

@@ -15,6 +15,7 @@ from skillcoach_devstack.processes import (
     bindable,
     free_port,
     free_port_block,
+    free_ports,
     http_status,
     known_replicas,
     pid_alive,
@@ -61,6 +62,14 @@ def test_nothing_listens_on_a_free_port() -> None:
     port = free_port()
     assert not port_open("127.0.0.1", port, timeout=0.5)
     assert http_status(f"http://127.0.0.1:{port}/healthz", timeout=0.5) is None
+
+
+def test_free_ports_are_distinct_and_free() -> None:
+    # Each is held while the next is chosen, so none can be handed out twice (a stack once
+    # gave PgBouncer and HAProxy's stats page the same port from two free_port calls).
+    ports = free_ports(12)
+    assert len(set(ports)) == 12
+    assert all(bindable(p) for p in ports)
 
 
 def test_free_port_block_skips_blocks_with_a_taken_port() -> None:

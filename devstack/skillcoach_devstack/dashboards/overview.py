@@ -231,14 +231,20 @@ def build() -> Dashboard:
         "Share of recommended exercises predicted within the tolerance of their target, and of"
         " those whose exercise had too few training answers to trust. A falling on-target share:"
         " the weak skills' exercises are too hard or too easy for these learners (add"
-        " exercises), or the model is stale (retrain).",
+        " exercises), or the model is stale (retrain). New skill: the share from skills the"
+        " learner had not practised, offered when their own hold too few near the target.",
         [
             Query(
                 f"sum by (fit) (rate(skillcoach_recommended_exercises_total{{{NS}}}[{RATE}]))"
                 " / ignoring (fit) group_left"
                 f" sum(rate(skillcoach_recommended_exercises_total{{{NS}}}[{RATE}]))",
                 legend="{{fit}}",
-            )
+            ),
+            Query(
+                f"sum(rate(skillcoach_recommended_new_skill_exercises_total{{{NS}}}[{RATE}]))"
+                f" / sum(rate(skillcoach_recommended_exercises_total{{{NS}}}[{RATE}]))",
+                legend="new skill",
+            ),
         ],
         unit="percentunit",
         maximum=1,

@@ -1,6 +1,8 @@
 """Timing of model inference: skillcoach_model_inference_duration_seconds{kind} and a span
 "model.inference <kind>" per answer computed (when tracing records the request); and how the
-recommended exercises fit their target, skillcoach_recommended_exercises_total{fit}."""
+recommended exercises fit their target, skillcoach_recommended_exercises_total{fit}, and how
+many came from a skill the learner had not practised,
+skillcoach_recommended_new_skill_exercises_total."""
 
 from __future__ import annotations
 
@@ -54,6 +56,12 @@ class Inference:
             registry=registry,
         )
         self._by_fit = {fit: self.recommended_exercises.labels(fit) for fit in FITS}
+        self.recommended_new_skill = Counter(
+            "skillcoach_recommended_new_skill_exercises",
+            "Exercises in computed recommendation answers from a skill the learner had not"
+            " practised (offered when their own skills hold too few near the target)",
+            registry=registry,
+        )
         self._spans = spans
 
     @contextmanager
@@ -70,9 +78,11 @@ class Inference:
     def recommended(self, recs: Iterable[Recommendation]) -> None:
         """Count a computed answer's exercises by fit: a falling on-target share means the
         weak skills' exercises are too hard or too easy for the learners, or the model is
-        stale (a cached answer is counted once, when it is computed)."""
-        on = off = untrusted = 0
+        stale (a cached answer is counted once, when it is computed). A rising new-skill
+        share: learners have outgrown the exercises of their own skills."""
+        on = off = untrusted = new = 0
         for r in recs:
+            new += r.new_skill
             if not r.trusted:
                 untrusted += 1
             elif r.on_target:
@@ -82,3 +92,5 @@ class Inference:
         for fit, n in zip(FITS, (on, off, untrusted), strict=True):
             if n:
                 self._by_fit[fit].inc(n)
+        if new:
+            self.recommended_new_skill.inc(new)
