@@ -91,7 +91,6 @@ class World:
     p_true: FloatArray  # per attempt, in log order
     m_learner: IntArray
     m_skill: IntArray
-    theta_final: FloatArray
     mastery_final: FloatArray
     ability: FloatArray  # (learners, skills): true final ability, row learner_id - 1
 
@@ -113,7 +112,7 @@ def simulate(params: SimulationParams) -> World:
         answered_at=cat("attempt_answered_at_us"),
     )
     return World(catalog, log, cat("attempt_p_correct"), cat("mastery_learner_ids"),
-                  cat("mastery_skill_ids"), cat("theta_final"), cat("mastery_final"),
+                  cat("mastery_skill_ids"), cat("mastery_final"),
                   np.concatenate([c.ability for c in chunks]))  # fmt: skip
 
 

@@ -301,8 +301,7 @@ def candidates(
     take = int(np.argmax(enough)) + 1 if enough.any() else len(skills)
     keep = rank < take
     pool = Candidates(ids[keep], skill_ids[keep], success[keep], mastery[rank[keep]], trusted[keep])
-    short = policy.limit - int(np.count_nonzero(on_target[keep]))
-    if short <= 0 or policy.new_skills <= 0:
+    if policy.new_skills <= 0 or np.count_nonzero(on_target[keep]) >= policy.limit:
         return pool
     return _with_new_skills(model, evidence, exercises_of, policy, pool)
 
