@@ -1,11 +1,12 @@
 """`python -m loadtests {suite,locust,model,inference,concurrency,cache,scale,check,reads,
-evaluate,accept}`: benchmarks."""
+evaluate,accept,breakdown}`: benchmarks."""
 
 from __future__ import annotations
 
 import sys
 
 from loadtests.bench_accept import main as accept_main
+from loadtests.bench_breakdown import main as breakdown_main
 from loadtests.bench_cache import main as cache_main
 from loadtests.bench_check import main as check_main
 from loadtests.bench_concurrency import main as concurrency_main
@@ -29,6 +30,7 @@ COMMANDS = {
     "reads": reads_main,
     "evaluate": evaluate_main,
     "accept": accept_main,
+    "breakdown": breakdown_main,
 }
 
 

@@ -343,3 +343,28 @@ def test_a_partitioned_loop_read_gives_up_by_its_deadline(
         assert db.stats().checked_out == 0
     finally:
         db.dispose()
+
+
+def test_a_statement_with_no_reply_by_its_until_raises_timeout_and_is_out_of_step(
+    pg_url: str,
+) -> None:
+    """`until` bounds the wait for the reply (the server's statement_timeout bounds the
+    query; this, a connection gone silent): TimeoutError, and the connection is left mid-query
+    so the caller must not reuse it."""
+    dsn = make_url(pg_url).set(drivername="postgresql").render_as_string(hide_password=False)
+    conns = LoopConnections((dsn,), {}, capacity=1, recycle=60)
+
+    async def main() -> tuple[float, bool]:
+        conn = await conns.acquire()
+        assert conn is not None
+        started = time.monotonic()
+        try:
+            with pytest.raises(TimeoutError):
+                await run_statement(conn, "SELECT pg_sleep(5)", None, started + 0.2)
+            return time.monotonic() - started, bool(conn.isexecuting())
+        finally:
+            conns.release(conn, reuse=True)  # refused: still executing
+
+    waited, executing = asyncio.run(main())
+    assert 0.15 <= waited < 2.5  # the sleep is 5 s: it did not wait for the reply
+    assert executing and conns.opened == 0 and conns.idle == 0

@@ -1,14 +1,15 @@
 """Admission control and request deadlines, as pure ASGI middleware.
 
 Every request that reaches the application (cache hits are answered before it) passes a
-request gate: at most `running` of them run at once (twice the pool: limits.running_limit);
-the others wait at the gate, which is the DB gate's CoDel with adaptive LIFO
-(skillcoach.data.slot_gate) on the same settings. Overloaded, it serves the newest waiter
-first and sheds waiters that queued too long with an immediate 503 + Retry-After. A shed
-request never entered the application, so shedding costs a fraction of serving: under a
-closed-loop storm (1,000 clients that retry at once) the replica keeps serving instead of
-spending its CPU on refusals deep in the stack. A hard cap stays: beyond (pool capacity +
-queue allowance) requests in flight, running or waiting, the answer is 503 at once.
+request gate: at most `running` of them run at once (one per pooled connection:
+limits.running_limit); the others wait at the gate, which is the DB gate's CoDel with
+adaptive LIFO (skillcoach.data.slot_gate) on the same settings. Overloaded, it serves the
+newest waiter first and sheds waiters that queued too long with an immediate 503 +
+Retry-After. A shed request never entered the application, so shedding costs a fraction of
+serving: under a closed-loop storm (1,000 clients that retry at once) the replica keeps
+serving instead of spending its CPU on refusals deep in the stack. A hard cap stays: beyond
+(pool capacity + queue allowance) requests in flight, running or waiting, the answer is 503
+at once.
 
 Probes and metrics are never shed and get no deadline. Every admitted request gets a deadline
 that the DB layer honours (skillcoach.data.deadline), named by its route template. It runs

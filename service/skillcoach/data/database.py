@@ -501,9 +501,9 @@ class Database:
                     self._checked_out(token, asked_at)
                 reuse = False
                 try:
-                    # statement_timeout bounds the query; this bounds a connection gone silent.
-                    async with asyncio.timeout(timeout / 1000 + SILENT_MARGIN):
-                        columns, rows = await run_statement(conn, sql, parameters)
+                    # statement_timeout bounds the query; `until` a connection gone silent.
+                    until = time.monotonic() + timeout / 1000 + SILENT_MARGIN
+                    columns, rows = await run_statement(conn, sql, parameters, until)
                     reuse = True
                 except psycopg2.Error as e:
                     reuse = not _broken(e)  # a cancelled statement leaves it in step

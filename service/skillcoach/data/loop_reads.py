@@ -32,9 +32,10 @@ class Conn(psycopg2.extensions.connection):
     opened_at: float = 0.0
 
 
-async def _ready(conn: Conn) -> None:
+async def _ready(conn: Conn, until: float | None = None) -> None:
     """Poll `conn` until its current operation (connect, query) is done, waiting for its
-    socket on the event loop. Raises what psycopg2 raises (the server's errors included)."""
+    socket on the event loop. Raises what psycopg2 raises (the server's errors included), and
+    TimeoutError once the monotonic `until` passes while it waits."""
     loop = asyncio.get_running_loop()
     fd = conn.fileno()
     while True:
@@ -49,10 +50,17 @@ async def _ready(conn: Conn) -> None:
             raise psycopg2.OperationalError(f"unexpected poll state {state}")
         waiter = loop.create_future()
         watch(fd, _wake, waiter)
+        # One timer on the waiter itself: cheaper than a timeout scope per read (every
+        # uncached request makes one), and it fails only this wait.
+        timer = None
+        if until is not None:
+            timer = loop.call_later(until - time.monotonic(), _expire, waiter)
         try:
             await waiter
         finally:
             unwatch(fd)
+            if timer is not None:
+                timer.cancel()
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:
@@ -60,17 +68,23 @@ def _wake(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
 async def run_statement(
-    conn: Conn, sql: str, parameters: Mapping[str, Any] | None
+    conn: Conn, sql: str, parameters: Mapping[str, Any] | None, until: float | None = None
 ) -> tuple[Sequence[Any] | None, list[tuple[Any, ...]]]:
     """Send one simple-query string and wait for its result: (cursor description, rows) of
     its last statement, or (None, []) when that returns no rows. (The description, not the
     names: psycopg2 decodes every column name on each access, which a caller that knows the
-    statement's columns already can skip.)"""
+    statement's columns already can skip.) TimeoutError when no reply has come by the
+    monotonic `until`: the connection is then out of step and must not be reused."""
     cur = conn.cursor()
     try:
         cur.execute(sql, parameters)
-        await _ready(conn)
+        await _ready(conn, until)
         if cur.description is None:
             return None, []
         return cur.description, cur.fetchall()
@@ -156,12 +170,11 @@ class LoopConnections:
 
     async def _open(self, now: float, deadline: float | None) -> Conn:
         conn = psycopg2.connect(*self._args, connection_factory=Conn, async_=1, **self._kwargs)
-        limit = self._open_timeout
+        until = time.monotonic() + self._open_timeout
         if deadline is not None:
-            limit = min(limit, deadline - time.monotonic())
+            until = min(until, deadline)
         try:
-            async with asyncio.timeout(max(0.0, limit)):
-                await _ready(conn)
+            await _ready(conn, until)
         except TimeoutError as e:  # what the pool's connect_timeout would raise
             conn.close()
             raise psycopg2.OperationalError("timeout expired opening a connection") from e
