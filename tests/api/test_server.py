@@ -3,11 +3,16 @@ through PgBouncer, with /metrics on a port of its own."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 import httpx
+import uvicorn
 
+from skillcoach.api.background import Drain
+from skillcoach.api.server import DrainingServer
 from tests.fixtures_api import Keys, exercise_id
 
 
@@ -57,3 +62,38 @@ def test_concurrent_retries_of_one_batch_count_once(server: tuple[str, str], key
     assert codes == [200] * 11 + [201]
     w = httpx.get(f"{base}/v1/learners/{learner}/weaknesses", headers=headers).json()
     assert w["skills"][0]["attempts"] == 4
+
+
+def test_a_started_server_freezes_what_is_alive_out_of_the_collector() -> None:
+    """After start-up, the objects alive (modules, the app, the model) sit in the permanent
+    generation: a full collection under load does not walk them again."""
+
+    async def app(scope: dict[str, object], receive: object, send: object) -> None:
+        if scope["type"] == "lifespan":
+            message = await receive()  # type: ignore[operator]
+            assert message["type"] == "lifespan.startup"
+            await send({"type": "lifespan.startup.complete"})  # type: ignore[operator]
+            await receive()  # type: ignore[operator]
+            await send({"type": "lifespan.shutdown.complete"})  # type: ignore[operator]
+
+    async def start_and_stop() -> int:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+        server = DrainingServer(config, drain=Drain(), drain_seconds=0, accept_pump=False)
+        serving = asyncio.create_task(server.serve())
+        try:
+            for _ in range(200):  # bounded: 10 s
+                if server.started:
+                    break
+                await asyncio.sleep(0.05)
+            assert server.started
+            return gc.get_freeze_count()
+        finally:
+            server.should_exit = True
+            await asyncio.wait_for(serving, 10)
+
+    gc.unfreeze()
+    try:
+        assert gc.get_freeze_count() == 0
+        assert asyncio.run(start_and_stop()) > 1000
+    finally:
+        gc.unfreeze()
