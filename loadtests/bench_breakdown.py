@@ -41,6 +41,7 @@ from loadtests.harness import database_url, prepare, scratch_database
 from loadtests.recording import budget, record
 from skillcoach.api.app import create_app
 from skillcoach.data.database import Database
+from skillcoach.data.learner_reads import fetch_skill_evidence
 from skillcoach.data.records import SkillEvidence
 from skillcoach.ml.analysis import Weaknesses
 from skillcoach.ml.model import BestLR
@@ -49,15 +50,10 @@ from skillcoach.settings import load_settings
 
 __all__ = ["PARTS", "VARIANTS", "Memo", "main", "markdown", "measure", "parts_of", "variant"]
 
-# Each variant removes everything its predecessors removed, and one more part.
+# Each variant removes everything its predecessors removed, and one more part: the part a
+# variant's successor removes (the last one keeps what no variant removes).
 VARIANTS = ("full", "no I/O", "no database", "no model")
-# Part name -> (variant with it, variant without it).
-PARTS = {
-    "database I/O": ("full", "no I/O"),
-    "data layer around it": ("no I/O", "no database"),
-    "model ranking": ("no database", "no model"),
-    "the rest of the request": ("no model", None),
-}
+PARTS = ("database I/O", "data layer around it", "model ranking", "the rest of the request")
 
 ASGIApp = Callable[..., Awaitable[None]]
 
@@ -100,7 +96,7 @@ def variant(name: str, memo: Memo) -> Iterator[None]:
 
     async def remembered_read(self: Database, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
         learner = kwargs.get("learner_id")
-        if getattr(fn, "__name__", "") != "fetch_skill_evidence" or learner is None:
+        if fn is not fetch_skill_evidence or learner is None:
             return await run(self, fn, *args, **kwargs)
         if learner in memo.evidence:
             memo.hits["no database"] += 1
@@ -129,10 +125,8 @@ def variant(name: str, memo: Memo) -> Iterator[None]:
 
 def parts_of(medians: dict[str, float]) -> dict[str, float]:
     """Microseconds per request of each part, from the variants' medians."""
-    out = {}
-    for part, (with_it, without) in PARTS.items():
-        out[part] = medians[with_it] - (0.0 if without is None else medians[without])
-    return out
+    after = [medians[v] for v in VARIANTS[1:]] + [0.0]
+    return {part: medians[v] - rest for part, v, rest in zip(PARTS, VARIANTS, after, strict=True)}
 
 
 # -- driving the application ------------------------------------------------------------------
