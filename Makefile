@@ -8,7 +8,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Re-install only when pyproject.toml changes (the stamp is newer than it otherwise).
+# Re-install only when a pyproject or a lock changes (the stamp is newer than it otherwise).
 STAMP := $(VENV)/.installed
 REPLICAS ?= 1
 # OTLP=1: `make up` also starts a local OTLP receiver and the replicas send it their traces.
@@ -33,9 +33,16 @@ help:
 	@echo "make bench-check      throughput/p99 ratios vs loadtests/baseline.json (a few minutes)"
 
 # The service with its dev tools, the local stack (devstack/) and the operator, all editable.
-$(STAMP): pyproject.toml devstack/pyproject.toml operator/pyproject.toml
+# What the images ship is held at the images' locked versions (hashes and extras dropped: a
+# constraint is a name and a version), so the tests run the code that ships; a new release
+# reaches both only through `make lock`. Dev-only tools resolve freely within pyproject's ranges.
+LOCKS := requirements/service.lock requirements/operator.lock
+$(STAMP): pyproject.toml devstack/pyproject.toml operator/pyproject.toml $(LOCKS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]' -e ./devstack -e ./operator
+	sed -n 's/^\([A-Za-z0-9._-]*\)\(\[[^]]*\]\)\{0,1\}==\([^ ]*\).*/\1==\3/p' $(LOCKS) \
+		| sort -u > $(VENV)/constraints.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -c $(VENV)/constraints.txt \
+		-e '.[dev]' -e ./devstack -e ./operator
 	touch $(STAMP)
 
 venv .venv: $(STAMP)

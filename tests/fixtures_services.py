@@ -6,7 +6,8 @@
   with a random password (PostgreSQL itself trusts loopback); `pgbouncer_admin_url` is its
   admin console (database "pgbouncer": SHOW POOLS, SHOW STATS).
 - `make_pgbouncer` (function): a factory for a private PgBouncer a test may kill and restart.
-- `redis_url` (session): a dedicated redis-server on a free port, nothing persisted.
+- `redis_server` (session): a dedicated redis-server on a free port, nothing persisted;
+  `redis_url` (module) is its URL, emptied as each module starts (learner ids repeat).
 - `redis_cluster` (session): a 6-node Redis Cluster (3 masters, 3 replicas) on free ports;
   `.url` is its redis+cluster:// URL, kill_node/start_node/masters/wait_ok drive failovers.
   A test that kills a node must leave the cluster whole again (start_node + wait_ok).
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from redis import Redis
 from sqlalchemy.engine import make_url
 
 from skillcoach_devstack.errors import StackError
@@ -55,6 +57,7 @@ __all__ = [
     "redis_cluster",
     "redis_cluster_auth",
     "redis_cluster_tls",
+    "redis_server",
     "redis_tls",
     "redis_tls_files",
     "redis_url",
@@ -213,9 +216,21 @@ def running_redis(
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     with running_redis(tmp_path_factory.mktemp("redis")) as server:
-        yield server.url
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_url(redis_server: RedisServer) -> str:
+    # Modules get their own databases, and learner ids repeat across them: an answer cached
+    # by one module must never be a hit for the next, whatever order they run in.
+    client = Redis.from_url(redis_server.url, socket_timeout=10)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    return redis_server.url
 
 
 @pytest.fixture(scope="session")

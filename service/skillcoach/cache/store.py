@@ -53,8 +53,8 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.retry import Retry
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 
 from skillcoach.cache.breaker import Breaker
 from skillcoach.cache.cache_metrics import CacheMetrics, error_reason
@@ -259,13 +259,11 @@ def connect_redis(config: CacheConfig) -> Redis | RedisCluster:
     with the configured credentials and TLS."""
     target = parse_redis_url(config.url)
     username, password = _credentials(config, target)
-    retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=2)
     common: dict[str, Any] = {
         "socket_timeout": config.call_timeout,
         "socket_connect_timeout": config.call_timeout,
         "socket_keepalive": True,
         "health_check_interval": config.health_check_interval,
-        "retry": retry,
         "username": username,
         "password": password,
     }
@@ -278,23 +276,26 @@ def connect_redis(config: CacheConfig) -> Redis | RedisCluster:
         }
     if target.cluster:
         nodes = [ClusterNode(host, port) for host, port in target.nodes]
-        # MOVED/ASK and node failures: the client refreshes its slot map and retries. Every
-        # node it finds gets these same connection settings (credentials and TLS).
+        # MOVED/ASK and node failures: the client refreshes its slot map and retries a
+        # command up to twice (its node connections themselves never retry). Every node it
+        # finds gets these same connection settings (credentials and TLS).
         return RedisCluster(
             startup_nodes=nodes,
-            cluster_error_retry_attempts=3,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.1), retries=2),
             max_connections=config.max_connections,
             ssl=target.tls,
             **common,
             **tls,
         )
     # A blocking pool: past max_connections a call waits briefly for a free connection
-    # instead of failing (which would count against the breaker under a burst).
+    # instead of failing (which would count against the breaker under a burst). A failed call
+    # is not retried: the request is answered from the source and the breaker counts it, so
+    # a Redis that is down costs a request one call_timeout, not three.
     pool = BlockingConnectionPool.from_url(
         target.url,
         max_connections=config.max_connections,
         timeout=config.call_timeout,
-        retry_on_timeout=True,
+        retry=Retry(NoBackoff(), retries=0),
         **common,
         **tls,
     )
