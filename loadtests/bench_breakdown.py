@@ -41,7 +41,7 @@ from loadtests.harness import database_url, prepare, scratch_database
 from loadtests.recording import budget, record
 from skillcoach.api.app import create_app
 from skillcoach.data.database import Database
-from skillcoach.data.learner_reads import fetch_skill_evidence
+from skillcoach.data.learner_reads import SKILL_EVIDENCE_MANY_SQL, fetch_skill_evidences
 from skillcoach.data.records import SkillEvidence
 from skillcoach.ml.analysis import Weaknesses
 from skillcoach.ml.model import BestLR
@@ -64,6 +64,8 @@ class Memo:
     nothing from memory removed nothing: the benchmark would measure nothing)."""
 
     replies: dict[str, Any] = field(default_factory=dict)
+    columns: Any = None  # the evidence statement's cursor description
+    rows: dict[int, list[Any]] = field(default_factory=dict)  # its rows, per learner
     evidence: dict[int, Any] = field(default_factory=dict)
     ranked: dict[int, tuple[SkillEvidence, Weaknesses]] = field(default_factory=dict)
     hits: dict[str, int] = field(default_factory=lambda: dict.fromkeys(VARIANTS[1:], 0))
@@ -87,22 +89,41 @@ def variant(name: str, memo: Memo) -> Iterator[None]:
 
     async def remembered_reply(conn: Any, sql: str, parameters: Any, *a: Any) -> Any:
         # The timeout prefix differs per request; the statement and its parameters do not.
-        key = f"{sql.partition(';')[2]}|{sorted((parameters or {}).items())!r}"
+        statement = sql.partition(";")[2].strip()
+        if statement == SKILL_EVIDENCE_MANY_SQL:
+            return await remembered_evidence_rows(conn, sql, parameters, *a)
+        key = f"{statement}|{sorted((parameters or {}).items())!r}"
         if key in memo.replies:
             memo.hits["no I/O"] += 1
             return memo.replies[key]
         reply = memo.replies[key] = await run_statement(conn, sql, parameters, *a)
         return reply
 
+    async def remembered_evidence_rows(conn: Any, sql: str, parameters: Any, *a: Any) -> Any:
+        # Requests in flight together share one statement, in ever new combinations: each
+        # learner's rows are remembered apart and the reply of a batch put together from them.
+        learners = list(dict.fromkeys(parameters["ids"]))
+        if memo.columns is not None and all(learner in memo.rows for learner in learners):
+            memo.hits["no I/O"] += len(learners)
+            return memo.columns, [row for learner in learners for row in memo.rows[learner]]
+        columns, rows = await run_statement(conn, sql, parameters, *a)
+        memo.columns = columns
+        for learner in learners:
+            memo.rows[learner] = [row for row in rows if row[0] == learner]
+        return columns, rows
+
     async def remembered_read(self: Database, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        learner = kwargs.get("learner_id")
-        if fn is not fetch_skill_evidence or learner is None:
+        learners = kwargs.get("learner_ids")
+        if fn is not fetch_skill_evidences or learners is None:
             return await run(self, fn, *args, **kwargs)
-        if learner in memo.evidence:
-            memo.hits["no database"] += 1
-            return memo.evidence[learner]
-        evidence = memo.evidence[learner] = await run(self, fn, *args, **kwargs)
-        return evidence
+        if all(learner in memo.evidence for learner in learners):
+            memo.hits["no database"] += len(learners)
+            known = {learner: memo.evidence[learner] for learner in learners}
+            return {learner: e for learner, e in known.items() if e is not None}
+        found = await run(self, fn, *args, **kwargs)
+        for learner in learners:
+            memo.evidence[learner] = found.get(learner)
+        return found
 
     def remembered_rank(model: BestLR, evidence: SkillEvidence, **kwargs: Any) -> Weaknesses:
         known = memo.ranked.get(id(evidence))

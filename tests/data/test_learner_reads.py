@@ -6,8 +6,8 @@ import numpy as np
 
 from skillcoach.data.attempt_writes import batch_fingerprint, record_attempts
 from skillcoach.data.database import create_sync_engine
-from skillcoach.data.learner_reads import fetch_skill_evidence
-from skillcoach.data.records import Attempt
+from skillcoach.data.learner_reads import fetch_skill_evidence, fetch_skill_evidences
+from skillcoach.data.records import Attempt, SkillEvidence
 from tests.fixtures_api import exercise_id, seed_catalog
 
 T0 = datetime(2026, 5, 1, 10, 0, tzinfo=UTC)
@@ -40,6 +40,7 @@ def test_skill_evidence_columns_match_the_statistics_rows(empty_pg_url: str) -> 
             seven = fetch_skill_evidence(conn, learner_id=7)
             eight = fetch_skill_evidence(conn, learner_id=8)
             nobody = fetch_skill_evidence(conn, learner_id=9)
+            many = fetch_skill_evidences(conn, learner_ids=[9, 8, 7, 7])
     finally:
         engine.dispose()
     assert nobody is None
@@ -56,3 +57,17 @@ def test_skill_evidence_columns_match_the_statistics_rows(empty_pg_url: str) -> 
     # A learner without statistics: the LEFT JOIN's lone row becomes empty evidence.
     assert eight is not None and len(eight) == 0
     assert eight.sum_residual is not None and len(eight.sum_residual) == 0
+    # Several learners in one statement: each as it reads alone; one that does not exist is
+    # absent, a repeated id counted once.
+    assert set(many) == {7, 8}
+    assert same_evidence(many[7], seven) and same_evidence(many[8], eight)
+
+
+def same_evidence(a: SkillEvidence, b: SkillEvidence) -> bool:
+    oa, ob = np.argsort(a.skill_ids), np.argsort(b.skill_ids)
+    arrays = ("skill_ids", "n_correct", "n_incorrect", "sum_residual", "sum_information")
+    return (
+        a.data_version == b.data_version
+        and all(np.array_equal(getattr(a, n)[oa], getattr(b, n)[ob]) for n in arrays)
+        and [a.last_answered_at[i] for i in oa] == [b.last_answered_at[i] for i in ob]
+    )

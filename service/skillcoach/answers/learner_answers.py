@@ -4,7 +4,7 @@ PostgreSQL with the served model (one pooled connection, one snapshot) and store
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
@@ -19,7 +19,12 @@ from skillcoach.answers.bodies import (
 from skillcoach.cache.store import Cache
 from skillcoach.data.catalog_reads import Catalog
 from skillcoach.data.database import Database
-from skillcoach.data.learner_reads import fetch_exercise_history, fetch_skill_evidence
+from skillcoach.data.learner_reads import (
+    fetch_exercise_history,
+    fetch_skill_evidence,
+    fetch_skill_evidences,
+)
+from skillcoach.data.read_batches import ReadBatch
 from skillcoach.data.records import ExerciseHistory, SkillEvidence
 from skillcoach.ml.analysis import (
     Candidates,
@@ -32,6 +37,9 @@ from skillcoach.ml.inference import Inference
 from skillcoach.ml.live_model import ServedModel
 from skillcoach.ml.model import BestLR
 from skillcoach.settings import Settings
+
+# At most this many learners' evidence in one statement (its rows: about skills times that).
+EVIDENCE_BATCH = 32
 
 __all__ = ["AnswerConfig", "LearnerAnswers"]
 
@@ -119,6 +127,11 @@ class LearnerAnswers:
             cache.use_database(db)
         self.config = config
         self.inference = Inference(None) if inference is None else inference
+        # Uncached weaknesses asked for in the same event loop turn share one statement.
+        self.evidence = ReadBatch(self._load_evidence, max_size=EVIDENCE_BATCH)
+
+    async def _load_evidence(self, learner_ids: Sequence[int]) -> dict[int, SkillEvidence]:
+        return await self.db.run(fetch_skill_evidences, learner_ids=learner_ids, retry=True)
 
     # -- through the cache --------------------------------------------------------------
     async def weaknesses(
@@ -172,7 +185,7 @@ class LearnerAnswers:
     async def compute_weaknesses(
         self, served: ServedModel, *, learner_id: int, limit: int
     ) -> Answer | None:
-        evidence = await self.db.run(fetch_skill_evidence, learner_id=learner_id, retry=True)
+        evidence = await self.evidence.get(learner_id)
         if evidence is None:
             return None
         with self.inference.timed("weaknesses"):

@@ -5,6 +5,8 @@ Each is one statement (`single_statement`): run alone by `Database.run` it is on
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -13,9 +15,11 @@ from skillcoach.data.database import Reader, single_statement
 from skillcoach.data.records import ExerciseHistory, SkillEvidence
 
 __all__ = [
+    "SKILL_EVIDENCE_MANY_SQL",
     "SKILL_EVIDENCE_SQL",
     "fetch_exercise_history",
     "fetch_skill_evidence",
+    "fetch_skill_evidences",
     "learner_exists",
     "most_active_learners",
 ]
@@ -29,20 +33,37 @@ SKILL_EVIDENCE_SQL = (
 )
 
 
+# The same read for several learners at once: concurrent requests share one round trip.
+SKILL_EVIDENCE_MANY_SQL = SKILL_EVIDENCE_SQL.replace("l.id = %(id)s", "l.id = ANY(%(ids)s)")
+
+
 @single_statement
 def fetch_skill_evidence(conn: Reader, *, learner_id: int) -> SkillEvidence | None:
     """The learner's per-skill statistics, or None if no such learner exists."""
     rows = conn.exec_driver_sql(SKILL_EVIDENCE_SQL, {"id": learner_id}).all()
-    if not rows:
-        return None
+    return _evidence(rows) if rows else None
+
+
+@single_statement
+def fetch_skill_evidences(conn: Reader, *, learner_ids: Sequence[int]) -> dict[int, SkillEvidence]:
+    """`fetch_skill_evidence` of each learner, in one statement; learners that do not exist
+    are absent."""
+    rows = conn.exec_driver_sql(SKILL_EVIDENCE_MANY_SQL, {"ids": list(learner_ids)}).all()
+    by_learner: dict[int, list[Any]] = {}
+    for row in rows:
+        by_learner.setdefault(int(row[0]), []).append(row)
+    return {learner: _evidence(mine) for learner, mine in by_learner.items()}
+
+
+def _evidence(rows: Sequence[Any]) -> SkillEvidence:
+    """One learner's rows of SKILL_EVIDENCE_SQL (at least one) as its evidence."""
     version = int(rows[0].data_version)
     if rows[0].skill_id is None:  # the LEFT JOIN's one row of a learner with no statistics
         none = np.zeros(0, np.float64)
         return dataclasses.replace(
             SkillEvidence.empty(), data_version=version, sum_residual=none, sum_information=none
         )
-    # Columns by transposing the rows once (SKILL_EVIDENCE_SQL's order): this runs on a
-    # worker thread that holds the GIL meanwhile.
+    # Columns by transposing the rows once (SKILL_EVIDENCE_SQL's order).
     _, _, skills, correct, incorrect, at, residual, information = zip(*rows, strict=True)
     return SkillEvidence(
         skill_ids=np.array(skills, dtype=np.int64),

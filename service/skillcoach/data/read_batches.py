@@ -1,0 +1,83 @@
+"""Concurrent reads of the same kind, by key, share one statement (the DataLoader pattern).
+
+On a busy replica the requests an event loop turn wakes all reach their read in the same turn;
+each asking alone pays a round trip, the statement's parsing and planning in PostgreSQL and a
+pass through PgBouncer. A `ReadBatch` collects the keys asked for during one turn and loads
+them with one call at the start of the next, so a lone request waits no longer than before
+(one turn) and a burst of N costs one statement, not N.
+
+A batch runs in its own task, in the context (deadline, trace) of the request that opened it:
+the ones joining it arrived in the same turn. Its failure is every member's failure; a member
+that gives up (cancelled) leaves the batch to the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
+from typing import Generic, TypeVar
+
+__all__ = ["ReadBatch"]
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class ReadBatch(Generic[K, V]):
+    """`get(key)`: load(keys)[key] (None when the load's mapping lacks the key), with every
+    key asked for in the same event loop turn loaded by one `load` call of up to `max_size`
+    distinct keys."""
+
+    def __init__(
+        self, load: Callable[[Sequence[K]], Awaitable[Mapping[K, V]]], *, max_size: int
+    ) -> None:
+        if max_size < 1:
+            raise ValueError("max_size must be at least 1")
+        self._load = load
+        self._max_size = max_size
+        self._waiting: dict[K, list[asyncio.Future[V | None]]] = {}
+        self._context: contextvars.Context | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self.loads = 0  # load calls made (tests and benchmarks read it)
+
+    async def get(self, key: K) -> V | None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[V | None] = loop.create_future()
+        if not self._waiting:
+            # The first key of this turn: the batch goes out once the turn is over.
+            self._context = contextvars.copy_context()
+            loop.call_soon(self._dispatch)
+        self._waiting.setdefault(key, []).append(future)
+        return await future
+
+    def _dispatch(self) -> None:
+        waiting, self._waiting = self._waiting, {}
+        context, self._context = self._context, None
+        keys = list(waiting)
+        for start in range(0, len(keys), self._max_size):
+            chunk = {key: waiting[key] for key in keys[start : start + self._max_size]}
+            task = asyncio.get_running_loop().create_task(self._run(chunk), context=context)
+            self._running.add(task)  # held until done: a task only the loop refers to can vanish
+            task.add_done_callback(self._running.discard)
+
+    async def _run(self, chunk: dict[K, list[asyncio.Future[V | None]]]) -> None:
+        self.loads += 1
+        try:
+            found = await self._load(list(chunk))
+        except Exception as exc:  # every member's failure
+            for futures in chunk.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+            return
+        except BaseException:  # the batch itself cancelled (the loop closing): so are they
+            for futures in chunk.values():
+                for future in futures:
+                    future.cancel()
+            raise
+        for key, futures in chunk.items():
+            value = found.get(key)
+            for future in futures:
+                if not future.done():
+                    future.set_result(value)

@@ -1,0 +1,124 @@
+"""ReadBatch: the keys asked for in one event loop turn are loaded by one call; a failure is
+every member's, a member that gives up leaves the rest served."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Mapping, Sequence
+
+import pytest
+
+from skillcoach.data.read_batches import ReadBatch
+
+WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+
+class Source:
+    """Squares of the keys it knows (those below 100), recording every load."""
+
+    def __init__(self, fail: Exception | None = None, hold: asyncio.Event | None = None) -> None:
+        self.calls: list[list[int]] = []
+        self.contexts: list[str] = []
+        self.fail = fail
+        self.hold = hold
+
+    async def load(self, keys: Sequence[int]) -> Mapping[int, int]:
+        self.calls.append(list(keys))
+        self.contexts.append(WHO.get())
+        if self.hold is not None:
+            await self.hold.wait()
+        await asyncio.sleep(0)
+        if self.fail is not None:
+            raise self.fail
+        return {k: k * k for k in keys if k < 100}
+
+
+def test_keys_asked_in_one_turn_share_one_load() -> None:
+    async def main() -> tuple[list[int | None], Source, int]:
+        source = Source()
+        batch = ReadBatch(source.load, max_size=32)
+        got = await asyncio.gather(*(batch.get(k) for k in (3, 4, 3, 500, 5)))
+        return got, source, batch.loads
+
+    got, source, loads = asyncio.run(main())
+    assert got == [9, 16, 9, None, 25]  # a key the load does not return: None
+    assert source.calls == [[3, 4, 500, 5]] and loads == 1  # distinct keys, in asking order
+
+
+def test_turns_apart_are_loads_apart_and_a_lone_key_is_not_held() -> None:
+    async def main() -> Source:
+        source = Source()
+        batch = ReadBatch(source.load, max_size=32)
+        assert await batch.get(2) == 4
+        assert await batch.get(3) == 9
+        return source
+
+    assert asyncio.run(main()).calls == [[2], [3]]
+
+
+def test_a_turn_beyond_max_size_is_split() -> None:
+    async def main() -> tuple[list[int | None], Source]:
+        source = Source()
+        batch = ReadBatch(source.load, max_size=2)
+        got = await asyncio.gather(*(batch.get(k) for k in range(5)))
+        return got, source
+
+    got, source = asyncio.run(main())
+    assert got == [0, 1, 4, 9, 16]
+    assert source.calls == [[0, 1], [2, 3], [4]]
+
+
+def test_a_failed_load_fails_every_member_and_the_next_turn_loads_again() -> None:
+    async def main() -> tuple[list[BaseException | int | None], int | None, Source]:
+        source = Source(fail=RuntimeError("database gone"))
+        batch = ReadBatch(source.load, max_size=32)
+        got = await asyncio.gather(batch.get(1), batch.get(2), return_exceptions=True)
+        source.fail = None
+        return got, await batch.get(7), source
+
+    got, after, source = asyncio.run(main())
+    assert [type(g) for g in got] == [RuntimeError, RuntimeError]
+    assert after == 49 and source.calls == [[1, 2], [7]]
+
+
+def test_a_member_that_gives_up_leaves_the_batch_to_the_others() -> None:
+    async def main() -> tuple[int | None, bool, Source]:
+        hold = asyncio.Event()
+        source = Source(hold=hold)
+        batch = ReadBatch(source.load, max_size=32)
+        quitter = asyncio.ensure_future(batch.get(4))
+        stayer = asyncio.ensure_future(batch.get(5))
+        await asyncio.sleep(0.01)  # the batch is out, held in the load
+        quitter.cancel()
+        await asyncio.sleep(0)
+        hold.set()
+        return await stayer, quitter.cancelled(), source
+
+    value, cancelled, source = asyncio.run(main())
+    assert value == 25 and cancelled and source.calls == [[4, 5]]
+
+
+def test_the_batch_runs_in_the_context_of_the_request_that_opened_it() -> None:
+    # The deadline and the trace of a request live in context variables: the load sees the
+    # first asker's (the others joined it in the same turn).
+    async def main() -> Source:
+        source = Source()
+        batch = ReadBatch(source.load, max_size=32)
+
+        async def ask(who: str, key: int) -> int | None:
+            WHO.set(who)
+            return await batch.get(key)
+
+        first = asyncio.ensure_future(ask("first", 1))
+        second = asyncio.ensure_future(ask("second", 2))
+        assert await asyncio.gather(first, second) == [1, 4]
+        return source
+
+    source = asyncio.run(main())
+    assert source.calls == [[1, 2]] and source.contexts == ["first"]
+
+
+def test_max_size_must_admit_a_key() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        ReadBatch(Source().load, max_size=0)
