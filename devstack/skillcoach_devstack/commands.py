@@ -125,7 +125,7 @@ def make_pgbouncer(cfg: StackConfig, secrets: Secrets, plan: PoolPlan | None = N
 
 
 def balancer_limit(plan: PoolPlan) -> int:
-    """HAProxy's maxconn for each replica: four times what a replica runs under the plan
+    """HAProxy's maxconn for each replica: twice what a replica runs under the plan
     (limits.balancer_limit); the rest wait in HAProxy's queue."""
     return limits.balancer_limit(pool_capacity=plan.per_pod)
 

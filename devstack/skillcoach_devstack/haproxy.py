@@ -95,7 +95,7 @@ class HAProxyConfig:
     check_interval: str = "1s"
     maxconn: int = 4096
     hard_stop_after: str = "10s"
-    # Requests HAProxy sends to one replica at once: four times what the replica runs
+    # Requests HAProxy sends to one replica at once: twice what the replica runs
     # (skillcoach.limits.balancer_limit, which the stack computes from the pool plan). The
     # rest wait in HAProxy's queue, first in, first out, at no cost to the replicas. With the
     # replica's in-flight limit here instead (1,016 by default), 1,000 clients queued inside

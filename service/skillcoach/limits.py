@@ -90,10 +90,10 @@ CLOCK_SKEW = timedelta(minutes=5)
 
 def running_limit(*, pool_capacity: int) -> int:
     """Requests one replica runs at once (past admission); the rest wait at its request gate.
-    One per pooled connection: a replica is one event loop, so a request computing its answer
-    holds the loop, not a connection, and more running requests would only queue again at the
-    database's gate (a second wait, paid on every request under load)."""
-    return pool_capacity
+    Twice the pool: requests that reach their evidence read in the same event loop turn share
+    one statement (data.read_batches), so the running requests beyond one per connection
+    make those statements fuller instead of queueing for a connection of their own."""
+    return 2 * pool_capacity
 
 
 def in_flight_limit(*, pool_capacity: int, queue_allowance: int) -> int:
@@ -104,9 +104,9 @@ def in_flight_limit(*, pool_capacity: int, queue_allowance: int) -> int:
 
 def balancer_limit(*, pool_capacity: int) -> int:
     """Requests a load balancer that can queue (HAProxy's per-server maxconn) sends one
-    replica at once: four times what it runs, so each replica has its next requests at hand,
+    replica at once: twice what it runs, so each replica has its next requests at hand,
     while the rest wait first in, first out in the balancer, bounded by its queue timeout.
     Waiting there costs a replica nothing; waiting inside it costs the event loop a parsed
     request and a task each, and an overloaded gate serves the newest first, so a few wait
     long."""
-    return 4 * running_limit(pool_capacity=pool_capacity)
+    return 2 * running_limit(pool_capacity=pool_capacity)

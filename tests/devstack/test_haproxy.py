@@ -58,7 +58,7 @@ def test_rendered_config_has_the_servers_checks_and_timeouts() -> None:
     lines = _directives(render_config(TEMPLATE, _config()))
     assert "bind 127.0.0.1:18000" in lines
     assert "bind 127.0.0.1:18404" in lines
-    # Each replica gets at most four times what it runs (4 x 16 pool) at once; the rest queue.
+    # Each replica gets at most twice what it runs (2 x 2 x 16 pool) at once; the rest queue.
     assert "server api-18001 127.0.0.1:18001 maxconn 64" in lines
     assert "server api-18002 127.0.0.1:18002 maxconn 64" in lines
     assert "balance leastconn" in lines
@@ -96,7 +96,7 @@ def test_server_maxconn_and_queue_timeout_are_configurable() -> None:
         render_config(TEMPLATE, _config(servers=(Server("a", 1, maxconn=0),)))
 
 
-def test_the_stack_sends_each_replica_four_times_what_it_runs_and_queues_the_rest(
+def test_the_stack_sends_each_replica_twice_what_it_runs_and_queues_the_rest(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cfg = StackConfig(root=Path("/r"))
@@ -112,11 +112,11 @@ def test_the_stack_sends_each_replica_four_times_what_it_runs_and_queues_the_res
     # Without a plan (status, stop): the default settings' limit.
     defaults = Settings()
     capacity = defaults.pool_size + defaults.max_overflow
-    assert make_haproxy(cfg, (8001,)).config.server_maxconn == 4 * running_limit(
+    assert make_haproxy(cfg, (8001,)).config.server_maxconn == 2 * running_limit(
         pool_capacity=capacity
     )
     lb = make_haproxy(cfg, (8001, 8002), plan=plan)
-    assert lb.config.server_maxconn == balancer_limit(plan) == 4 * (12 + 3)
+    assert lb.config.server_maxconn == balancer_limit(plan) == 2 * 2 * (12 + 3)
     directives = _directives(lb.render())
     assert "server api-8002 127.0.0.1:8002 maxconn 60" in directives
     # The excess waits in HAProxy's queue, bounded by time, not refused at once.

@@ -1,8 +1,8 @@
 """Admission control and request deadlines, as pure ASGI middleware.
 
 Every request that reaches the application (cache hits are answered before it) passes a
-request gate: at most `running` of them run at once (one per pooled connection:
-limits.running_limit); the others wait at the gate, which is the DB gate's CoDel with
+request gate: at most `running` of them run at once (twice the pool: limits.running_limit);
+the others wait at the gate, which is the DB gate's CoDel with
 adaptive LIFO (skillcoach.data.slot_gate) on the same settings. Overloaded, it serves the
 newest waiter first and sheds waiters that queued too long with an immediate 503 +
 Retry-After. A shed request never entered the application, so shedding costs a fraction of
