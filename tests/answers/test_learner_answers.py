@@ -46,7 +46,8 @@ def seed(db: Database) -> None:
 def test_weaknesses_asked_at_once_share_a_statement_and_equal_lone_answers(
     api_bouncer_url: str,
 ) -> None:
-    db = Database(api_bouncer_url, POOL, statement_timeout_ms=3000, registry=CollectorRegistry())
+    registry = CollectorRegistry()
+    db = Database(api_bouncer_url, POOL, statement_timeout_ms=3000, registry=registry)
     try:
         seed(db)
 
@@ -80,6 +81,11 @@ def test_weaknesses_asked_at_once_share_a_statement_and_equal_lone_answers(
     assert alone[NOBODY] is None and all(alone[learner] for learner in LEARNERS)
     assert together == alone
     assert loads == 1  # seven requests, one statement
+    # The batch sizes are exported: seven lone reads, then one of seven.
+    name = "skillcoach_db_shared_read_learners"
+    assert registry.get_sample_value(f"{name}_count") == 8
+    assert registry.get_sample_value(f"{name}_sum") == 14
+    assert registry.get_sample_value(f"{name}_bucket", {"le": "4.0"}) == 7
 
 
 def test_a_failed_shared_read_fails_each_request_with_the_databases_error(

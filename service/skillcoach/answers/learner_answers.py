@@ -131,6 +131,7 @@ class LearnerAnswers:
         self.evidence = ReadBatch(self._load_evidence, max_size=EVIDENCE_BATCH)
 
     async def _load_evidence(self, learner_ids: Sequence[int]) -> dict[int, SkillEvidence]:
+        self.db.metrics.shared_read_learners.observe(len(learner_ids))
         return await self.db.run(fetch_skill_evidences, learner_ids=learner_ids, retry=True)
 
     # -- through the cache --------------------------------------------------------------

@@ -65,6 +65,14 @@ class DbMetrics:
             ["route"],
             registry=registry,
         )
+        # How full the shared evidence reads are: 1 when requests come one at a time.
+        self.shared_read_learners = Histogram(
+            "skillcoach_db_shared_read_learners",
+            "Learners read by one shared evidence statement (the uncached weaknesses one event"
+            " loop turn asked for)",
+            buckets=(1, 2, 4, 8, 16, 32),
+            registry=registry,
+        )
         self.resizes = Counter(
             "skillcoach_db_pool_resizes_total",
             "Live pool replacements applied from the pool file",
