@@ -14,7 +14,6 @@ that gives up (cancelled) leaves the batch to the others.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Generic, TypeVar
 
@@ -37,7 +36,6 @@ class ReadBatch(Generic[K, V]):
         self._load = load
         self._max_size = max_size
         self._waiting: dict[K, list[asyncio.Future[V | None]]] = {}
-        self._context: contextvars.Context | None = None
         self._running: set[asyncio.Task[None]] = set()
         self.loads = 0  # load calls made (tests and benchmarks read it)
 
@@ -45,19 +43,18 @@ class ReadBatch(Generic[K, V]):
         loop = asyncio.get_running_loop()
         future: asyncio.Future[V | None] = loop.create_future()
         if not self._waiting:
-            # The first key of this turn: the batch goes out once the turn is over.
-            self._context = contextvars.copy_context()
+            # The first key of this turn: the batch goes out once the turn is over. call_soon
+            # runs _dispatch in a copy of this request's context, and its tasks inherit it.
             loop.call_soon(self._dispatch)
         self._waiting.setdefault(key, []).append(future)
         return await future
 
     def _dispatch(self) -> None:
         waiting, self._waiting = self._waiting, {}
-        context, self._context = self._context, None
         keys = list(waiting)
         for start in range(0, len(keys), self._max_size):
             chunk = {key: waiting[key] for key in keys[start : start + self._max_size]}
-            task = asyncio.get_running_loop().create_task(self._run(chunk), context=context)
+            task = asyncio.get_running_loop().create_task(self._run(chunk))
             self._running.add(task)  # held until done: a task only the loop refers to can vanish
             task.add_done_callback(self._running.discard)
 
