@@ -1,5 +1,5 @@
 """`python -m loadtests {suite,locust,model,inference,concurrency,cache,scale,check,reads,
-evaluate,accept,breakdown}`: benchmarks."""
+evaluate,accept,breakdown,connections}`: benchmarks."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from loadtests.bench_breakdown import main as breakdown_main
 from loadtests.bench_cache import main as cache_main
 from loadtests.bench_check import main as check_main
 from loadtests.bench_concurrency import main as concurrency_main
+from loadtests.bench_connections import main as connections_main
 from loadtests.bench_inference import main as inference_main
 from loadtests.bench_locust import main as locust_main
 from loadtests.bench_model import main as model_main
@@ -31,6 +32,7 @@ COMMANDS = {
     "evaluate": evaluate_main,
     "accept": accept_main,
     "breakdown": breakdown_main,
+    "connections": connections_main,
 }
 
 

@@ -8,11 +8,19 @@ with orjson on every request as an ordinary JSON endpoint would. Nothing else: n
 middleware, no database, no Redis. Served exactly as skillcoach is (service/skillcoach/
 server.py): one uvicorn process, same loop and HTTP implementations (uvicorn's defaults),
 access log off, lifespan on. /healthz answers for readiness.
+
+--count-calls counts every Python and C function call on the serving thread (sys.setprofile)
+and adds GET /debug/calls with the totals so far: `python -m loadtests connections` divides
+them by the requests answered. The hook slows every call, so a counted server's speed means
+nothing; its counts are the point.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections import Counter
+from types import FrameType
 from typing import Any
 
 import orjson
@@ -23,7 +31,7 @@ from starlette.routing import Route
 
 from skillcoach.api.server import run_app
 
-__all__ = ["create_app", "main", "payload"]
+__all__ = ["CallCounter", "create_app", "main", "payload"]
 
 
 def payload(skills: int) -> dict[str, Any]:
@@ -47,7 +55,23 @@ def payload(skills: int) -> dict[str, Any]:
     }
 
 
-def create_app(skills: int = 16) -> Starlette:
+class CallCounter:
+    """Function calls made on the thread that installed it, by kind ("python", "c")."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[str] = Counter()
+
+    def install(self) -> None:
+        sys.setprofile(self._profile)
+
+    def _profile(self, frame: FrameType, event: str, arg: object) -> None:
+        if event == "call":
+            self.calls["python"] += 1
+        elif event == "c_call":
+            self.calls["c"] += 1
+
+
+def create_app(skills: int = 16, counter: CallCounter | None = None) -> Starlette:
     body = payload(skills)
 
     async def weaknesses(request: Request) -> Response:
@@ -56,12 +80,17 @@ def create_app(skills: int = 16) -> Starlette:
     async def healthz(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    return Starlette(
-        routes=[
-            Route("/v1/learners/{learner_id:int}/weaknesses", weaknesses, methods=["GET"]),
-            Route("/healthz", healthz, methods=["GET"]),
-        ]
-    )
+    routes = [
+        Route("/v1/learners/{learner_id:int}/weaknesses", weaknesses, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+    ]
+    if counter is not None:
+
+        async def calls(request: Request) -> Response:
+            return Response(orjson.dumps(dict(counter.calls)), media_type="application/json")
+
+        routes.append(Route("/debug/calls", calls, methods=["GET"]))
+    return Starlette(routes=routes)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,10 +104,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="uvloop's own accept only (one connection per loop iteration)",
     )
+    p.add_argument(
+        "--count-calls", action="store_true", help="count function calls (GET /debug/calls)"
+    )
     args = p.parse_args(argv)
+    counter = CallCounter() if args.count_calls else None
+    if counter is not None:
+        counter.install()  # this thread serves: uvicorn runs its loop here
     # skillcoach's own server settings: one process, no access log.
     run_app(
-        create_app(args.skills),
+        create_app(args.skills, counter),
         host=args.host,
         port=args.port,
         log_level=args.log_level,
