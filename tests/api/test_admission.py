@@ -26,7 +26,9 @@ def test_the_deadline_counts_from_arrival() -> None:
     arrived_earlier = time.perf_counter() - 1.5  # e.g. a fast-path lookup that fell through
     late = anyio.run(gate.enter, arrived_earlier) - time.monotonic()
     assert 4.0 < fresh <= 5.0
-    assert 1.5 <= fresh - late < 2.5  # the 1.5 s before admission came off its deadline
+    # The 1.5 s before admission came off its deadline. Each side is read after its event
+    # loop has closed, and those closings differ by microseconds to milliseconds: a margin.
+    assert 1.4 <= fresh - late < 2.5
     gate.leave()
     gate.leave()
 

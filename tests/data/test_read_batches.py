@@ -1,5 +1,6 @@
 """ReadBatch: the keys asked for in one event loop turn are loaded by one call; a failure is
-every member's, a member that gives up leaves the rest served."""
+every member's, a member that gives up leaves the rest served; traced, each load is a span
+linked both ways with the requests it served."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ import contextvars
 from collections.abc import Mapping, Sequence
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import StatusCode, Tracer
 
 from skillcoach.data.read_batches import ReadBatch
+from skillcoach.telemetry.tracing import Spans
 
 WHO: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
 
@@ -122,3 +129,68 @@ def test_the_batch_runs_in_the_context_of_the_request_that_opened_it() -> None:
 def test_max_size_must_admit_a_key() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         ReadBatch(Source().load, max_size=0)
+
+
+def _traced() -> tuple[Spans, InMemorySpanExporter, Tracer]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    return Spans(tracer), exporter, tracer
+
+
+def test_traced_a_load_is_one_span_under_the_opener_linked_both_ways_with_the_others() -> None:
+    spans, exporter, tracer = _traced()
+
+    async def main() -> list[int | None]:
+        source = Source()
+        batch = ReadBatch(source.load, max_size=32, spans=spans, span_name="db.shared_read sq")
+
+        async def request(name: str, key: int) -> int | None:
+            with tracer.start_as_current_span(name):
+                return await batch.get(key)
+
+        # Three requests in one turn, two asking the same key; a fourth asks untraced.
+        return await asyncio.gather(
+            request("first", 3), request("second", 4), request("third", 3), batch.get(5)
+        )
+
+    assert asyncio.run(main()) == [9, 16, 9, 25]
+    finished = {s.name: s for s in exporter.get_finished_spans()}
+    shared = finished["db.shared_read sq"]
+    first, second, third = finished["first"], finished["second"], finished["third"]
+    assert shared.parent is not None and shared.parent.span_id == first.context.span_id
+    assert shared.attributes == {
+        "skillcoach.shared_read.keys": 3,
+        "skillcoach.shared_read.requests": 4,
+    }
+    # The shared span links to each other request it served; each of them links back.
+    assert {link.context.span_id for link in shared.links} == {
+        second.context.span_id,
+        third.context.span_id,
+    }
+    assert all(link.attributes == {"skillcoach.link": "member"} for link in shared.links)
+    for member in (second, third):
+        (back,) = member.links
+        assert back.context.span_id == shared.context.span_id
+        assert back.attributes == {"skillcoach.link": "shared"}
+    assert not first.links  # its trace holds the shared span as a child
+
+
+def test_traced_a_failed_load_is_an_error_span_and_untraced_nothing_is_made() -> None:
+    spans, exporter, tracer = _traced()
+
+    async def main(batch: ReadBatch[int, int]) -> list[BaseException | int | None]:
+        with tracer.start_as_current_span("request"):
+            return await asyncio.gather(batch.get(1), return_exceptions=True)
+
+    source = Source(fail=RuntimeError("database gone"))
+    (got,) = asyncio.run(main(ReadBatch(source.load, max_size=32, spans=spans)))
+    assert isinstance(got, RuntimeError)
+    shared = next(s for s in exporter.get_finished_spans() if s.name == "db.shared_read")
+    assert shared.status.status_code is StatusCode.ERROR
+    assert [e.name for e in shared.events] == ["exception"]
+
+    exporter.clear()
+    assert asyncio.run(main(ReadBatch(Source().load, max_size=32))) == [1]  # NO_SPANS
+    assert [s.name for s in exporter.get_finished_spans()] == ["request"]

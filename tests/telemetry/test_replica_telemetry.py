@@ -148,12 +148,16 @@ def test_sampled_traces_reach_the_receiver_whole(run: Run, api_bouncer_url: str)
         servers = [s for s in spans if s.kind == SERVER_KIND]
         assert [s.name for s in servers] == [f"GET {ROUTE}"], [s.name for s in spans]
         children = [s for s in spans if s is not servers[0]]
-        assert all(s.parent_span_id == servers[0].span_id for s in children)
+        # Under the server span, or under the shared evidence read (itself under it).
+        shared = [s.span_id for s in children if s.name == "db.shared_read evidence"]
+        assert all(s.parent_span_id in (servers[0].span_id, *shared) for s in children)
+        assert all(s.parent_span_id == servers[0].span_id for s in children if s.span_id in shared)
     for spans in (miss, last):
         names = [s.name for s in spans]
         database = make_url(api_bouncer_url).database
         assert "cache.get" in names and "cache.set" in names, names
         assert f"SELECT {database}" in names, names
+        assert names.count("db.shared_read evidence") == 1, names
         assert "model.inference weaknesses" in names, names
     assert sorted(s.name for s in hit) == ["GET " + ROUTE, "cache.lookup"]
 

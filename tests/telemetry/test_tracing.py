@@ -90,18 +90,30 @@ def test_a_miss_is_one_tree_server_cache_sql_inference(
     # The incoming traceparent is the server span's parent (W3C trace context).
     assert server.parent is not None and server.parent.span_id == int(PARENT_ID, 16)
     assert server.parent.is_remote
+    # The evidence read is the one load of its shared read (requests asked at once share
+    # it); a lone request's has no one to link to.
+    (shared,) = [s for s in spans if s.name == "db.shared_read evidence"]
+    assert shared.attributes is not None
+    assert shared.attributes["skillcoach.shared_read.requests"] == 1
+    assert shared.attributes["skillcoach.shared_read.keys"] == 1
+    assert not shared.links
     children = [s for s in spans if s is not server]
     for span in children:
-        assert span.parent is not None and span.parent.span_id == server.context.span_id, span.name
+        assert span.parent is not None, span.name
+        assert span.parent.span_id in (server.context.span_id, shared.context.span_id), span.name
+    assert shared.parent is not None and shared.parent.span_id == server.context.span_id
     names = [s.name for s in children]
     sql = [s for s in children if s.attributes and "db.statement" in s.attributes]
     assert sql, names
+    evidence = [s for s in sql if s.parent and s.parent.span_id == shared.context.span_id]
+    assert len(evidence) == 1 and "ANY" in str(evidence[0].attributes), names
     # In order: the fast path's lookup, the full path's get, the reads, the model, the store.
     first = {name: names.index(name) for name in reversed(names)}
     assert (
         first["cache.lookup"]
         < first["cache.get"]
-        < names.index(sql[0].name)
+        < first["db.shared_read evidence"]
+        < children.index(evidence[0])
         < first["model.inference weaknesses"]
         < first["cache.set"]
     ), names

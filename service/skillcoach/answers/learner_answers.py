@@ -37,6 +37,7 @@ from skillcoach.ml.inference import Inference
 from skillcoach.ml.live_model import ServedModel
 from skillcoach.ml.model import BestLR
 from skillcoach.settings import Settings
+from skillcoach.telemetry.tracing import NO_SPANS, Spans
 
 # At most this many learners' evidence in one statement (its rows: about skills times that).
 EVIDENCE_BATCH = 32
@@ -119,6 +120,7 @@ class LearnerAnswers:
         config: AnswerConfig,
         *,
         inference: Inference | None = None,
+        spans: Spans = NO_SPANS,
     ) -> None:
         self.db = db
         self.cache = cache
@@ -128,7 +130,12 @@ class LearnerAnswers:
         self.config = config
         self.inference = Inference(None) if inference is None else inference
         # Uncached weaknesses asked for in the same event loop turn share one statement.
-        self.evidence = ReadBatch(self._load_evidence, max_size=EVIDENCE_BATCH)
+        self.evidence = ReadBatch(
+            self._load_evidence,
+            max_size=EVIDENCE_BATCH,
+            spans=spans,
+            span_name="db.shared_read evidence",
+        )
 
     async def _load_evidence(self, learner_ids: Sequence[int]) -> dict[int, SkillEvidence]:
         self.db.metrics.shared_read_learners.observe(len(learner_ids))

@@ -159,7 +159,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> Starlet
             keys=KeyCache(settings.api_key_cache_seconds),
             registry=registry,
             answers=LearnerAnswers(
-                db, cache, AnswerConfig.from_settings(settings), inference=inference
+                db, cache, AnswerConfig.from_settings(settings), inference=inference, spans=spans
             ),
             cache=cache,
         )

@@ -8,7 +8,9 @@ them with one call at the start of the next, so a lone request waits no longer t
 
 A batch runs in its own task, in the context (deadline, trace) of the request that opened it:
 the ones joining it arrived in the same turn. Its failure is every member's failure; a member
-that gives up (cancelled) leaves the batch to the others.
+that gives up (cancelled) leaves the batch to the others. Traced, each load is a span of its
+own under the opening request's span, linked both ways with every other member's span
+(Spans.shared), so a joining request's trace shows where its read went.
 """
 
 from __future__ import annotations
@@ -16,6 +18,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Generic, TypeVar
+
+from opentelemetry.trace import Span
+
+from skillcoach.telemetry.tracing import NO_SPANS, Spans
 
 __all__ = ["ReadBatch"]
 
@@ -29,13 +35,21 @@ class ReadBatch(Generic[K, V]):
     distinct keys."""
 
     def __init__(
-        self, load: Callable[[Sequence[K]], Awaitable[Mapping[K, V]]], *, max_size: int
+        self,
+        load: Callable[[Sequence[K]], Awaitable[Mapping[K, V]]],
+        *,
+        max_size: int,
+        spans: Spans = NO_SPANS,
+        span_name: str = "db.shared_read",
     ) -> None:
         if max_size < 1:
             raise ValueError("max_size must be at least 1")
         self._load = load
         self._max_size = max_size
-        self._waiting: dict[K, list[asyncio.Future[V | None]]] = {}
+        self._spans = spans
+        self._span_name = span_name
+        # Each key's waiters: the future, and the span of the request waiting (traced only).
+        self._waiting: dict[K, list[tuple[asyncio.Future[V | None], Span | None]]] = {}
         self._running: set[asyncio.Task[None]] = set()
         self.loads = 0  # load calls made (tests and benchmarks read it)
 
@@ -46,7 +60,7 @@ class ReadBatch(Generic[K, V]):
             # The first key of this turn: the batch goes out once the turn is over. call_soon
             # runs _dispatch in a copy of this request's context, and its tasks inherit it.
             loop.call_soon(self._dispatch)
-        self._waiting.setdefault(key, []).append(future)
+        self._waiting.setdefault(key, []).append((future, self._spans.recording()))
         return await future
 
     def _dispatch(self) -> None:
@@ -58,23 +72,31 @@ class ReadBatch(Generic[K, V]):
             self._running.add(task)  # held until done: a task only the loop refers to can vanish
             task.add_done_callback(self._running.discard)
 
-    async def _run(self, chunk: dict[K, list[asyncio.Future[V | None]]]) -> None:
+    async def _run(
+        self, chunk: dict[K, list[tuple[asyncio.Future[V | None], Span | None]]]
+    ) -> None:
         self.loads += 1
+        members = [span for waiters in chunk.values() for _, span in waiters if span is not None]
+        attributes = {
+            "skillcoach.shared_read.keys": len(chunk),
+            "skillcoach.shared_read.requests": sum(len(w) for w in chunk.values()),
+        }
         try:
-            found = await self._load(list(chunk))
+            with self._spans.shared(self._span_name, members, attributes):
+                found = await self._load(list(chunk))
         except Exception as exc:  # every member's failure
-            for futures in chunk.values():
-                for future in futures:
+            for waiters in chunk.values():
+                for future, _ in waiters:
                     if not future.done():
                         future.set_exception(exc)
             return
         except BaseException:  # the batch itself cancelled (the loop closing): so are they
-            for futures in chunk.values():
-                for future in futures:
+            for waiters in chunk.values():
+                for future, _ in waiters:
                     future.cancel()
             raise
-        for key, futures in chunk.items():
+        for key, waiters in chunk.items():
             value = found.get(key)
-            for future in futures:
+            for future, _ in waiters:
                 if not future.done():
                     future.set_result(value)

@@ -20,7 +20,7 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, ParamSpec
@@ -29,7 +29,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import SpanKind, Tracer
+from opentelemetry.trace import Link, Span, SpanKind, Tracer
 from opentelemetry.util.types import AttributeValue
 from sqlalchemy import Engine
 
@@ -189,6 +189,47 @@ class Spans:
             return _NOTHING
         return tracer.start_as_current_span(name, kind=kind, attributes=attributes)
 
+    def recording(self) -> Span | None:
+        """The current span, when tracing is on and it records; else None."""
+        if self._tracer is None:
+            return None
+        span = trace.get_current_span()
+        return span if span.is_recording() else None
+
+    @contextlib.contextmanager
+    def shared(
+        self,
+        name: str,
+        members: Iterable[Span],
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> Iterator[None]:
+        """A span for work done once on behalf of several requests (`members`: their spans,
+        from `recording`). It is a child of the current span, the request that started the
+        work, and links both ways with every other member, whose own trace shows no child
+        for it: the shared span links to each member's span, each member's span links back.
+        Nothing is made when tracing is off or the current span does not record."""
+        tracer = self._tracer
+        parent = trace.get_current_span()
+        if tracer is None or not parent.is_recording():
+            yield
+            return
+        own = parent.get_span_context().span_id
+        others: dict[int, Span] = {}
+        for member in members:
+            span_id = member.get_span_context().span_id
+            if span_id != own:
+                others.setdefault(span_id, member)
+        links = [Link(m.get_span_context(), _SHARED_BY) for m in others.values()]
+        with tracer.start_as_current_span(name, attributes=attributes, links=links) as span:
+            back = span.get_span_context()
+            for member in others.values():
+                member.add_link(back, _SHARED_FOR)
+            yield
+
+
+# The links' attributes: which end of a shared span a link is.
+_SHARED_BY = {"skillcoach.link": "member"}  # on the shared span: a request it served
+_SHARED_FOR = {"skillcoach.link": "shared"}  # on a member: the shared span that served it
 
 NO_SPANS = Spans(None)
 
