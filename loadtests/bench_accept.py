@@ -14,22 +14,17 @@ loadtests/results/accept-<stamp>.json and prints a table.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from loadtests.h2load import run_h2load, uniform_ids
-from loadtests.harness import Target, raise_nofile, spawn, stop, wait_quiet, wait_ready
-from loadtests.recording import budget, record
-from skillcoach_devstack.processes import free_port
+from loadtests.harness import Target, raise_nofile, spawn_ready, stop, wait_quiet
+from loadtests.recording import budget, record, run_header
 
 PUMP, UVLOOP = "accept-pump", "uvloop-accept"
 SAMPLE_S = 0.25
@@ -69,14 +64,6 @@ def _sampled(t: Target, run: Any) -> dict[str, Any]:
     return result
 
 
-def _start(name: str, logdir: Path, pump: bool) -> Target:
-    port = free_port()
-    cmd = [sys.executable, "-m", "loadtests.bare_app", "--port", str(port)]
-    t = spawn(name, cmd if pump else [*cmd, "--no-accept-pump"], dict(os.environ), port, logdir)
-    wait_ready(t, "/healthz")
-    return t
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     nofile = raise_nofile()
     logdir = Path(tempfile.mkdtemp(prefix="skillcoach-accept-"))
@@ -85,7 +72,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     targets: list[Target] = []
     rounds: list[dict[str, Any]] = []
     try:
-        targets = [_start(PUMP, logdir, True), _start(UVLOOP, logdir, False)]
+        targets = [
+            spawn_ready(PUMP, "loadtests.bare_app", logdir),
+            spawn_ready(UVLOOP, "loadtests.bare_app", logdir, "--no-accept-pump"),
+        ]
         for r in range(args.rounds):
             row: dict[str, Any] = {}
             for t in targets if r % 2 == 0 else targets[::-1]:
@@ -114,11 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for t in targets:
             stop(t)
         shutil.rmtree(logdir, ignore_errors=True)
-    return {
-        "kind": "accept",
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "cores": os.cpu_count(), "nofile": nofile},
-        "params": vars(args),
+    return run_header("accept", vars(args), nofile) | {
         "rounds": rounds,
         "wall_s": round(time.monotonic() - started, 1),
     }

@@ -27,13 +27,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
-import platform
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +53,7 @@ from loadtests.harness import (
     wait_quiet,
     wait_ready,
 )
-from loadtests.recording import budget, record, run_all
+from loadtests.recording import budget, record, run_all, run_header
 from skillcoach.data.api_keys import Scope, create_api_key
 from skillcoach.data.database import create_sync_engine
 from skillcoach.ml.simulator import SimulationParams
@@ -190,11 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             cleanup += [x.stop for x in (nodes, server) if x is not None]
             run_all(cleanup)
             shutil.rmtree(tmp, ignore_errors=True)
-    return {
-        "kind": "cache",
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "cores": os.cpu_count(), "nofile": nofile},
-        "params": vars(args),
+    return run_header("cache", vars(args), nofile) | {
         "setup": setup,
         "throughput": throughput,
         "summary": summary,

@@ -14,12 +14,9 @@ loadtests/results/concurrency-<utc stamp>.json, prints markdown; cleans up in `f
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +37,7 @@ from loadtests.harness import (
     wait_quiet,
     wait_ready,
 )
-from loadtests.recording import budget, record
+from loadtests.recording import budget, record, run_header
 from loadtests.sampler import peak_rss_mb
 from loadtests.wrk import run_wrk, shed_probe
 from skillcoach.ml.simulator import SimulationParams
@@ -162,11 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if bouncer is not None:
                 proxy.stop_pgbouncer(bouncer)
             shutil.rmtree(logdir, ignore_errors=True)
-    return {
-        "kind": "concurrency",
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "cores": os.cpu_count(), "nofile": nofile},
-        "params": vars(args),
+    return run_header("concurrency", vars(args), nofile) | {
         "setup": setup,
         "levels": levels,
         "shed": shed,

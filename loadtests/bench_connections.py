@@ -25,26 +25,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
-import sys
 import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from loadtests.h2load import run_h2load, uniform_ids
-from loadtests.harness import Target, http_get, raise_nofile, spawn, stop, wait_quiet, wait_ready
-from loadtests.recording import budget, record
-from skillcoach_devstack.processes import free_port
+from loadtests.harness import Target, http_get, raise_nofile, spawn_ready, stop, wait_quiet
+from loadtests.recording import budget, record, run_header
 
 __all__ = ["BARE", "COUNTED", "PROTOCOL", "cpu_seconds", "markdown", "per_request", "run"]
 
 BARE, PROTOCOL, COUNTED = "bare", "protocol", "bare-counted"
-_MODULES = {BARE: "loadtests.bare_app", PROTOCOL: "loadtests.protocol_app"}
 
 
 def cpu_seconds(stat: str, ticks_per_second: int) -> tuple[float, float]:
@@ -123,16 +118,6 @@ def _measure(
     } | cost
 
 
-def _start(name: str, logdir: Path) -> Target:
-    port = free_port()
-    cmd = [sys.executable, "-m", _MODULES.get(name, _MODULES[BARE]), "--port", str(port)]
-    if name == COUNTED:
-        cmd.append("--count-calls")
-    t = spawn(name, cmd, dict(os.environ), port, logdir)
-    wait_ready(t, "/healthz")
-    return t
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     nofile = raise_nofile()
     logdir = Path(tempfile.mkdtemp(prefix="skillcoach-connections-"))
@@ -141,7 +126,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     targets: list[Target] = []
     rounds: list[dict[str, dict[str, Any]]] = []
     try:
-        targets = [_start(name, logdir) for name in (BARE, PROTOCOL, COUNTED)]
+        targets = [
+            spawn_ready(BARE, "loadtests.bare_app", logdir),
+            spawn_ready(PROTOCOL, "loadtests.protocol_app", logdir),
+            spawn_ready(COUNTED, "loadtests.bare_app", logdir, "--count-calls"),
+        ]
         for r in range(args.rounds):
             row: dict[str, dict[str, Any]] = {}
             for t in targets if r % 2 == 0 else targets[::-1]:
@@ -162,11 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for t in targets:
             stop(t)
         shutil.rmtree(logdir, ignore_errors=True)
-    return {
-        "kind": "connections",
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "cores": os.cpu_count(), "nofile": nofile},
-        "params": vars(args),
+    return run_header("connections", vars(args), nofile) | {
         "rounds": rounds,
         "summary": summary(rounds, args.connections),
         "wall_s": round(time.monotonic() - started, 1),

@@ -15,8 +15,6 @@ Writes loadtests/results/scale-<utc stamp>.json, prints markdown; cleans up in `
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import random
 import shutil
 import statistics
@@ -41,7 +39,7 @@ from loadtests.harness import (
     stop,
     wait_ready,
 )
-from loadtests.recording import budget, record
+from loadtests.recording import budget, record, run_header
 from loadtests.sampler import peak_rss_mb
 from skillcoach.data.api_keys import Scope
 from skillcoach.ml.simulator import SimulationParams
@@ -188,11 +186,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if bouncer is not None:
                 proxy.stop_pgbouncer(bouncer)
             shutil.rmtree(logdir, ignore_errors=True)
-    return {
-        "kind": "scale",
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "cores": os.cpu_count()},
-        "params": vars(args) | {"cache": False, "via": "pgbouncer", "connections": 1},
+    params = vars(args) | {"cache": False, "via": "pgbouncer", "connections": 1}
+    return run_header("scale", params) | {
         "setup": setup,
         "learners": learners,
         "latency_ms": measured["latency_ms"],

@@ -26,7 +26,6 @@ import argparse
 import functools
 import gzip
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -35,7 +34,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -63,7 +61,7 @@ from loadtests.harness import (
     wait_quiet,
     wait_ready,
 )
-from loadtests.recording import budget, record, run_all
+from loadtests.recording import budget, record, run_all, run_header
 from skillcoach.ml.simulator import SimulationParams
 from skillcoach_devstack.pgbouncer import PgBouncer
 from skillcoach_devstack.processes import free_port, log_tail
@@ -256,11 +254,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     requests_on = sum(r["requests"] for r in runs.get(ON, []))
     cpu_us = {n: statistics.median(r["cpu_us_per_request"] for r in rs) for n, rs in runs.items()}
-    return {
-        "kind": "tracing",
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"python": platform.python_version(), "cores": os.cpu_count(), "nofile": nofile},
-        "params": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+    shown = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    return run_header("tracing", shown, nofile) | {
         "setup": timings | {"ready_s": round(time.monotonic() - started)},
         "runs": runs,
         "summary": summary,

@@ -60,6 +60,7 @@ __all__ = [
     "spawn",
     "spawn_ceiling",
     "spawn_naive",
+    "spawn_ready",
     "stop",
     "wait_quiet",
     "wait_ready",
@@ -244,6 +245,16 @@ def wait_ready(t: Target, path: str, timeout: float = 60.0) -> None:
 
     if not wait_until(ready, timeout, interval=0.2):
         raise RuntimeError(f"{t.name} not ready within {timeout:g}s:\n{log_tail(t.log)}")
+
+
+def spawn_ready(name: str, module: str, logdir: Path, *options: str) -> Target:
+    """`python -m <module> --port <free port> <options>` (a reference server of loadtests/)
+    with this process's environment, once it answers /healthz."""
+    port = free_port()
+    cmd = [sys.executable, "-m", module, "--port", str(port), *options]
+    t = spawn(name, cmd, dict(os.environ), port, logdir)
+    wait_ready(t, "/healthz")
+    return t
 
 
 def wait_quiet(url: str, timeout: float = 45.0) -> float:

@@ -5,6 +5,8 @@ summary printed."""
 from __future__ import annotations
 
 import json
+import os
+import platform
 import signal
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -14,7 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-__all__ = ["RESULTS", "budget", "record", "run_all"]
+__all__ = ["RESULTS", "budget", "record", "run_all", "run_header"]
 
 RESULTS = Path(__file__).with_name("results")
 
@@ -32,6 +34,20 @@ def budget(seconds: int) -> Iterator[None]:
         yield
     finally:
         signal.alarm(0)
+
+
+def run_header(kind: str, params: dict[str, Any], nofile: int | None = None) -> dict[str, Any]:
+    """The first fields of every result: what ran, when, on what, with which parameters
+    (`nofile`: the open-file limit the runner raised for its connections, if it did)."""
+    machine: dict[str, Any] = {"python": platform.python_version(), "cores": os.cpu_count()}
+    if nofile is not None:
+        machine["nofile"] = nofile
+    return {
+        "kind": kind,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine,
+        "params": params,
+    }
 
 
 def record(kind: str, result: dict[str, Any], markdown: Callable[[dict[str, Any]], str]) -> Path:
