@@ -135,6 +135,36 @@ def build() -> Dashboard:
         ],
         unit="ops",
     )
+    board.timeseries(
+        "Learners per evidence statement",
+        "How many learners each uncached evidence read asked for in one statement, per"
+        " replica: 1 while requests come one at a time, more when concurrent requests shared"
+        " a statement (each shared one saves a round trip and a pass through PgBouncer).",
+        [
+            Query(
+                f"sum by (pod) (rate(skillcoach_db_shared_read_learners_sum{{{NS}}}[{RATE}]))"
+                " / sum by (pod) (rate("
+                f"skillcoach_db_shared_read_learners_count{{{NS}}}[{RATE}]))",
+                legend="{{pod}}",
+            )
+        ],
+    )
+    board.timeseries(
+        "Evidence reads",
+        "Learners whose evidence was read from PostgreSQL per second, and the statements that"
+        " read them, over every replica. The gap between the two is the statements saved.",
+        [
+            Query(
+                f"sum(rate(skillcoach_db_shared_read_learners_sum{{{NS}}}[{RATE}]))",
+                legend="learners",
+            ),
+            Query(
+                f"sum(rate(skillcoach_db_shared_read_learners_count{{{NS}}}[{RATE}]))",
+                legend="statements",
+            ),
+        ],
+        unit="ops",
+    )
 
     board.row("PgBouncer")
     board.timeseries(
