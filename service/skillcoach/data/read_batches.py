@@ -9,8 +9,9 @@ them with one call at the start of the next, so a lone request waits no longer t
 A batch runs in its own task, in the context (deadline, trace) of the request that opened it:
 the ones joining it arrived in the same turn. Its failure is every member's failure; a member
 that gives up (cancelled) leaves the batch to the others. Traced, each load is a span of its
-own under the opening request's span, linked both ways with every other member's span
-(Spans.shared), so a joining request's trace shows where its read went.
+own under the span of its first traced member (normally the request that opened the batch),
+linked both ways with every other member's span (Spans.shared), so a joining request's trace
+shows where its read went.
 """
 
 from __future__ import annotations

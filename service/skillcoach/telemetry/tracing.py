@@ -204,25 +204,26 @@ class Spans:
         attributes: Mapping[str, AttributeValue] | None = None,
     ) -> Iterator[None]:
         """A span for work done once on behalf of several requests (`members`: their spans,
-        from `recording`). It is a child of the current span, the request that started the
-        work, and links both ways with every other member, whose own trace shows no child
-        for it: the shared span links to each member's span, each member's span links back.
-        Nothing is made when tracing is off or the current span does not record."""
+        from `recording`, in the order they asked). It is a child of the first member still
+        recording, and current while the work runs, so the work's own spans nest under it.
+        It links both ways with every other member, whose own trace shows no child for it:
+        the shared span links to each one's span, each one's span links back. Nothing is made
+        when tracing is off or no member records."""
         tracer = self._tracer
-        parent = trace.get_current_span()
-        if tracer is None or not parent.is_recording():
+        unique: dict[int, Span] = {}
+        for member in members:
+            if member.is_recording():  # a member that gave up may have ended its span
+                unique.setdefault(member.get_span_context().span_id, member)
+        if tracer is None or not unique:
             yield
             return
-        own = parent.get_span_context().span_id
-        others: dict[int, Span] = {}
-        for member in members:
-            span_id = member.get_span_context().span_id
-            if span_id != own:
-                others.setdefault(span_id, member)
-        links = [Link(m.get_span_context(), _SHARED_BY) for m in others.values()]
-        with tracer.start_as_current_span(name, attributes=attributes, links=links) as span:
+        first, *others = unique.values()
+        links = [Link(m.get_span_context(), _SHARED_BY) for m in others]
+        with tracer.start_as_current_span(
+            name, context=trace.set_span_in_context(first), attributes=attributes, links=links
+        ) as span:
             back = span.get_span_context()
-            for member in others.values():
+            for member in others:
                 member.add_link(back, _SHARED_FOR)
             yield
 
