@@ -177,25 +177,33 @@ def test_traced_a_load_is_one_span_under_the_opener_linked_both_ways_with_the_ot
     assert not first.links  # its trace holds the shared span as a child
 
 
-def test_traced_each_load_sits_under_its_own_first_traced_member() -> None:
+def test_traced_each_load_runs_in_and_under_its_own_first_traced_member() -> None:
     # An untraced request opens the turn (a background read, or one the sampler dropped),
-    # and the turn is split in two loads: each load's span belongs to a request it served.
+    # and the turn is split in two loads: each load runs in the context of a traced request
+    # it served (its deadline, its trace) and its span sits under that request's span.
     spans, exporter, tracer = _traced()
+    source = Source()
 
     async def main() -> list[int | None]:
-        batch = ReadBatch(Source().load, max_size=2, spans=spans, span_name="load")
+        batch = ReadBatch(source.load, max_size=2, spans=spans, span_name="load")
+
+        async def untraced(key: int) -> int | None:
+            WHO.set("untraced opener")
+            return await batch.get(key)
 
         async def request(name: str, key: int) -> int | None:
+            WHO.set(name)
             with tracer.start_as_current_span(name):
                 return await batch.get(key)
 
-        return await asyncio.gather(batch.get(1), request("a", 2), request("b", 3), request("c", 4))
+        return await asyncio.gather(untraced(1), request("a", 2), request("b", 3), request("c", 4))
 
     assert asyncio.run(main()) == [1, 4, 9, 16]
+    assert source.calls == [[1, 2], [3, 4]] and source.contexts == ["a", "b"]
     finished = exporter.get_finished_spans()
     by_name = {s.name: s for s in finished}
     loads = sorted((s for s in finished if s.name == "load"), key=lambda s: s.start_time or 0)
-    assert len(loads) == 2  # keys 1, 2 and then 3, 4
+    assert len(loads) == 2
     first, second = loads
     assert first.parent is not None and first.parent.span_id == by_name["a"].context.span_id
     assert not first.links  # the untraced opener has no span to link to

@@ -6,17 +6,18 @@ pass through PgBouncer. A `ReadBatch` collects the keys asked for during one tur
 them with one call at the start of the next, so a lone request waits no longer than before
 (one turn) and a burst of N costs one statement, not N.
 
-A batch runs in its own task, in the context (deadline, trace) of the request that opened it:
-the ones joining it arrived in the same turn. Its failure is every member's failure; a member
-that gives up (cancelled) leaves the batch to the others. Traced, each load is a span of its
-own under the span of its first traced member (normally the request that opened the batch),
-linked both ways with every other member's span (Spans.shared), so a joining request's trace
-shows where its read went.
+A load runs in its own task, in the context (deadline, trace, instrumentation) of its first
+traced member, or untraced of the request that opened the batch: the ones joining it arrived
+in the same turn. Its failure is every member's failure; a member that gives up (cancelled)
+leaves the batch to the others. Traced, each load is a span of its own under that first traced
+member's span, linked both ways with every other member's span (Spans.shared), so a joining
+request's trace shows where its read went.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from typing import Generic, TypeVar
 
@@ -28,6 +29,10 @@ __all__ = ["ReadBatch"]
 
 K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
+
+
+# A waiting request: its future, and when traced its span and a copy of its context.
+_Waiter = tuple[asyncio.Future[V | None], Span | None, contextvars.Context | None]
 
 
 class ReadBatch(Generic[K, V]):
@@ -49,8 +54,8 @@ class ReadBatch(Generic[K, V]):
         self._max_size = max_size
         self._spans = spans
         self._span_name = span_name
-        # Each key's waiters: the future, and the span of the request waiting (traced only).
-        self._waiting: dict[K, list[tuple[asyncio.Future[V | None], Span | None]]] = {}
+        # Each key's waiters: the future, and (traced only) the waiting request's span and context.
+        self._waiting: dict[K, list[_Waiter[V]]] = {}
         self._running: set[asyncio.Task[None]] = set()
         self.loads = 0  # load calls made (tests and benchmarks read it)
 
@@ -61,7 +66,9 @@ class ReadBatch(Generic[K, V]):
             # The first key of this turn: the batch goes out once the turn is over. call_soon
             # runs _dispatch in a copy of this request's context, and its tasks inherit it.
             loop.call_soon(self._dispatch)
-        self._waiting.setdefault(key, []).append((future, self._spans.recording()))
+        span = self._spans.recording()
+        context = None if span is None else contextvars.copy_context()
+        self._waiting.setdefault(key, []).append((future, span, context))
         return await future
 
     def _dispatch(self) -> None:
@@ -69,15 +76,18 @@ class ReadBatch(Generic[K, V]):
         keys = list(waiting)
         for start in range(0, len(keys), self._max_size):
             chunk = {key: waiting[key] for key in keys[start : start + self._max_size]}
-            task = asyncio.get_running_loop().create_task(self._run(chunk))
+            # Without a traced member: this context, a copy of the opener's (call_soon's). A copy
+            # each: one Context cannot run two tasks at once, and a request may ask twice.
+            traced = next((c for ws in chunk.values() for _, _, c in ws if c is not None), None)
+            loop = asyncio.get_running_loop()
+            context = None if traced is None else traced.copy()
+            task = loop.create_task(self._run(chunk), context=context)
             self._running.add(task)  # held until done: a task only the loop refers to can vanish
             task.add_done_callback(self._running.discard)
 
-    async def _run(
-        self, chunk: dict[K, list[tuple[asyncio.Future[V | None], Span | None]]]
-    ) -> None:
+    async def _run(self, chunk: dict[K, list[_Waiter[V]]]) -> None:
         self.loads += 1
-        members = [span for waiters in chunk.values() for _, span in waiters if span is not None]
+        members = [s for waiters in chunk.values() for _, s, _ in waiters if s is not None]
         attributes = {
             "skillcoach.shared_read.keys": len(chunk),
             "skillcoach.shared_read.requests": sum(len(w) for w in chunk.values()),
@@ -87,17 +97,17 @@ class ReadBatch(Generic[K, V]):
                 found = await self._load(list(chunk))
         except Exception as exc:  # every member's failure
             for waiters in chunk.values():
-                for future, _ in waiters:
+                for future, _, _ in waiters:
                     if not future.done():
                         future.set_exception(exc)
             return
         except BaseException:  # the batch itself cancelled (the loop closing): so are they
             for waiters in chunk.values():
-                for future, _ in waiters:
+                for future, _, _ in waiters:
                     future.cancel()
             raise
         for key, waiters in chunk.items():
             value = found.get(key)
-            for future, _ in waiters:
+            for future, _, _ in waiters:
                 if not future.done():
                     future.set_result(value)
