@@ -566,9 +566,14 @@ class Cache:
                     self.metrics.stale.labels(kind).inc()
         if counted:
             self.metrics.misses.labels(kind).inc()
-        return await self._single_flight(
-            ekey, lkey, kind, seen, compute, redis_ok=got is not FAILED
-        )
+        if got is FAILED:
+            # Redis did not say which version is current, so a computation already under way
+            # here may have read data older than a write this request's client has seen
+            # acknowledged (on another replica, say): compute afresh, never join it.
+            return await self._compute_once_across_replicas(
+                ekey, lkey, kind, seen, compute, redis_ok=False
+            )
+        return await self._single_flight(ekey, lkey, kind, seen, compute)
 
     async def _single_flight(
         self,
@@ -577,10 +582,9 @@ class Cache:
         kind: str,
         seen: bytes | None,
         compute: Callable[[], Awaitable[tuple[bytes, int] | None]],
-        *,
-        redis_ok: bool,
     ) -> bytes | None:
-        # Concurrent misses of one key and version in this replica share one computation.
+        # Concurrent misses of one key and version in this replica share one computation
+        # (Redis answered: `seen` is the version it holds, None if it holds none).
         flight_key = f"{ekey}@{seen!r}"
         # When the flight we waited for failed (its request ran out of time, say), the first
         # waiter to wake starts the next one and the others wait for that; a second failure
@@ -599,7 +603,7 @@ class Cache:
             self._inflight[flight_key] = flight
         try:
             flight.body = await self._compute_once_across_replicas(
-                ekey, lkey, kind, seen, compute, redis_ok=redis_ok
+                ekey, lkey, kind, seen, compute, redis_ok=True
             )
             flight.ok = True
             return flight.body
