@@ -270,6 +270,7 @@ def run_fault(healthy_stack: FaultStack) -> Callable[..., FaultRun]:
             "unresolved": len(load.unresolved),
             "stale_reads": len(load.stale_reads),
             "stale_examples": load.stale_reads[:5],
+            "stale_within_bound": load.stale_within_bound,
             "readbacks": load.readbacks,
             "unchecked_readbacks": load.unchecked,
             "unexpected": load.unexpected[:10],
