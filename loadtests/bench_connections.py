@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import statistics
@@ -34,24 +33,20 @@ from pathlib import Path
 from typing import Any
 
 from loadtests.h2load import run_h2load, uniform_ids
-from loadtests.harness import Target, http_get, raise_nofile, spawn_ready, stop, wait_quiet
+from loadtests.harness import (
+    Target,
+    cpu_times,
+    http_get,
+    raise_nofile,
+    spawn_ready,
+    stop,
+    wait_quiet,
+)
 from loadtests.recording import budget, record, run_header
 
-__all__ = ["BARE", "COUNTED", "PROTOCOL", "cpu_seconds", "markdown", "per_request", "run"]
+__all__ = ["BARE", "COUNTED", "PROTOCOL", "markdown", "per_request", "run"]
 
 BARE, PROTOCOL, COUNTED = "bare", "protocol", "bare-counted"
-
-
-def cpu_seconds(stat: str, ticks_per_second: int) -> tuple[float, float]:
-    """(user, system) CPU seconds from a /proc/PID/stat line. The command name (field 2) is
-    in parentheses and may hold spaces and parentheses itself: fields count from the last ')'."""
-    fields = stat.rsplit(")", 1)[1].split()
-    # utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
-    return int(fields[11]) / ticks_per_second, int(fields[12]) / ticks_per_second
-
-
-def _process_cpu(pid: int) -> tuple[float, float]:
-    return cpu_seconds(Path(f"/proc/{pid}/stat").read_text(), os.sysconf("SC_CLK_TCK"))
 
 
 def _children_cpu() -> tuple[float, float]:
@@ -95,11 +90,11 @@ def _measure(
 ) -> dict[str, Any]:
     counted = t.name == COUNTED
     calls0 = _calls(t) if counted else None
-    server0, meter0 = _process_cpu(t.proc.pid), _children_cpu()
+    server0, meter0 = cpu_times(t.proc.pid), _children_cpu()
     res = run_h2load(
         t.url, connections=connections, duration=args.duration, token="-", ids=ids, timeout=30
     )
-    server1, meter1 = _process_cpu(t.proc.pid), _children_cpu()
+    server1, meter1 = cpu_times(t.proc.pid), _children_cpu()
     calls = None
     if calls0 is not None:
         calls1 = _calls(t)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import functools
 import gzip
-import os
 import shutil
 import statistics
 import subprocess
@@ -49,6 +48,7 @@ from loadtests.harness import (
     ROOT,
     Target,
     clean_env,
+    cpu_seconds,
     database_url,
     http_get,
     prepare,
@@ -125,12 +125,6 @@ def _before_checkout(path: Path, ref: str | None) -> Path:
     return path
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads: the span exporter's too)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _fast_path_hits(metrics_url: str) -> float:
     status, body = http_get(metrics_url + "/metrics", timeout=5)
     if status != 200:
@@ -203,7 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for r in range(args.rounds):
                 for t in targets if r % 2 == 0 else targets[::-1]:
                     hits0 = _fast_path_hits(metrics_urls[t.name])
-                    cpu0 = _cpu_seconds(t.proc.pid)
+                    cpu0 = cpu_seconds(t.proc.pid)
                     res = wrk.run_wrk(
                         t.url,
                         connections=args.connections,
@@ -215,7 +209,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     # CPU per request: what a request costs the replica, however busy the
                     # machine is with other work (throughput alone moves with that).
-                    cpu = _cpu_seconds(t.proc.pid) - cpu0
+                    cpu = cpu_seconds(t.proc.pid) - cpu0
                     res["cpu_us_per_request"] = round(cpu / max(res["requests"], 1) * 1e6, 1)
                     res["fast_path_hits"] = int(_fast_path_hits(metrics_urls[t.name]) - hits0)
                     res["quiesce_s"] = wait_quiet(t.url)

@@ -47,10 +47,13 @@ __all__ = [
     "Target",
     "admin_sql",
     "clean_env",
+    "cpu_seconds",
+    "cpu_times",
     "database_dsn",
     "database_url",
     "http_get",
     "measure_run",
+    "parse_cpu_times",
     "prepare",
     "raise_nofile",
     "scrape",
@@ -293,10 +296,22 @@ def scrape(t: Target) -> Scrape:
     return samples
 
 
+def parse_cpu_times(stat: str, ticks_per_second: int) -> tuple[float, float]:
+    """(user, system) CPU seconds from a /proc/PID/stat line. The command name (field 2) is
+    in parentheses and may hold spaces and parentheses itself: fields count from the last ')'."""
+    fields = stat.rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    return int(fields[11]) / ticks_per_second, int(fields[12]) / ticks_per_second
+
+
+def cpu_times(pid: int) -> tuple[float, float]:
+    """(user, system) CPU the process has used so far, all its threads."""
+    return parse_cpu_times(Path(f"/proc/{pid}/stat").read_text(), os.sysconf("SC_CLK_TCK"))
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU the process has used so far, all its threads (/proc/<pid>/stat)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return sum(cpu_times(pid))
 
 
 def with_server_cpu(t: Target, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:

@@ -14,12 +14,12 @@ from loadtests.bench_connections import (
     BARE,
     COUNTED,
     PROTOCOL,
-    cpu_seconds,
     markdown,
     per_request,
     run,
     summary,
 )
+from loadtests.harness import parse_cpu_times
 from loadtests.protocol_app import HttpAnswerer, answer_bytes
 from starlette.testclient import TestClient
 
@@ -27,7 +27,7 @@ from starlette.testclient import TestClient
 def test_cpu_seconds_counts_fields_after_a_command_name_with_spaces_and_parentheses() -> None:
     # pid (comm) state ppid ... utime stime: the name may hold ") (" itself.
     stat = "4242 (odd) (name x) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 75 0 0 20 0 3 0"
-    assert cpu_seconds(stat, 100) == (2.5, 0.75)
+    assert parse_cpu_times(stat, 100) == (2.5, 0.75)
 
 
 def test_per_request_divides_the_run_totals_by_the_answers() -> None:
